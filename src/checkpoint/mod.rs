@@ -1,0 +1,384 @@
+//! Checkpoints: reading the original liteCLIP `.pt` and liteclip's own format, matching their
+//! tensors strictly against a model, and writing the own format atomically.
+//!
+//! liteclip's own format is a folder:
+//!
+//! ```text
+//! out/config.json          the LiteClipConfig
+//! out/model.safetensors    every parameter, under the original liteCLIP names
+//! ```
+//!
+//! Tensor names are the same in both formats (those of liteCLIP's PyTorch module), so one
+//! matching routine serves both and exporting back to `.pt` is a renaming-free copy.
+
+pub mod torch_pickle;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tch::{nn, Tensor};
+
+use crate::config::{BertConfig, ConvNextConfig, LiteClipConfig};
+use crate::error::{Error, Result, ShapeMismatch};
+use torch_pickle::{TorchFile, Value};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// Buffers that some versions of Hugging Face transformers saved in state dicts; they hold no
+/// learned values (`position_ids` is `arange`), so they are accepted and ignored.
+const IGNORED_SUFFIXES: [&str; 2] = ["embeddings.position_ids", "embeddings.token_type_ids"];
+
+/// Named tensors read from a checkpoint, on the CPU, plus the config stored beside them if any.
+pub struct Weights {
+    pub path: PathBuf,
+    pub tensors: Vec<(String, Tensor)>,
+    pub config: Option<LiteClipConfig>,
+}
+
+/// Reads a checkpoint in any supported form: a liteclip folder, a `.safetensors` file, or a
+/// `torch.save` state dict (the original liteCLIP release).
+pub fn read(path: &Path) -> Result<Weights> {
+    if !path.exists() {
+        return Err(Error::FileNotFound {
+            path: path.to_owned(),
+            hint: Some(
+                "expected a liteclip checkpoint folder, a .safetensors file, or an original \
+                 liteCLIP .pt file"
+                    .into(),
+            ),
+        });
+    }
+    if path.is_dir() {
+        return read_folder(path);
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut weights = if bytes.starts_with(b"PK\x03\x04") {
+        read_torch_zip(path, bytes)?
+    } else if looks_like_safetensors(&bytes) {
+        read_safetensors(path)?
+    } else if bytes.first() == Some(&0x80) {
+        return Err(Error::checkpoint(
+            path,
+            "legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with \
+             torch.save(torch.load(path), path) under a recent PyTorch",
+        ));
+    } else if bytes.is_empty() {
+        return Err(Error::checkpoint(path, "file is empty, not a checkpoint"));
+    } else {
+        return Err(Error::checkpoint(
+            path,
+            "not a checkpoint: neither a torch.save (.pt) zip file nor a safetensors file",
+        ));
+    };
+    // A config.json beside a bare weights file describes it (own format, file named directly).
+    let sibling = path.with_file_name(CONFIG_FILE);
+    if weights.config.is_none() && sibling.is_file() && looks_like_safetensors_path(path) {
+        weights.config = Some(LiteClipConfig::from_json_file(&sibling)?);
+    }
+    Ok(weights)
+}
+
+fn looks_like_safetensors(bytes: &[u8]) -> bool {
+    // 8-byte little-endian header length, then a JSON object.
+    bytes.len() > 9 && bytes[8] == b'{' && {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&bytes[..8]);
+        u64::from_le_bytes(n) <= (bytes.len() - 8) as u64
+    }
+}
+
+fn looks_like_safetensors_path(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "safetensors")
+}
+
+fn read_folder(dir: &Path) -> Result<Weights> {
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let config_path = dir.join(CONFIG_FILE);
+    if !weights_path.is_file() {
+        return Err(Error::FileNotFound {
+            path: weights_path,
+            hint: Some("a liteclip checkpoint folder holds config.json and model.safetensors".into()),
+        });
+    }
+    let mut weights = read_safetensors(&weights_path)?;
+    weights.path = dir.to_owned();
+    if config_path.is_file() {
+        weights.config = Some(LiteClipConfig::from_json_file(&config_path)?);
+    }
+    Ok(weights)
+}
+
+fn read_safetensors(path: &Path) -> Result<Weights> {
+    let tensors = Tensor::read_safetensors(path)
+        .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e}")))?;
+    Ok(Weights {
+        path: path.to_owned(),
+        tensors,
+        config: None,
+    })
+}
+
+fn read_torch_zip(path: &Path, bytes: Vec<u8>) -> Result<Weights> {
+    let mut file = TorchFile::open(path, bytes)?;
+    let root = std::mem::replace(&mut file.root, Value::None);
+    let dict = find_state_dict(root).ok_or_else(|| {
+        Error::checkpoint(
+            path,
+            "no state dict found: expected a dict of tensors (torch.save(model.state_dict())), \
+             possibly under a \"state_dict\" or \"model\" key",
+        )
+    })?;
+    let mut tensors = Vec::with_capacity(dict.len());
+    for (key, value) in dict {
+        if let (Value::Str(name), Value::Tensor(t)) = (key, value) {
+            let tensor = file.tensor(path, &t)?;
+            tensors.push((name, tensor));
+        }
+    }
+    Ok(Weights {
+        path: path.to_owned(),
+        tensors,
+        config: None,
+    })
+}
+
+/// The dict of tensors in an unpickled object: the root itself, or a dict under a
+/// `state_dict`/`model` key (Lightning and training-script checkpoints).
+fn find_state_dict(root: Value) -> Option<Vec<(Value, Value)>> {
+    let Value::Dict(items) = root else { return None };
+    if items.iter().any(|(_, v)| matches!(v, Value::Tensor(_))) {
+        return Some(items);
+    }
+    items.into_iter().find_map(|(k, v)| match (k, v) {
+        (Value::Str(k), v @ Value::Dict(_)) if k == "state_dict" || k == "model" => {
+            find_state_dict(v)
+        }
+        _ => None,
+    })
+}
+
+/// Strips prefixes that wrappers add to every key (`module.` from DataParallel/DDP, `model.`
+/// from Lightning modules) when all keys carry them.
+fn strip_wrapper_prefixes(tensors: &mut [(String, Tensor)]) {
+    for prefix in ["module.", "model."] {
+        if !tensors.is_empty() && tensors.iter().all(|(k, _)| k.starts_with(prefix)) {
+            for (k, _) in tensors.iter_mut() {
+                k.drain(..prefix.len());
+            }
+        }
+    }
+}
+
+fn is_ignored(key: &str) -> bool {
+    IGNORED_SUFFIXES.iter().any(|s| key.ends_with(s))
+}
+
+/// Infers the model config from tensor shapes, for checkpoints that carry none (the original
+/// `.pt`). Head counts cannot be read from shapes: BERT's convention of 64-wide heads is used.
+pub fn infer_config(tensors: &[(String, Tensor)], path: &Path) -> Result<LiteClipConfig> {
+    let shapes: BTreeMap<&str, Vec<i64>> =
+        tensors.iter().map(|(k, t)| (k.as_str(), t.size())).collect();
+    let missing = |key: &str| {
+        Error::checkpoint(
+            path,
+            format!("cannot infer the model config: tensor {key} is missing (is this a liteCLIP checkpoint?)"),
+        )
+    };
+    let shape = |key: &str, rank: usize| -> Result<Vec<i64>> {
+        match shapes.get(key) {
+            Some(s) if s.len() == rank => Ok(s.clone()),
+            Some(s) => Err(Error::checkpoint(
+                path,
+                format!("tensor {key} has shape {s:?}, expected {rank} dimensions"),
+            )),
+            None => Err(missing(key)),
+        }
+    };
+    let count = |prefix: &str| -> i64 {
+        let mut seen = BTreeSet::new();
+        for key in shapes.keys() {
+            if let Some(rest) = key.strip_prefix(prefix) {
+                if let Some(idx) = rest.split('.').next().and_then(|s| s.parse::<i64>().ok()) {
+                    seen.insert(idx);
+                }
+            }
+        }
+        seen.len() as i64
+    };
+
+    let img = "image_encoder.backbone.";
+    let stem = shape(&format!("{img}stem.0.weight"), 4)?;
+    let n_stages = count(&format!("{img}stages."));
+    if n_stages == 0 {
+        return Err(missing(&format!("{img}stages.0.blocks.0.conv_dw.weight")));
+    }
+    let mut dims = Vec::new();
+    let mut depths = Vec::new();
+    let mut kernel_size = 7;
+    let mut mlp_ratio = 4;
+    for i in 0..n_stages {
+        let dw = shape(&format!("{img}stages.{i}.blocks.0.conv_dw.weight"), 4)?;
+        let fc1 = shape(&format!("{img}stages.{i}.blocks.0.mlp.fc1.weight"), 2)?;
+        dims.push(dw[0]);
+        depths.push(count(&format!("{img}stages.{i}.blocks.")));
+        kernel_size = dw[2];
+        mlp_ratio = fc1[0] / dw[0].max(1);
+    }
+    let image = ConvNextConfig {
+        in_channels: stem[1],
+        dims,
+        depths,
+        patch_size: stem[2],
+        kernel_size,
+        mlp_ratio,
+        ..ConvNextConfig::default()
+    };
+
+    let txt = "text_encoder.backbone.";
+    let words = shape(&format!("{txt}embeddings.word_embeddings.weight"), 2)?;
+    let positions = shape(&format!("{txt}embeddings.position_embeddings.weight"), 2)?;
+    let types = shape(&format!("{txt}embeddings.token_type_embeddings.weight"), 2)?;
+    let inter = shape(&format!("{txt}encoder.layer.0.intermediate.dense.weight"), 2)?;
+    let hidden = words[1];
+    let text = BertConfig {
+        vocab_size: words[0],
+        hidden_size: hidden,
+        num_layers: count(&format!("{txt}encoder.layer.")),
+        num_heads: if hidden % 64 == 0 { hidden / 64 } else { 1 },
+        intermediate_size: inter[0],
+        max_position_embeddings: positions[0],
+        type_vocab_size: types[0],
+        ..BertConfig::default()
+    };
+    let proj = shape("img_projection.proj.weight", 2)?;
+    let defaults = LiteClipConfig::default();
+    let config = LiteClipConfig {
+        image,
+        text,
+        embed_dim: proj[0],
+        max_length: defaults.max_length.min(positions[0]),
+        ..defaults
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Copies `weights` into the variables of `vs`, requiring an exact match of names and shapes
+/// (ignorable buffers aside). On a mismatch nothing is copied and every problem is listed.
+pub fn load_into(vs: &nn::VarStore, mut weights: Weights) -> Result<()> {
+    strip_wrapper_prefixes(&mut weights.tensors);
+    let vars = vs.variables();
+    let found: BTreeMap<&str, &Tensor> = weights
+        .tensors
+        .iter()
+        .filter(|(k, _)| !is_ignored(k))
+        .map(|(k, t)| (k.as_str(), t))
+        .collect();
+    let mut missing: Vec<String> = vars
+        .keys()
+        .filter(|k| !found.contains_key(k.as_str()))
+        .cloned()
+        .collect();
+    missing.sort();
+    let unexpected: Vec<String> = found
+        .keys()
+        .filter(|k| !vars.contains_key(**k))
+        .map(|k| k.to_string())
+        .collect();
+    let mut mismatched: Vec<ShapeMismatch> = found
+        .iter()
+        .filter_map(|(k, t)| {
+            let var = vars.get(*k)?;
+            (var.size() != t.size()).then(|| ShapeMismatch {
+                key: k.to_string(),
+                expected: var.size(),
+                found: t.size(),
+            })
+        })
+        .collect();
+    mismatched.sort_by(|a, b| a.key.cmp(&b.key));
+    if !(missing.is_empty() && unexpected.is_empty() && mismatched.is_empty()) {
+        return Err(Error::KeyMismatch {
+            path: weights.path,
+            missing,
+            unexpected,
+            mismatched,
+        });
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, var) in &vars {
+            let mut var = var.shallow_clone();
+            var.f_copy_(found[name.as_str()])?;
+        }
+        Ok(())
+    })?;
+    check_finite(vs, &weights.path)
+}
+
+/// NaN or infinite weights make every output NaN; refuse them at load time, naming the tensors.
+fn check_finite(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    let mut bad: Vec<String> = Vec::new();
+    for (name, var) in vs.variables() {
+        let finite = var.f_isfinite()?.f_all()?;
+        if !bool::try_from(&finite).unwrap_or(false) {
+            bad.push(name);
+        }
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    bad.sort();
+    Err(Error::checkpoint(
+        path,
+        format!(
+            "checkpoint holds NaN or infinite values in {} tensor(s): {}",
+            bad.len(),
+            bad.join(", ")
+        ),
+    ))
+}
+
+/// Writes `vs` and `config` as a liteclip checkpoint folder. Each file is written to a temporary
+/// name, flushed to disk and renamed into place, so a crash never leaves a half-written file
+/// under the final name.
+pub fn save(dir: &Path, config: &LiteClipConfig, vs: &nn::VarStore) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.f_to_device(tch::Device::Cpu)?.f_contiguous()?)))
+        .collect::<Result<_>>()?;
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    write_atomically(&dir.join(WEIGHTS_FILE), |tmp| {
+        Tensor::write_safetensors(&named, tmp).map_err(Error::from)
+    })?;
+    let json = config.to_json();
+    write_atomically(&dir.join(CONFIG_FILE), |tmp| {
+        let mut f = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+        f.write_all(json.as_bytes()).map_err(|e| Error::io(tmp, e))
+    })?;
+    // Make the renames themselves durable.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Runs `write` on a temporary file beside `path`, syncs it, then renames it over `path`.
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = write(&tmp).and_then(|()| {
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,147 @@
+//! The one error type of the core. Every fallible path returns [`Error`]; the Python bindings map
+//! each variant to one Python exception class in `python/errors.rs`, and nowhere else.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A tensor whose shape in a checkpoint differs from what the model config expects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapeMismatch {
+    pub key: String,
+    pub expected: Vec<i64>,
+    pub found: Vec<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or folder the caller named does not exist.
+    #[error("{}: no such file or directory{}", path.display(), hint_suffix(hint))]
+    FileNotFound { path: PathBuf, hint: Option<String> },
+
+    /// Any other I/O failure (permissions, disk full, ...).
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Bytes that are not a decodable image, or an image we refuse (too large, empty).
+    #[error("{origin}: {message}")]
+    ImageDecode { origin: String, message: String },
+
+    /// A checkpoint that cannot be read or does not fit the model.
+    #[error("{}: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
+
+    /// A checkpoint whose tensor names or shapes do not match the model config.
+    #[error("{}", key_mismatch_message(path, missing, unexpected, mismatched))]
+    KeyMismatch {
+        path: PathBuf,
+        missing: Vec<String>,
+        unexpected: Vec<String>,
+        mismatched: Vec<ShapeMismatch>,
+    },
+
+    /// A model config that is inconsistent or names an unknown preset.
+    #[error("invalid model config: {0}")]
+    Config(String),
+
+    /// An argument with the right type but a value we cannot use.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// An argument of the wrong type (raised as TypeError in Python).
+    #[error("{0}")]
+    InvalidType(String),
+
+    /// A device that was asked for but is not there (e.g. CUDA on a CPU-only machine).
+    #[error("{0}")]
+    Device(String),
+
+    /// An error reported by libtorch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::FileNotFound { path, hint: None }
+        } else {
+            Error::Io { path, source }
+        }
+    }
+
+    pub fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn image(origin: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::ImageDecode {
+            origin: origin.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::InvalidArgument(message.into())
+    }
+}
+
+pub(crate) fn hint_suffix(hint: &Option<String>) -> String {
+    hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
+}
+
+/// Lists every problem at once, so that a user fixing a checkpoint sees the whole picture.
+fn key_mismatch_message(
+    path: &std::path::Path,
+    missing: &[String],
+    unexpected: &[String],
+    mismatched: &[ShapeMismatch],
+) -> String {
+    const SHOWN: usize = 20;
+    fn list(items: impl ExactSizeIterator<Item = String>) -> String {
+        let n = items.len();
+        let mut shown: Vec<String> = items.take(SHOWN).collect();
+        if n > SHOWN {
+            shown.push(format!("... and {} more", n - SHOWN));
+        }
+        shown.join(", ")
+    }
+    let mut parts = vec![format!(
+        "{}: checkpoint does not match the model config",
+        path.display()
+    )];
+    if !missing.is_empty() {
+        parts.push(format!(
+            "missing keys ({}): {}",
+            missing.len(),
+            list(missing.iter().cloned())
+        ));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!(
+            "unexpected keys ({}): {}",
+            unexpected.len(),
+            list(unexpected.iter().cloned())
+        ));
+    }
+    if !mismatched.is_empty() {
+        parts.push(format!(
+            "shape mismatches ({}): {}",
+            mismatched.len(),
+            list(
+                mismatched
+                    .iter()
+                    .map(|m| format!("{} expected {:?} found {:?}", m.key, m.expected, m.found))
+            )
+        ));
+    }
+    parts.join("; ")
+}

@@ -1,0 +1,185 @@
+//! Decoding files and bytes into 8-bit RGB, as `PIL.Image.open(f).convert("RGB")` would, plus the
+//! two things PIL leaves to the caller: EXIF orientation is applied, and images whose header
+//! claims more pixels than a settable limit are refused before any pixel is decoded.
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+
+use crate::error::{Error, Result};
+
+/// PIL's own refusal threshold (twice `Image.MAX_IMAGE_PIXELS`): about 13400 x 13400.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 178_956_970;
+
+static MAX_IMAGE_PIXELS: AtomicU64 = AtomicU64::new(DEFAULT_MAX_IMAGE_PIXELS);
+
+/// The largest image (width x height) that will be decoded; larger ones are refused as likely
+/// decompression bombs.
+pub fn max_image_pixels() -> u64 {
+    MAX_IMAGE_PIXELS.load(Ordering::Relaxed)
+}
+
+/// Changes the limit of [`max_image_pixels`] for the whole process.
+pub fn set_max_image_pixels(limit: u64) -> Result<()> {
+    if limit == 0 {
+        return Err(Error::invalid("max_image_pixels must be positive"));
+    }
+    MAX_IMAGE_PIXELS.store(limit, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Reads and decodes an image file.
+pub fn decode_file(path: &Path) -> Result<RgbImage> {
+    if path.is_dir() {
+        return Err(Error::image(
+            path.display().to_string(),
+            "is a directory, not an image file",
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_bytes(&bytes, &path.display().to_string())
+}
+
+/// Decodes an encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF, ...). `origin` names the source in
+/// error messages.
+pub fn decode_bytes(bytes: &[u8], origin: &str) -> Result<RgbImage> {
+    decode_bytes_with_limit(bytes, origin, max_image_pixels())
+}
+
+fn decode_bytes_with_limit(bytes: &[u8], origin: &str, max_pixels: u64) -> Result<RgbImage> {
+    if bytes.is_empty() {
+        return Err(Error::image(origin, "empty file, not an image"));
+    }
+    let fail = |what: &str, e: &dyn std::fmt::Display| Error::image(origin, format!("{what}: {e}"));
+
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| fail("cannot read image", &e))?;
+    let Some(format) = reader.format() else {
+        return Err(Error::image(
+            origin,
+            format!(
+                "not a recognised image format (first bytes {:02x?})",
+                &bytes[..bytes.len().min(8)]
+            ),
+        ));
+    };
+    let mut limits = Limits::default();
+    // Room for the largest allowed image at 16 bits per channel with alpha.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(512 << 20));
+    reader.limits(limits);
+
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| fail(&format!("not a valid {format:?} image"), &e))?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels == 0 {
+        return Err(Error::image(origin, format!("image has no pixels ({width}x{height})")));
+    }
+    if pixels > max_pixels {
+        return Err(Error::image(
+            origin,
+            format!(
+                "image is {width}x{height} = {pixels} pixels, above the limit of {max_pixels} \
+                 (a guard against decompression bombs; raise it with \
+                 liteclip.set_max_image_pixels)"
+            ),
+        ));
+    }
+    // A broken EXIF block should not make a good image unreadable.
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder)
+        .map_err(|e| fail(&format!("corrupt or truncated {format:?} image"), &e))?;
+    image.apply_orientation(orientation);
+    Ok(to_rgb8(image))
+}
+
+/// Converts any colour mode to 8-bit RGB the way PIL's `convert("RGB")` does: grey is replicated,
+/// alpha is dropped (not composited), palettes are expanded by the decoder, and 16-bit or float
+/// channels are scaled to 8 bits.
+pub fn to_rgb8(image: DynamicImage) -> RgbImage {
+    match image {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    }
+}
+
+/// Wraps packed 8-bit pixels (row-major, `channels` per pixel: 1 grey, 3 RGB, 4 RGBA) as RGB.
+pub fn rgb_from_pixels(data: &[u8], width: u32, height: u32, channels: u32) -> Result<RgbImage> {
+    let expected = (width as usize) * (height as usize) * (channels as usize);
+    if width == 0 || height == 0 {
+        return Err(Error::invalid(format!(
+            "image array has no pixels ({height}x{width})"
+        )));
+    }
+    if data.len() != expected {
+        return Err(Error::invalid(format!(
+            "pixel buffer holds {} bytes, expected {height}x{width}x{channels} = {expected}",
+            data.len()
+        )));
+    }
+    let rgb: Vec<u8> = match channels {
+        3 => data.to_vec(),
+        1 => data.iter().flat_map(|&v| [v, v, v]).collect(),
+        4 => data.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        2 => data.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        n => {
+            return Err(Error::invalid(format!(
+                "image array must have 1, 2, 3 or 4 channels, got {n}"
+            )))
+        }
+    };
+    RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| Error::invalid("pixel buffer does not match its size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(image: DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn decodes_grey_and_rgba_like_pil() {
+        let grey = image::GrayImage::from_fn(3, 2, |x, y| image::Luma([(x * 40 + y) as u8]));
+        let png = encode(DynamicImage::ImageLuma8(grey.clone()), image::ImageFormat::Png);
+        let rgb = decode_bytes(&png, "grey.png").unwrap();
+        for (x, y, p) in rgb.enumerate_pixels() {
+            let v = grey.get_pixel(x, y)[0];
+            assert_eq!(p.0, [v, v, v]);
+        }
+        let rgba = image::RgbaImage::from_pixel(2, 2, image::Rgba([10, 20, 30, 0]));
+        let png = encode(DynamicImage::ImageRgba8(rgba), image::ImageFormat::Png);
+        // Alpha is dropped, not composited: a fully transparent pixel keeps its colour.
+        assert_eq!(decode_bytes(&png, "a.png").unwrap().get_pixel(0, 0).0, [10, 20, 30]);
+    }
+
+    #[test]
+    fn rejects_garbage_empty_and_truncated() {
+        assert!(matches!(decode_bytes(b"", "e"), Err(Error::ImageDecode { .. })));
+        assert!(matches!(
+            decode_bytes(b"hello, this is text", "t"),
+            Err(Error::ImageDecode { .. })
+        ));
+        let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let png = encode(DynamicImage::ImageRgb8(img), image::ImageFormat::Png);
+        assert!(decode_bytes(&png[..png.len() / 2], "half.png").is_err());
+    }
+
+    #[test]
+    fn refuses_images_above_the_pixel_limit() {
+        let img = image::RgbImage::new(40, 30);
+        let png = encode(DynamicImage::ImageRgb8(img), image::ImageFormat::Png);
+        // Through a local limit, so that tests running in parallel are not affected.
+        let e = decode_bytes_with_limit(&png, "big.png", 1000).unwrap_err();
+        assert!(e.to_string().contains("1200 pixels"), "{e}");
+        assert!(decode_bytes_with_limit(&png, "big.png", 1200).is_ok());
+    }
+}

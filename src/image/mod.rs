@@ -1,0 +1,60 @@
+//! From whatever the user holds (a path, encoded bytes, decoded pixels) to the normalised float
+//! batch the image tower takes. Decoding lives in [`decode`], the pixel transform in
+//! [`transform`]; this module only dispatches and batches them across threads.
+
+pub mod decode;
+pub mod transform;
+
+use std::path::PathBuf;
+
+use image::RgbImage;
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+pub use decode::{max_image_pixels, set_max_image_pixels, DEFAULT_MAX_IMAGE_PIXELS};
+
+/// One image, in any of the forms the public API accepts.
+#[derive(Debug, Clone)]
+pub enum ImageInput {
+    /// A file on disk, decoded here (EXIF orientation applied).
+    Path(PathBuf),
+    /// An encoded file's bytes.
+    Encoded(Vec<u8>),
+    /// Decoded 8-bit RGB pixels (from a numpy array or a PIL image).
+    Pixels(RgbImage),
+}
+
+impl ImageInput {
+    /// Decodes (if needed) to 8-bit RGB.
+    pub fn to_rgb(&self) -> Result<std::borrow::Cow<'_, RgbImage>> {
+        use std::borrow::Cow;
+        Ok(match self {
+            ImageInput::Path(path) => Cow::Owned(decode::decode_file(path)?),
+            ImageInput::Encoded(bytes) => Cow::Owned(decode::decode_bytes(bytes, "image bytes")?),
+            ImageInput::Pixels(rgb) => Cow::Borrowed(rgb),
+        })
+    }
+
+    /// Decodes and transforms to a `3 x size x size` normalised float array.
+    pub fn preprocess(&self, size: u32) -> Result<Vec<f32>> {
+        Ok(transform::preprocess(&*self.to_rgb()?, size))
+    }
+}
+
+/// Preprocesses many images in parallel into one contiguous `N x 3 x size x size` buffer. The
+/// first failing image (in input order) is the error reported.
+pub fn preprocess_batch(images: &[ImageInput], size: u32) -> Result<Vec<f32>> {
+    let per_image = 3 * size as usize * size as usize;
+    let mut out = vec![0f32; per_image * images.len()];
+    let outcomes: Vec<Result<()>> = out
+        .par_chunks_mut(per_image)
+        .zip(images.par_iter())
+        .map(|(slot, image)| {
+            slot.copy_from_slice(&image.preprocess(size)?);
+            Ok(())
+        })
+        .collect();
+    outcomes.into_iter().collect::<Result<()>>()?;
+    Ok(out)
+}

@@ -1,0 +1,30 @@
+//! liteclip: a small CLIP (ConvNeXt image tower + BERT text tower) whose model math runs in Rust
+//! on libtorch kernels, on the CPU or CUDA.
+//!
+//! The flow of one prediction, module by module:
+//!
+//! ```text
+//! image::decode -> image::transform --> model::convnext -> model::head -> L2 --+
+//! text (tokenizer) -------------------> model::bert -> mean pool -> head -> L2 -+-> pipeline (softmax)
+//! ```
+//!
+//! `liteclip::LiteClip` holds a loaded model (checkpoint::read + config); `pipeline::zero_shot`
+//! ranks labels. The core knows nothing of Python: the PyO3 bindings live in `python/`, behind
+//! the `python` feature.
+
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod image;
+pub mod liteclip;
+pub mod model;
+pub mod pipeline;
+pub mod text;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use crate::config::LiteClipConfig;
+pub use crate::error::{Error, Result};
+pub use crate::liteclip::LiteClip;

@@ -1,0 +1,165 @@
+//! A loaded model: config, weights on a device, and the tokenizer that goes with them. This is
+//! what `LiteClip` is in Python; it turns user inputs (images, captions) into embeddings.
+
+use std::path::Path;
+
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::checkpoint;
+use crate::config::LiteClipConfig;
+use crate::error::{Error, Result};
+use crate::image::{preprocess_batch, ImageInput};
+use crate::model::ClipModel;
+use crate::text::{Padding, TextTokenizer, TokenBatch};
+
+/// Images per forward pass when encoding many: bounds activation memory, keeps batches large
+/// enough for the kernels to be efficient.
+const IMAGE_CHUNK: usize = 64;
+const TEXT_CHUNK: usize = 512;
+
+pub struct LiteClip {
+    config: LiteClipConfig,
+    vs: nn::VarStore,
+    model: ClipModel,
+    tokenizer: TextTokenizer,
+}
+
+impl std::fmt::Debug for LiteClip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiteClip")
+            .field("device", &self.device())
+            .field("parameters", &self.num_parameters())
+            .finish()
+    }
+}
+
+impl LiteClip {
+    /// A randomly initialised model (for training from scratch, or tests).
+    pub fn new(config: LiteClipConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        let vs = nn::VarStore::new(device);
+        let model = ClipModel::new(&vs.root(), &config);
+        let tokenizer = TextTokenizer::new(config.max_length as usize)?;
+        Ok(LiteClip {
+            config,
+            vs,
+            model,
+            tokenizer,
+        })
+    }
+
+    /// Loads a checkpoint (see [`checkpoint::read`] for the accepted forms). `config` overrides
+    /// the one stored with (or inferred from) the checkpoint.
+    pub fn load(path: &Path, device: Device, config: Option<LiteClipConfig>) -> Result<Self> {
+        let weights = checkpoint::read(path)?;
+        let config = match (config, &weights.config) {
+            (Some(c), _) => c,
+            (None, Some(c)) => c.clone(),
+            (None, None) => checkpoint::infer_config(&weights.tensors, path)?,
+        };
+        let model = Self::new(config, device)?;
+        checkpoint::load_into(&model.vs, weights)?;
+        Ok(model)
+    }
+
+    /// Saves in liteclip's own format (a folder with `config.json` and `model.safetensors`).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        checkpoint::save(dir, &self.config, &self.vs)
+    }
+
+    pub fn config(&self) -> &LiteClipConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn num_parameters(&self) -> i64 {
+        self.vs.trainable_variables().iter().map(Tensor::numel).sum::<usize>() as i64
+    }
+
+    pub fn varstore(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    pub fn model(&self) -> &ClipModel {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// `exp(logit_scale)`: the factor applied to cosine similarities.
+    pub fn logit_scale(&self) -> Result<f64> {
+        Ok(self.model.logit_scale().f_exp()?.f_double_value(&[])?)
+    }
+
+    /// Decodes and transforms images into a `(N, 3, S, S)` float batch on the CPU.
+    pub fn preprocess(&self, images: &[ImageInput]) -> Result<Tensor> {
+        let size = self.config.image_size;
+        let data = preprocess_batch(images, size as u32)?;
+        Ok(Tensor::f_from_slice(&data)?.f_view([images.len() as i64, 3, size, size])?)
+    }
+
+    pub fn tokenize(&self, texts: &[&str]) -> Result<TokenBatch> {
+        self.tokenizer.encode(texts, Padding::Longest)
+    }
+
+    /// L2-normalised embeddings `(N, embed_dim)` of images, on the CPU.
+    pub fn encode_images(&self, images: &[ImageInput]) -> Result<Tensor> {
+        let mut parts = Vec::new();
+        for chunk in images.chunks(IMAGE_CHUNK) {
+            parts.push(self.encode_pixels(&self.preprocess(chunk)?)?);
+        }
+        self.concat(parts)
+    }
+
+    /// L2-normalised embeddings of an already preprocessed `(N, 3, S, S)` float batch, on the CPU.
+    pub fn encode_pixels(&self, pixels: &Tensor) -> Result<Tensor> {
+        let s = self.config.image_size;
+        let size = pixels.size();
+        if size.len() != 4 || size[1..] != [3, s, s] {
+            return Err(Error::invalid(format!(
+                "preprocessed images must have shape (N, 3, {s}, {s}), got {size:?}"
+            )));
+        }
+        let mut parts = Vec::new();
+        for chunk in pixels.split(IMAGE_CHUNK as i64, 0) {
+            let x = chunk.f_to_device(self.device())?.f_to_kind(Kind::Float)?;
+            let emb = tch::no_grad(|| self.model.encode_image(&x));
+            parts.push(emb.f_to_device(Device::Cpu)?);
+        }
+        self.concat(parts)
+    }
+
+    /// L2-normalised embeddings `(N, embed_dim)` of captions or labels, on the CPU.
+    pub fn encode_texts(&self, texts: &[&str]) -> Result<Tensor> {
+        let mut parts = Vec::new();
+        for chunk in texts.chunks(TEXT_CHUNK) {
+            let tokens = self.tokenize(chunk)?;
+            let (ids, mask) = token_tensors(&tokens, self.device())?;
+            let emb = tch::no_grad(|| self.model.encode_text(&ids, &mask));
+            parts.push(emb.f_to_device(Device::Cpu)?);
+        }
+        self.concat(parts)
+    }
+
+    fn concat(&self, parts: Vec<Tensor>) -> Result<Tensor> {
+        if parts.is_empty() {
+            return Ok(Tensor::f_zeros([0, self.config.embed_dim], (Kind::Float, Device::Cpu))?);
+        }
+        Ok(Tensor::f_cat(&parts, 0)?)
+    }
+}
+
+/// Token ids and attention mask as `(N, L)` int64 tensors on `device`.
+pub fn token_tensors(tokens: &TokenBatch, device: Device) -> Result<(Tensor, Tensor)> {
+    let shape = [tokens.batch as i64, tokens.seq_len as i64];
+    let ids = Tensor::f_from_slice(&tokens.input_ids)?.f_view(shape)?.f_to_device(device)?;
+    let mask = Tensor::f_from_slice(&tokens.attention_mask)?
+        .f_view(shape)?
+        .f_to_device(device)?;
+    Ok((ids, mask))
+}

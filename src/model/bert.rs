@@ -1,0 +1,147 @@
+//! The BERT text tower with Hugging Face `BertModel`'s numerics and parameter names
+//! (`embeddings.*`, `encoder.layer.N.attention.self.{query,key,value}`, ..., `pooler.dense`), and
+//! liteCLIP's masked mean pooling on top.
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::layers::{embedding, layer_norm, linear};
+use crate::config::BertConfig;
+
+#[derive(Debug)]
+struct Layer {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    attn_out: nn::Linear,
+    attn_norm: nn::LayerNorm,
+    intermediate: nn::Linear,
+    output: nn::Linear,
+    out_norm: nn::LayerNorm,
+}
+
+impl Layer {
+    fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let att = p / "attention";
+        Layer {
+            query: linear(&(&att / "self" / "query"), h, h),
+            key: linear(&(&att / "self" / "key"), h, h),
+            value: linear(&(&att / "self" / "value"), h, h),
+            attn_out: linear(&(&att / "output" / "dense"), h, h),
+            attn_norm: layer_norm(&(&att / "output" / "LayerNorm"), h, eps),
+            intermediate: linear(&(p / "intermediate" / "dense"), h, cfg.intermediate_size),
+            output: linear(&(p / "output" / "dense"), cfg.intermediate_size, h),
+            out_norm: layer_norm(&(p / "output" / "LayerNorm"), h, eps),
+        }
+    }
+
+    /// `x`: (N, L, H); `mask_bias`: (N, 1, 1, L), 0 where attended, very negative on padding.
+    fn forward(&self, x: &Tensor, mask_bias: &Tensor, cfg: &BertConfig, train: bool) -> Tensor {
+        let size = x.size();
+        let (n, l, h) = (size[0], size[1], size[2]);
+        let heads = cfg.num_heads;
+        let split = |t: Tensor| t.view([n, l, heads, h / heads]).transpose(1, 2);
+        let q = split(self.query.forward(x));
+        let k = split(self.key.forward(x));
+        let v = split(self.value.forward(x));
+        let p_drop = if train { cfg.attention_dropout } else { 0.0 };
+        let ctx = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(mask_bias),
+            p_drop,
+            false,
+            None,
+            false,
+        )
+        .transpose(1, 2)
+        .reshape([n, l, h]);
+        let attn = (self
+            .attn_out
+            .forward(&ctx)
+            .dropout(cfg.hidden_dropout, train)
+            + x)
+            .apply(&self.attn_norm);
+        let ffn = self
+            .intermediate
+            .forward(&attn)
+            .gelu("none")
+            .apply(&self.output)
+            .dropout(cfg.hidden_dropout, train);
+        (ffn + attn).apply(&self.out_norm)
+    }
+}
+
+#[derive(Debug)]
+pub struct Bert {
+    word_embeddings: nn::Embedding,
+    position_embeddings: nn::Embedding,
+    token_type_embeddings: nn::Embedding,
+    embeddings_norm: nn::LayerNorm,
+    layers: Vec<Layer>,
+    config: BertConfig,
+}
+
+impl Bert {
+    pub fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
+        let h = cfg.hidden_size;
+        let e = p / "embeddings";
+        let layers = (0..cfg.num_layers)
+            .map(|i| Layer::new(&(p / "encoder" / "layer" / i), cfg))
+            .collect();
+        // BertModel's pooler is unused by mean pooling; its weights exist so that checkpoints in
+        // the original layout load strictly and save back unchanged.
+        let _pooler = linear(&(p / "pooler" / "dense"), h, h);
+        Bert {
+            word_embeddings: embedding(&(&e / "word_embeddings"), cfg.vocab_size, h),
+            position_embeddings: embedding(&(&e / "position_embeddings"), cfg.max_position_embeddings, h),
+            token_type_embeddings: embedding(&(&e / "token_type_embeddings"), cfg.type_vocab_size, h),
+            embeddings_norm: layer_norm(&(&e / "LayerNorm"), h, cfg.layer_norm_eps),
+            layers,
+            config: cfg.clone(),
+        }
+    }
+
+    /// Token ids and attention mask, both (N, L) int64, to the last hidden states (N, L, H).
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
+        let l = input_ids.size()[1];
+        let device = input_ids.device();
+        let positions = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(0);
+        // token_type_ids are all zero for single sentences.
+        let token_types = Tensor::zeros_like(input_ids);
+        let mut x = (self.word_embeddings.forward(input_ids)
+            + self.position_embeddings.forward(&positions)
+            + self.token_type_embeddings.forward(&token_types))
+        .apply(&self.embeddings_norm)
+        .dropout(self.config.hidden_dropout, train);
+        let kind = x.kind();
+        // HF's additive mask: 0 where attended, the dtype's lowest value on padding.
+        let mask_bias = (attention_mask.to_kind(kind).ones_like() - attention_mask.to_kind(kind))
+            * lowest(kind);
+        let mask_bias = mask_bias.view([-1, 1, 1, l]);
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask_bias, &self.config, train);
+        }
+        x
+    }
+}
+
+/// The most negative finite value of a float dtype.
+fn lowest(kind: Kind) -> f64 {
+    match kind {
+        Kind::Half => -65504.0,
+        Kind::BFloat16 => -3.389_531_389_251_535e38,
+        Kind::Double => f64::MIN,
+        _ => f64::from(f32::MIN),
+    }
+}
+
+/// liteCLIP's pooling: the mean of the hidden states of real tokens (padding excluded).
+pub fn masked_mean(hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
+    let mask = attention_mask.unsqueeze(-1).to_kind(hidden.kind());
+    let summed = (hidden * &mask).sum_dim_intlist([1i64].as_slice(), false, None);
+    let counts = mask.sum_dim_intlist([1i64].as_slice(), false, None).clamp_min(1e-9);
+    summed / counts
+}

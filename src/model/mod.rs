@@ -1,0 +1,10 @@
+//! The network: towers, heads and the CLIP module that joins them. Nothing here knows of files,
+//! tokenizers or Python; tensors in, tensors out.
+
+pub mod bert;
+pub mod clip;
+pub mod convnext;
+pub mod head;
+mod layers;
+
+pub use clip::{l2_normalize, ClipModel};

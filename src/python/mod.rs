@@ -1,0 +1,111 @@
+//! The PyO3 bindings: thin wrappers that convert arguments, release the GIL, call the core and
+//! convert results and errors back. No model logic lives here.
+
+mod convert;
+mod errors;
+mod model;
+mod pipeline;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use convert::{extract_images, extract_texts, Images};
+use errors::{run_released, IntoPyResult};
+use numpy::{PyArray1, PyArrayMethods};
+
+use crate::image::{self as img, preprocess_batch};
+use crate::text::{Padding, TextTokenizer};
+
+/// Applies liteCLIP's image transform (resize shorter side with bicubic antialiasing, center
+/// crop, normalise with CLIP's mean/std). One image gives float32 `(3, S, S)`; a list gives
+/// `(N, 3, S, S)`.
+#[pyfunction]
+#[pyo3(signature = (image, image_size = 224))]
+fn preprocess<'py>(
+    py: Python<'py>,
+    image: &Bound<'py, PyAny>,
+    image_size: u32,
+) -> PyResult<Bound<'py, PyAny>> {
+    if image_size == 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err("image_size must be positive"));
+    }
+    let (list, batched) = match extract_images(image).py_err(py)? {
+        Images::One(i) => (vec![i], false),
+        Images::Many(l) => (l, true),
+        Images::Pixels { .. } => {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "preprocess takes images, not float arrays (they are already preprocessed)",
+            ))
+        }
+    };
+    let n = list.len();
+    let data = run_released(py, move || preprocess_batch(&list, image_size))?;
+    let s = image_size as usize;
+    let shape = if batched { vec![n, 3, s, s] } else { vec![3, s, s] };
+    Ok(PyArray1::from_vec(py, data).reshape(shape)?.into_any())
+}
+
+/// Tokenizes with the BERT uncased vocabulary: [CLS] ... [SEP], truncated to `max_length`.
+/// `padding` is "max_length" (as the original liteCLIP, every row `max_length` long) or
+/// "longest" (to the longest text). Returns a dict of int64 `(N, L)` arrays: `input_ids`,
+/// `attention_mask` and `token_type_ids`.
+#[pyfunction]
+#[pyo3(signature = (texts, max_length = 128, padding = "max_length"))]
+fn tokenize<'py>(
+    py: Python<'py>,
+    texts: &Bound<'py, PyAny>,
+    max_length: usize,
+    padding: &str,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (texts, _) = extract_texts(texts, "texts").py_err(py)?;
+    let padding = Padding::parse(padding).py_err(py)?;
+    let batch = run_released(py, move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        TextTokenizer::new(max_length)?.encode(&refs, padding)
+    })?;
+    let shape = [batch.batch, batch.seq_len];
+    let out = PyDict::new(py);
+    let zeros = vec![0i64; batch.input_ids.len()];
+    out.set_item("input_ids", PyArray1::from_vec(py, batch.input_ids).reshape(shape)?)?;
+    out.set_item(
+        "attention_mask",
+        PyArray1::from_vec(py, batch.attention_mask).reshape(shape)?,
+    )?;
+    out.set_item("token_type_ids", PyArray1::from_vec(py, zeros).reshape(shape)?)?;
+    Ok(out)
+}
+
+/// Largest image (width x height) decoded; bigger ones raise `ImageDecodeError` before any
+/// pixel is decoded (decompression-bomb guard). Default: Pillow's own limit, 178,956,970.
+#[pyfunction]
+fn get_max_image_pixels() -> u64 {
+    img::max_image_pixels()
+}
+
+/// Sets the limit of `get_max_image_pixels` for the whole process.
+#[pyfunction]
+fn set_max_image_pixels(py: Python<'_>, limit: u64) -> PyResult<()> {
+    img::set_max_image_pixels(limit).py_err(py)
+}
+
+/// Whether this build of libtorch can use CUDA on this machine.
+#[pyfunction]
+fn cuda_is_available() -> bool {
+    tch::Cuda::is_available()
+}
+
+#[pymodule]
+#[pyo3(name = "_liteclip")]
+fn liteclip_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<model::PyLiteClip>()?;
+    m.add_class::<pipeline::PyZeroShotPipeline>()?;
+    m.add_function(wrap_pyfunction!(preprocess, m)?)?;
+    m.add_function(wrap_pyfunction!(tokenize, m)?)?;
+    m.add_function(wrap_pyfunction!(get_max_image_pixels, m)?)?;
+    m.add_function(wrap_pyfunction!(set_max_image_pixels, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_is_available, m)?)?;
+    m.add("DEFAULT_MAX_IMAGE_PIXELS", img::DEFAULT_MAX_IMAGE_PIXELS)?;
+    errors::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! `liteclip.LiteClip`: a loaded model, its encoders, and checkpoint I/O.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::convert::{extract_images, extract_texts, to_numpy_2d, Images};
+use super::errors::{run_released, IntoPyResult};
+use crate::config::LiteClipConfig;
+use crate::device::{device_name, parse_device};
+use crate::error::Result;
+use crate::liteclip::LiteClip;
+
+/// A model shared between Python threads.
+///
+/// SAFETY: `LiteClip` is not `Sync` only because `tch::Tensor` is not marked so. Everything
+/// reachable through `&SharedModel` runs inference: no_grad forward passes that read the weight
+/// tensors and never write them, which libtorch supports from many threads at once. Training
+/// (which mutates weights) takes its own model, not a shared one.
+pub struct SharedModel(LiteClip);
+unsafe impl Sync for SharedModel {}
+
+impl std::ops::Deref for SharedModel {
+    type Target = LiteClip;
+    fn deref(&self) -> &LiteClip {
+        &self.0
+    }
+}
+
+/// Resolves "liteclip", "liteclip-nano" or a JSON path.
+fn config_from_arg(spec: Option<&str>) -> Result<Option<LiteClipConfig>> {
+    spec.map(LiteClipConfig::from_name_or_file).transpose()
+}
+
+/// A liteclip model on a device: encodes images and texts into a shared, L2-normalised embedding
+/// space; loads the original liteCLIP `.pt` or liteclip's own checkpoint format, and saves the
+/// latter.
+#[pyclass(name = "LiteClip", module = "liteclip", frozen)]
+pub struct PyLiteClip {
+    pub(crate) inner: Arc<SharedModel>,
+}
+
+impl PyLiteClip {
+    pub fn load_model(
+        py: Python<'_>,
+        path: PathBuf,
+        device: &str,
+        config: Option<&str>,
+    ) -> PyResult<Self> {
+        let device = device.to_owned();
+        let config = config.map(str::to_owned);
+        let model = run_released(py, move || {
+            let device = parse_device(&device)?;
+            LiteClip::load(&path, device, config_from_arg(config.as_deref())?)
+        })?;
+        Ok(PyLiteClip {
+            inner: Arc::new(SharedModel(model)),
+        })
+    }
+}
+
+#[pymethods]
+impl PyLiteClip {
+    /// A new, randomly initialised model: `config` is a preset name ("liteclip",
+    /// "liteclip-nano") or the path of a JSON config; `seed` makes the initialisation repeatable.
+    #[new]
+    #[pyo3(signature = (config = "liteclip", device = "auto", seed = None))]
+    fn new(py: Python<'_>, config: &str, device: &str, seed: Option<i64>) -> PyResult<Self> {
+        let (config, device) = (config.to_owned(), device.to_owned());
+        let model = run_released(py, move || {
+            let device = parse_device(&device)?;
+            if let Some(seed) = seed {
+                tch::manual_seed(seed);
+            }
+            LiteClip::new(LiteClipConfig::from_name_or_file(&config)?, device)
+        })?;
+        Ok(PyLiteClip {
+            inner: Arc::new(SharedModel(model)),
+        })
+    }
+
+    /// Loads a checkpoint: an original liteCLIP `.pt` state dict, a liteclip folder
+    /// (`config.json` + `model.safetensors`) or a `.safetensors` file. `device` is "auto",
+    /// "cpu", "cuda" or "cuda:N"; `config` overrides the stored or inferred model config.
+    #[staticmethod]
+    #[pyo3(signature = (path, device = "auto", config = None))]
+    fn load(py: Python<'_>, path: PathBuf, device: &str, config: Option<&str>) -> PyResult<Self> {
+        Self::load_model(py, path, device, config)
+    }
+
+    /// Saves in liteclip's own format: a folder with `config.json` and `model.safetensors`,
+    /// each written atomically.
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let model = self.inner.clone();
+        run_released(py, move || model.save(&path))
+    }
+
+    /// Embeds images: a path, PIL image, uint8 array, or a list of them, or a float32
+    /// `(N, 3, S, S)` batch already preprocessed. Returns float32 `(N, embed_dim)`, rows of unit
+    /// length.
+    fn encode_image<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let images = extract_images(images).py_err(py)?;
+        let model = self.inner.clone();
+        let emb = run_released(py, move || match images {
+            Images::One(image) => model.encode_images(&[image]),
+            Images::Many(list) => model.encode_images(&list),
+            Images::Pixels { tensor, .. } => model.encode_pixels(&tensor),
+        })?;
+        to_numpy_2d(py, &emb)
+    }
+
+    /// Embeds a string or a list of strings: float32 `(N, embed_dim)`, rows of unit length.
+    fn encode_text<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (texts, _) = extract_texts(texts, "texts").py_err(py)?;
+        let model = self.inner.clone();
+        let emb = run_released(py, move || {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            model.encode_texts(&refs)
+        })?;
+        to_numpy_2d(py, &emb)
+    }
+
+    /// The factor applied to cosine similarities (`exp` of the learned parameter).
+    #[getter]
+    fn logit_scale(&self, py: Python<'_>) -> PyResult<f64> {
+        self.inner.logit_scale().py_err(py)
+    }
+
+    #[getter]
+    fn device(&self) -> String {
+        device_name(self.inner.device())
+    }
+
+    /// The model config as a dict (the content of a checkpoint's `config.json`).
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        py.import("json")?
+            .call_method1("loads", (self.inner.config().to_json(),))
+    }
+
+    #[getter]
+    fn embed_dim(&self) -> i64 {
+        self.inner.config().embed_dim
+    }
+
+    #[getter]
+    fn image_size(&self) -> i64 {
+        self.inner.config().image_size
+    }
+
+    #[getter]
+    fn num_parameters(&self) -> i64 {
+        self.inner.num_parameters()
+    }
+
+    /// Names and shapes of all parameters, in the original liteCLIP layout.
+    fn parameter_shapes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        let mut vars: Vec<_> = self.inner.varstore().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in vars {
+            out.set_item(name, t.size())?;
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn __repr__(&self) -> String {
+        let c = self.inner.config();
+        format!(
+            "LiteClip(device='{}', image=ConvNeXt(dims={:?}, depths={:?}), text=BERT(hidden={}, \
+             layers={}, heads={}), embed_dim={}, image_size={}, parameters={:.1}M)",
+            device_name(self.inner.device()),
+            c.image.dims,
+            c.image.depths,
+            c.text.hidden_size,
+            c.text.num_layers,
+            c.text.num_heads,
+            c.embed_dim,
+            c.image_size,
+            self.inner.num_parameters() as f64 / 1e6
+        )
+    }
+}

@@ -1,0 +1,116 @@
+//! `liteclip.ZeroShotPipeline`: the original liteCLIP entry point.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+use super::convert::{extract_images, extract_texts, Images};
+use super::errors::{run_released, IntoPyResult};
+use super::model::{PyLiteClip, SharedModel};
+use crate::error::Error;
+use crate::pipeline::{rank, zero_shot, Ranking};
+
+/// Where the original liteCLIP README expects its released weights.
+const DEFAULT_CHECKPOINT: &str = "model/liteclip2.pt";
+
+/// Zero-shot image classification: ranks candidate labels for an image.
+///
+/// `ZeroShotPipeline()` loads `./model/liteclip2.pt` (the original liteCLIP release); pass a
+/// checkpoint path (any format `LiteClip.load` reads) or a `LiteClip` to use another model.
+#[pyclass(name = "ZeroShotPipeline", module = "liteclip", frozen)]
+pub struct PyZeroShotPipeline {
+    model: Arc<SharedModel>,
+}
+
+#[pymethods]
+impl PyZeroShotPipeline {
+    #[new]
+    #[pyo3(signature = (checkpoint = None, device = "auto"))]
+    fn new(py: Python<'_>, checkpoint: Option<&Bound<'_, PyAny>>, device: &str) -> PyResult<Self> {
+        if let Some(obj) = checkpoint {
+            if let Ok(model) = obj.downcast::<PyLiteClip>() {
+                return Ok(PyZeroShotPipeline {
+                    model: model.get().inner.clone(),
+                });
+            }
+        }
+        let path: PathBuf = match checkpoint {
+            Some(obj) => obj.extract().map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err(
+                    "checkpoint must be a path (str or os.PathLike) or a LiteClip",
+                )
+            })?,
+            None => PathBuf::from(DEFAULT_CHECKPOINT),
+        };
+        if checkpoint.is_none() && !path.exists() {
+            return Err(Error::FileNotFound {
+                path,
+                hint: Some(
+                    "ZeroShotPipeline() loads the original liteCLIP weights from \
+                     ./model/liteclip2.pt; put them there, or pass the path of any liteclip \
+                     checkpoint: ZeroShotPipeline(\"runs/exp/best\")"
+                        .into(),
+                ),
+            })
+            .py_err(py);
+        }
+        let model = PyLiteClip::load_model(py, path, device, None)?;
+        Ok(PyZeroShotPipeline { model: model.inner })
+    }
+
+    /// Ranks `labels` (at least two) for `image` and returns the `top_k` most probable as
+    /// `[(label, probability), ...]`, most probable first; probabilities are a softmax over all
+    /// labels. `image` takes every form `LiteClip.encode_image` does; a list of images gives one
+    /// such list per image.
+    #[pyo3(signature = (image, labels, top_k = 5))]
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        image: &Bound<'py, PyAny>,
+        labels: &Bound<'py, PyAny>,
+        top_k: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (labels, _) = extract_texts(labels, "labels").py_err(py)?;
+        let images = extract_images(image).py_err(py)?;
+        if top_k < 1 {
+            return Err(Error::invalid(format!("top_k must be at least 1, got {top_k}"))).py_err(py);
+        }
+        let model = self.model.clone();
+        let top_k = top_k as usize;
+        let (rankings, batched) = run_released(py, move || match images {
+            Images::One(image) => Ok((zero_shot(&model, &[image], &labels, top_k)?, false)),
+            Images::Many(list) => Ok((zero_shot(&model, &list, &labels, top_k)?, true)),
+            Images::Pixels { tensor, batched } => {
+                if labels.len() < 2 {
+                    return zero_shot(&model, &[], &labels, top_k).map(|r| (r, batched));
+                }
+                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                let text = model.encode_texts(&refs)?;
+                let img = model.encode_pixels(&tensor)?;
+                Ok((rank(&img, &text, model.logit_scale()?, &labels, top_k)?, batched))
+            }
+        })?;
+        let to_list = |r: Ranking| PyList::new(py, r);
+        if batched {
+            let lists = rankings.into_iter().map(to_list).collect::<PyResult<Vec<_>>>()?;
+            Ok(PyList::new(py, lists)?.into_any())
+        } else {
+            let first = rankings.into_iter().next().unwrap_or_default();
+            Ok(to_list(first)?.into_any())
+        }
+    }
+
+    /// The underlying model.
+    #[getter]
+    fn model(&self) -> PyLiteClip {
+        PyLiteClip {
+            inner: self.model.clone(),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("ZeroShotPipeline(model={})", self.model().__repr__())
+    }
+}
