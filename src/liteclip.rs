@@ -118,11 +118,15 @@ impl LiteClip {
 
     /// L2-normalised embeddings of an already preprocessed `(N, 3, S, S)` float batch, on the CPU.
     pub fn encode_pixels(&self, pixels: &Tensor) -> Result<Tensor> {
+        // The towers pool globally, so any size from the smallest the stages can reduce works;
+        // the config's image_size is what the model was trained at and what preprocess makes.
         let s = self.config.image_size;
+        let min = self.config.image.patch_size << (self.config.image.dims.len() - 1);
         let size = pixels.size();
-        if size.len() != 4 || size[1..] != [3, s, s] {
+        if size.len() != 4 || size[1] != 3 || size[2] < min || size[3] < min {
             return Err(Error::invalid(format!(
-                "preprocessed images must have shape (N, 3, {s}, {s}), got {size:?}"
+                "preprocessed images must have shape (N, 3, H, W) with H, W >= {min} \
+                 (this model was trained at {s}x{s}), got {size:?}"
             )));
         }
         let mut parts = Vec::new();

@@ -73,6 +73,7 @@ pub fn read(path: &Path) -> Result<Weights> {
             "not a checkpoint: neither a torch.save (.pt) zip file nor a safetensors file",
         ));
     };
+    strip_wrapper_prefixes(&mut weights.tensors);
     // A config.json beside a bare weights file describes it (own format, file named directly).
     let sibling = path.with_file_name(CONFIG_FILE);
     if weights.config.is_none() && sibling.is_file() && looks_like_safetensors_path(path) {
@@ -268,8 +269,7 @@ pub fn infer_config(tensors: &[(String, Tensor)], path: &Path) -> Result<LiteCli
 
 /// Copies `weights` into the variables of `vs`, requiring an exact match of names and shapes
 /// (ignorable buffers aside). On a mismatch nothing is copied and every problem is listed.
-pub fn load_into(vs: &nn::VarStore, mut weights: Weights) -> Result<()> {
-    strip_wrapper_prefixes(&mut weights.tensors);
+pub fn load_into(vs: &nn::VarStore, weights: Weights) -> Result<()> {
     let vars = vs.variables();
     let found: BTreeMap<&str, &Tensor> = weights
         .tensors

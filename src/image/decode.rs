@@ -66,6 +66,14 @@ fn decode_bytes_with_limit(bytes: &[u8], origin: &str, max_pixels: u64) -> Resul
             ),
         ));
     };
+    if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
+        // The decoder would fill the missing part with grey and succeed; PIL refuses such files
+        // ("image file is truncated") and so do we.
+        return Err(Error::image(
+            origin,
+            "truncated JPEG: the file ends before its end-of-image marker",
+        ));
+    }
     let mut limits = Limits::default();
     // Room for the largest allowed image at 16 bits per channel with alpha.
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(512 << 20));
@@ -95,6 +103,32 @@ fn decode_bytes_with_limit(bytes: &[u8], origin: &str, max_pixels: u64) -> Resul
         .map_err(|e| fail(&format!("corrupt or truncated {format:?} image"), &e))?;
     image.apply_orientation(orientation);
     Ok(to_rgb8(image))
+}
+
+/// Whether a JPEG stream reaches its end-of-image marker (FF D9) after its first scan.
+///
+/// Marker segments before the first scan are skipped by their lengths (an EXIF thumbnail there
+/// has markers of its own); inside entropy-coded data an FF byte is only ever followed by 00
+/// (stuffing), a restart marker, or the next segment, so an FF D9 there is the real end.
+fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
+    let mut pos = 2; // after SOI
+    while pos + 4 <= bytes.len() {
+        if bytes[pos] != 0xFF {
+            return false;
+        }
+        let marker = bytes[pos + 1];
+        if marker == 0xFF {
+            pos += 1; // fill byte
+            continue;
+        }
+        let len = usize::from(u16::from_be_bytes([bytes[pos + 2], bytes[pos + 3]]));
+        if marker == 0xDA {
+            let scan = &bytes[(pos + 2 + len).min(bytes.len())..];
+            return scan.windows(2).any(|w| w == [0xFF, 0xD9]);
+        }
+        pos += 2 + len;
+    }
+    false
 }
 
 /// Converts any colour mode to 8-bit RGB the way PIL's `convert("RGB")` does: grey is replicated,
@@ -171,6 +205,20 @@ mod tests {
         let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]));
         let png = encode(DynamicImage::ImageRgb8(img), image::ImageFormat::Png);
         assert!(decode_bytes(&png[..png.len() / 2], "half.png").is_err());
+    }
+
+    #[test]
+    fn truncated_jpeg_is_refused_and_complete_one_accepted() {
+        let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 9]));
+        let jpeg = encode(DynamicImage::ImageRgb8(img), image::ImageFormat::Jpeg);
+        assert!(decode_bytes(&jpeg, "full.jpg").is_ok());
+        let mut with_trailer = jpeg.clone();
+        with_trailer.extend_from_slice(b"trailing bytes some cameras add");
+        assert!(decode_bytes(&with_trailer, "trailer.jpg").is_ok());
+        for cut in [jpeg.len() - 2, jpeg.len() / 2, 200] {
+            let e = decode_bytes(&jpeg[..cut], "cut.jpg").unwrap_err();
+            assert!(e.to_string().contains("cut.jpg"), "{e}");
+        }
     }
 
     #[test]

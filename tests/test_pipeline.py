@@ -1,0 +1,128 @@
+"""ZeroShotPipeline behaviour: ranking, top_k, input kinds, batches, threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CAT, REAL_IMAGES
+from PIL import Image
+
+import liteclip
+
+LABELS = ["a photo of a dog", "a photo of a cat", "the photo of a human baby", "a rocket"]
+
+
+@pytest.fixture(scope="module")
+def pipe(nano_ckpt):
+    return liteclip.ZeroShotPipeline(nano_ckpt, device="cpu")
+
+
+def test_sorted_probabilities_that_sum_to_one(pipe):
+    ranking = pipe.predict(str(CAT), LABELS)
+    assert len(ranking) == len(LABELS)
+    probs = [p for _, p in ranking]
+    assert probs == sorted(probs, reverse=True)
+    assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+    assert {label for label, _ in ranking} == set(LABELS)
+    assert all(isinstance(label, str) and isinstance(p, float) for label, p in ranking)
+
+
+def test_probabilities_are_a_softmax_of_scaled_cosines(pipe):
+    model = pipe.model
+    img = model.encode_image(str(CAT))
+    txt = model.encode_text(LABELS)
+    logits = model.logit_scale * (img @ txt.T)[0]
+    expected = np.exp(logits - logits.max())
+    expected /= expected.sum()
+    got = dict(pipe.predict(str(CAT), LABELS))
+    for label, p in zip(LABELS, expected):
+        assert got[label] == pytest.approx(p, abs=1e-5)
+
+
+def test_top_k(pipe):
+    full = pipe.predict(str(CAT), LABELS)
+    assert pipe.predict(str(CAT), LABELS, top_k=2) == full[:2]
+    assert pipe.predict(str(CAT), LABELS, top_k=100) == full
+
+
+def test_input_kinds_agree(pipe):
+    pil = Image.open(CAT)
+    expected = pipe.predict(np.asarray(pil.convert("RGB")), LABELS)
+    for image in [pil, pil.convert("RGBA")]:
+        got = pipe.predict(image, LABELS)
+        assert [lb for lb, _ in got] == [lb for lb, _ in expected]
+        np.testing.assert_allclose([p for _, p in got], [p for _, p in expected], atol=1e-6)
+    by_path = pipe.predict(Path(CAT), LABELS)
+    assert by_path == pipe.predict(str(CAT), LABELS)
+    pre = liteclip.preprocess(str(CAT), image_size=pipe.model.image_size)
+    from_floats = pipe.predict(pre, LABELS)
+    np.testing.assert_allclose(
+        [p for _, p in from_floats], [p for _, p in by_path], atol=1e-6
+    )
+
+
+def test_batch_of_images_gives_one_ranking_each(pipe):
+    paths = [str(p) for p in REAL_IMAGES]
+    batch = pipe.predict(paths, LABELS, top_k=2)
+    assert len(batch) == len(paths)
+    for path, ranking in zip(paths, batch):
+        single = pipe.predict(path, LABELS, top_k=2)
+        assert [lb for lb, _ in ranking] == [lb for lb, _ in single]
+        np.testing.assert_allclose([p for _, p in ranking], [p for _, p in single], atol=1e-5)
+
+
+def test_many_threads_agree_with_serial(pipe):
+    paths = [str(p) for p in REAL_IMAGES] * 4
+    serial = [pipe.predict(p, LABELS) for p in paths]
+    results: list = [None] * len(paths)
+    errors: list = []
+
+    def work(i):
+        try:
+            results[i] = pipe.predict(paths[i], LABELS)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for got, want in zip(results, serial):
+        assert [lb for lb, _ in got] == [lb for lb, _ in want]
+        np.testing.assert_allclose([p for _, p in got], [p for _, p in want], atol=1e-5)
+
+
+def test_gil_is_released_during_compute(liteclip_ckpt):
+    """While one thread encodes, a pure-Python thread keeps running."""
+    model = liteclip.LiteClip.load(liteclip_ckpt, device="cpu")
+    images = [str(CAT)] * 8
+    ticks = 0
+    done = threading.Event()
+
+    def count():
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            time.sleep(0.001)
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    start = time.perf_counter()
+    model.encode_image(images)
+    elapsed = time.perf_counter() - start
+    done.set()
+    counter.join()
+    # With the GIL held the counter could not tick at all during the call.
+    assert elapsed > 0.05
+    assert ticks > 10, (ticks, elapsed)
+
+
+def test_repr(pipe):
+    assert "LiteClip(device='cpu'" in repr(pipe.model)
+    assert "dims=[32, 64, 128, 256]" in repr(pipe.model)
