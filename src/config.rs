@@ -179,8 +179,8 @@ impl LiteClipConfig {
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
-        let config: Self =
-            serde_json::from_str(text).map_err(|e| Error::Config(format!("not a valid config: {e}")))?;
+        let config: Self = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("not a valid config: {e}")))?;
         config.validate()?;
         Ok(config)
     }
@@ -284,8 +284,12 @@ mod tests {
     #[test]
     fn rejects_bad_configs() {
         assert!(LiteClipConfig::from_json(r#"{"embed_dims": 64}"#).is_err());
-        assert!(LiteClipConfig::from_json(r#"{"text": {"hidden_size": 100, "num_heads": 3}}"#).is_err());
-        assert!(LiteClipConfig::from_json(r#"{"image": {"dims": [8, 16], "depths": [1]}}"#).is_err());
+        assert!(
+            LiteClipConfig::from_json(r#"{"text": {"hidden_size": 100, "num_heads": 3}}"#).is_err()
+        );
+        assert!(
+            LiteClipConfig::from_json(r#"{"image": {"dims": [8, 16], "depths": [1]}}"#).is_err()
+        );
         assert!(LiteClipConfig::preset("liteclip-huge").is_err());
     }
 }

@@ -8,7 +8,13 @@ use crate::error::{Error, Result};
 /// for a GPU that is not there is an error rather than a silent fallback.
 pub fn parse_device(name: &str) -> Result<Device> {
     let name = name.trim().to_ascii_lowercase();
-    let cuda_count = || if Cuda::is_available() { Cuda::device_count() } else { 0 };
+    let cuda_count = || {
+        if Cuda::is_available() {
+            Cuda::device_count()
+        } else {
+            0
+        }
+    };
     let cuda = |index: usize| {
         let n = cuda_count() as usize;
         if index < n {
@@ -26,7 +32,11 @@ pub fn parse_device(name: &str) -> Result<Device> {
         }
     };
     match name.as_str() {
-        "auto" => Ok(if cuda_count() > 0 { Device::Cuda(0) } else { Device::Cpu }),
+        "auto" => Ok(if cuda_count() > 0 {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
         "cpu" => Ok(Device::Cpu),
         "cuda" | "gpu" => cuda(0),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {

@@ -76,7 +76,11 @@ impl LiteClip {
     }
 
     pub fn num_parameters(&self) -> i64 {
-        self.vs.trainable_variables().iter().map(Tensor::numel).sum::<usize>() as i64
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(Tensor::numel)
+            .sum::<usize>() as i64
     }
 
     pub fn varstore(&self) -> &nn::VarStore {
@@ -152,7 +156,10 @@ impl LiteClip {
 
     fn concat(&self, parts: Vec<Tensor>) -> Result<Tensor> {
         if parts.is_empty() {
-            return Ok(Tensor::f_zeros([0, self.config.embed_dim], (Kind::Float, Device::Cpu))?);
+            return Ok(Tensor::f_zeros(
+                [0, self.config.embed_dim],
+                (Kind::Float, Device::Cpu),
+            )?);
         }
         Ok(Tensor::f_cat(&parts, 0)?)
     }
@@ -161,9 +168,85 @@ impl LiteClip {
 /// Token ids and attention mask as `(N, L)` int64 tensors on `device`.
 pub fn token_tensors(tokens: &TokenBatch, device: Device) -> Result<(Tensor, Tensor)> {
     let shape = [tokens.batch as i64, tokens.seq_len as i64];
-    let ids = Tensor::f_from_slice(&tokens.input_ids)?.f_view(shape)?.f_to_device(device)?;
+    let ids = Tensor::f_from_slice(&tokens.input_ids)?
+        .f_view(shape)?
+        .f_to_device(device)?;
     let mask = Tensor::f_from_slice(&tokens.attention_mask)?
         .f_view(shape)?
         .f_to_device(device)?;
     Ok((ids, mask))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nano() -> LiteClip {
+        tch::manual_seed(0);
+        LiteClip::new(LiteClipConfig::nano(), Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn embeddings_are_unit_rows_of_the_configured_width() {
+        let model = nano();
+        let img = image::RgbImage::from_fn(80, 50, |x, y| image::Rgb([x as u8, y as u8, 100]));
+        let e = model
+            .encode_images(&[ImageInput::Pixels(img.clone()), ImageInput::Pixels(img)])
+            .unwrap();
+        assert_eq!(e.size(), [2, 128]);
+        let norms = e.norm_scalaropt_dim(2.0, [1i64].as_slice(), false);
+        assert!((norms - 1.0).abs().max().double_value(&[]) < 1e-5);
+        let t = model
+            .encode_texts(&["a cat", "a photo of a dog on the grass"])
+            .unwrap();
+        assert_eq!(t.size(), [2, 128]);
+        assert_eq!(model.encode_texts(&[]).unwrap().size(), [0, 128]);
+    }
+
+    #[test]
+    fn padding_does_not_change_text_embeddings() {
+        // Masked positions must not leak into attention or pooling.
+        let model = nano();
+        let alone = model.encode_texts(&["a cat"]).unwrap();
+        let padded = model
+            .encode_texts(&["a cat", "a much longer caption that forces padding"])
+            .unwrap();
+        let diff = (alone.get(0) - padded.get(0)).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn save_and_load_round_trip_exactly() {
+        let model = nano();
+        let dir = tempfile::tempdir().unwrap();
+        model.save(dir.path()).unwrap();
+        let loaded = LiteClip::load(dir.path(), Device::Cpu, None).unwrap();
+        assert_eq!(loaded.config(), model.config());
+        let a = model.varstore().variables();
+        for (name, t) in loaded.varstore().variables() {
+            assert!(t.equal(&a[&name]), "{name}");
+        }
+    }
+
+    #[test]
+    fn mismatched_checkpoints_list_every_problem() {
+        let model = nano();
+        let dir = tempfile::tempdir().unwrap();
+        model.save(dir.path()).unwrap();
+        let err =
+            LiteClip::load(dir.path(), Device::Cpu, Some(LiteClipConfig::liteclip())).unwrap_err();
+        match err {
+            Error::KeyMismatch {
+                mismatched,
+                missing,
+                ..
+            } => {
+                assert!(mismatched
+                    .iter()
+                    .any(|m| m.key == "img_projection.proj.weight"));
+                assert!(missing.iter().any(|k| k.contains("stages.2.blocks.8")));
+            }
+            other => panic!("{other}"),
+        }
+    }
 }

@@ -40,7 +40,9 @@ pub fn rank(
     labels: &[String],
     top_k: usize,
 ) -> Result<Vec<Ranking>> {
-    let logits = image_emb.f_matmul(&text_emb.f_tr()?)?.f_mul_scalar(logit_scale)?;
+    let logits = image_emb
+        .f_matmul(&text_emb.f_tr()?)?
+        .f_mul_scalar(logit_scale)?;
     let probs = logits.f_softmax(1, Kind::Float)?;
     let (n, m) = (probs.size()[0], probs.size()[1] as usize);
     let mut out = Vec::with_capacity(n as usize);

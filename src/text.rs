@@ -126,7 +126,9 @@ mod tests {
     fn known_bert_ids() {
         // Ids of bert-base-uncased's vocabulary (REFERENCE.md), independent of this code.
         let t = TextTokenizer::new(128).unwrap();
-        let b = t.encode(&["a photo of a dog", "A Photo"], Padding::Longest).unwrap();
+        let b = t
+            .encode(&["a photo of a dog", "A Photo"], Padding::Longest)
+            .unwrap();
         assert_eq!(b.seq_len, 7);
         assert_eq!(&b.input_ids[..7], &[101, 1037, 6302, 1997, 1037, 3899, 102]);
         assert_eq!(&b.input_ids[7..], &[101, 1037, 6302, 102, 0, 0, 0]);
@@ -136,7 +138,9 @@ mod tests {
     #[test]
     fn truncates_keeping_sep_and_pads_to_max_length() {
         let t = TextTokenizer::new(5).unwrap();
-        let b = t.encode(&["one two three four five six", ""], Padding::MaxLength).unwrap();
+        let b = t
+            .encode(&["one two three four five six", ""], Padding::MaxLength)
+            .unwrap();
         assert_eq!(b.seq_len, 5);
         assert_eq!(b.input_ids[0], 101);
         assert_eq!(b.input_ids[4], 102);

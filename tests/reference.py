@@ -117,8 +117,11 @@ def perturbed_model(preset: str = "liteclip", seed: int = 0, logit_scale: float 
         for name, p in model.named_parameters():
             if name.endswith("gamma"):
                 p.copy_(0.5 + 0.2 * torch.randn_like(p))
-            elif "norm" in name.lower() or ".ln." in name or "stem.1" in name or (
-                "downsample.0" in name
+            elif (
+                "norm" in name.lower()
+                or ".ln." in name
+                or "stem.1" in name
+                or ("downsample.0" in name)
             ):
                 if name.endswith("weight"):
                     p.copy_(1.0 + 0.3 * torch.randn_like(p))

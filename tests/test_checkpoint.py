@@ -8,10 +8,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import CAT
 from safetensors.torch import load_file
 
 import liteclip
+
+from conftest import CAT
 
 TEXTS = ["a photo of a cat", "a dog"]
 

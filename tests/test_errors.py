@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import CAT
 
 import liteclip
+
+from conftest import CAT
 
 LABELS = ["a photo of a dog", "a photo of a cat"]
 

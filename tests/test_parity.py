@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference
 import torch
-from conftest import CAT, DEVICES, REAL_IMAGES
 from PIL import Image
 
 import liteclip
+
+import reference
+from conftest import CAT, DEVICES, REAL_IMAGES
 
 CAPTIONS = [
     "a photo of a dog",

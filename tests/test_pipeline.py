@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CAT, REAL_IMAGES
 from PIL import Image
 
 import liteclip
+
+from conftest import CAT, REAL_IMAGES
 
 LABELS = ["a photo of a dog", "a photo of a cat", "the photo of a human baby", "a rocket"]
 
@@ -60,9 +61,7 @@ def test_input_kinds_agree(pipe):
     assert by_path == pipe.predict(str(CAT), LABELS)
     pre = liteclip.preprocess(str(CAT), image_size=pipe.model.image_size)
     from_floats = pipe.predict(pre, LABELS)
-    np.testing.assert_allclose(
-        [p for _, p in from_floats], [p for _, p in by_path], atol=1e-6
-    )
+    np.testing.assert_allclose([p for _, p in from_floats], [p for _, p in by_path], atol=1e-6)
 
 
 def test_batch_of_images_gives_one_ranking_each(pipe):

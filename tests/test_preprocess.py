@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import reference
-from conftest import CAT, REAL_IMAGES
 from PIL import Image
 
 import liteclip
+
+import reference
+from conftest import CAT, REAL_IMAGES
 
 MAD_LIMIT = 0.01  # mean absolute difference, normalised units (the bound)
 
@@ -101,8 +102,11 @@ def _write_png16(path: Path, arr: np.ndarray) -> None:
     raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
 
     def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(
-            ">I", zlib.crc32(tag + data) & 0xFFFFFFFF
+        return (
+            struct.pack(">I", len(data))
+            + tag
+            + data
+            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
         )
 
     header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference
 
 import liteclip
+
+import reference
 
 TEXTS = [
     "a photo of a dog",

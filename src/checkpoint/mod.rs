@@ -101,7 +101,9 @@ fn read_folder(dir: &Path) -> Result<Weights> {
     if !weights_path.is_file() {
         return Err(Error::FileNotFound {
             path: weights_path,
-            hint: Some("a liteclip checkpoint folder holds config.json and model.safetensors".into()),
+            hint: Some(
+                "a liteclip checkpoint folder holds config.json and model.safetensors".into(),
+            ),
         });
     }
     let mut weights = read_safetensors(&weights_path)?;
@@ -149,7 +151,9 @@ fn read_torch_zip(path: &Path, bytes: Vec<u8>) -> Result<Weights> {
 /// The dict of tensors in an unpickled object: the root itself, or a dict under a
 /// `state_dict`/`model` key (Lightning and training-script checkpoints).
 fn find_state_dict(root: Value) -> Option<Vec<(Value, Value)>> {
-    let Value::Dict(items) = root else { return None };
+    let Value::Dict(items) = root else {
+        return None;
+    };
     if items.iter().any(|(_, v)| matches!(v, Value::Tensor(_))) {
         return Some(items);
     }
@@ -180,8 +184,10 @@ fn is_ignored(key: &str) -> bool {
 /// Infers the model config from tensor shapes, for checkpoints that carry none (the original
 /// `.pt`). Head counts cannot be read from shapes: BERT's convention of 64-wide heads is used.
 pub fn infer_config(tensors: &[(String, Tensor)], path: &Path) -> Result<LiteClipConfig> {
-    let shapes: BTreeMap<&str, Vec<i64>> =
-        tensors.iter().map(|(k, t)| (k.as_str(), t.size())).collect();
+    let shapes: BTreeMap<&str, Vec<i64>> = tensors
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.size()))
+        .collect();
     let missing = |key: &str| {
         Error::checkpoint(
             path,
@@ -242,7 +248,10 @@ pub fn infer_config(tensors: &[(String, Tensor)], path: &Path) -> Result<LiteCli
     let words = shape(&format!("{txt}embeddings.word_embeddings.weight"), 2)?;
     let positions = shape(&format!("{txt}embeddings.position_embeddings.weight"), 2)?;
     let types = shape(&format!("{txt}embeddings.token_type_embeddings.weight"), 2)?;
-    let inter = shape(&format!("{txt}encoder.layer.0.intermediate.dense.weight"), 2)?;
+    let inter = shape(
+        &format!("{txt}encoder.layer.0.intermediate.dense.weight"),
+        2,
+    )?;
     let hidden = words[1];
     let text = BertConfig {
         vocab_size: words[0],
@@ -369,7 +378,10 @@ pub fn save(dir: &Path, config: &LiteClipConfig, vs: &nn::VarStore) -> Result<()
 
 /// Runs `write` on a temporary file beside `path`, syncs it, then renames it over `path`.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let result = write(&tmp).and_then(|()| {
         File::open(&tmp)

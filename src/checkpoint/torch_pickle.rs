@@ -131,7 +131,9 @@ impl<'a> Unpickler<'a> {
     }
 
     fn pop(&mut self) -> PResult<Value> {
-        self.stack.pop().ok_or_else(|| "pickle stack underflow".to_string())
+        self.stack
+            .pop()
+            .ok_or_else(|| "pickle stack underflow".to_string())
     }
 
     fn pop_mark(&mut self) -> PResult<Vec<Value>> {
@@ -143,11 +145,17 @@ impl<'a> Unpickler<'a> {
     }
 
     fn top(&mut self) -> PResult<&mut Value> {
-        self.stack.last_mut().ok_or_else(|| "pickle stack underflow".to_string())
+        self.stack
+            .last_mut()
+            .ok_or_else(|| "pickle stack underflow".to_string())
     }
 
     fn memo_put(&mut self, key: u32) -> PResult<()> {
-        let v = self.stack.last().ok_or("pickle memo of empty stack")?.clone();
+        let v = self
+            .stack
+            .last()
+            .ok_or("pickle memo of empty stack")?
+            .clone();
         self.memo.insert(key, v);
         Ok(())
     }
@@ -224,7 +232,8 @@ impl<'a> Unpickler<'a> {
                 }
                 b'M' => {
                     let b = self.take(2)?;
-                    self.stack.push(Value::Int(i64::from(u16::from_le_bytes([b[0], b[1]]))));
+                    self.stack
+                        .push(Value::Int(i64::from(u16::from_le_bytes([b[0], b[1]]))));
                 }
                 0x8a => {
                     let n = self.u8()? as usize;
@@ -519,7 +528,9 @@ impl TorchFile {
                     .size
                     .iter()
                     .zip(&t.stride)
-                    .try_fold(t.offset, |acc, (&s, &st)| acc.checked_add((s - 1).max(0).checked_mul(st)?));
+                    .try_fold(t.offset, |acc, (&s, &st)| {
+                        acc.checked_add((s - 1).max(0).checked_mul(st)?)
+                    });
                 numel == 0 || last.is_some_and(|l| l < t.storage.numel)
             };
         if !ok {
@@ -542,7 +553,9 @@ mod tests {
     fn unpickles_basic_values() {
         // pickle.dumps({'a': 1, 'b': [2.5, 'x'], 'c': (True, None, -3)}, protocol=2)
         let data: &[u8] = b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01K\x01X\x01\x00\x00\x00bq\x02]q\x03(G@\x04\x00\x00\x00\x00\x00\x00X\x01\x00\x00\x00xq\x04eX\x01\x00\x00\x00cq\x05\x88NJ\xfd\xff\xff\xff\x87q\x06u.";
-        let Value::Dict(items) = unpickle(data).unwrap() else { panic!() };
+        let Value::Dict(items) = unpickle(data).unwrap() else {
+            panic!()
+        };
         assert_eq!(items.len(), 3);
         assert!(matches!(&items[0], (Value::Str(k), Value::Int(1)) if k == "a"));
         match &items[1].1 {
@@ -564,7 +577,13 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for data in [&b""[..], b"\x80\x02", b"\xff\xff", b"\x80\x02(u.", b"\x80\x02h\x05."] {
+        for data in [
+            &b""[..],
+            b"\x80\x02",
+            b"\xff\xff",
+            b"\x80\x02(u.",
+            b"\x80\x02h\x05.",
+        ] {
             assert!(unpickle(data).is_err());
         }
     }

@@ -85,7 +85,10 @@ fn decode_bytes_with_limit(bytes: &[u8], origin: &str, max_pixels: u64) -> Resul
     let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);
     if pixels == 0 {
-        return Err(Error::image(origin, format!("image has no pixels ({width}x{height})")));
+        return Err(Error::image(
+            origin,
+            format!("image has no pixels ({width}x{height})"),
+        ));
     }
     if pixels > max_pixels {
         return Err(Error::image(
@@ -98,7 +101,9 @@ fn decode_bytes_with_limit(bytes: &[u8], origin: &str, max_pixels: u64) -> Resul
         ));
     }
     // A broken EXIF block should not make a good image unreadable.
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder)
         .map_err(|e| fail(&format!("corrupt or truncated {format:?} image"), &e))?;
     image.apply_orientation(orientation);
@@ -158,8 +163,14 @@ pub fn rgb_from_pixels(data: &[u8], width: u32, height: u32, channels: u32) -> R
     let rgb: Vec<u8> = match channels {
         3 => data.to_vec(),
         1 => data.iter().flat_map(|&v| [v, v, v]).collect(),
-        4 => data.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
-        2 => data.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        4 => data
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
+        2 => data
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
         n => {
             return Err(Error::invalid(format!(
                 "image array must have 1, 2, 3 or 4 channels, got {n}"
@@ -183,7 +194,10 @@ mod tests {
     #[test]
     fn decodes_grey_and_rgba_like_pil() {
         let grey = image::GrayImage::from_fn(3, 2, |x, y| image::Luma([(x * 40 + y) as u8]));
-        let png = encode(DynamicImage::ImageLuma8(grey.clone()), image::ImageFormat::Png);
+        let png = encode(
+            DynamicImage::ImageLuma8(grey.clone()),
+            image::ImageFormat::Png,
+        );
         let rgb = decode_bytes(&png, "grey.png").unwrap();
         for (x, y, p) in rgb.enumerate_pixels() {
             let v = grey.get_pixel(x, y)[0];
@@ -192,12 +206,18 @@ mod tests {
         let rgba = image::RgbaImage::from_pixel(2, 2, image::Rgba([10, 20, 30, 0]));
         let png = encode(DynamicImage::ImageRgba8(rgba), image::ImageFormat::Png);
         // Alpha is dropped, not composited: a fully transparent pixel keeps its colour.
-        assert_eq!(decode_bytes(&png, "a.png").unwrap().get_pixel(0, 0).0, [10, 20, 30]);
+        assert_eq!(
+            decode_bytes(&png, "a.png").unwrap().get_pixel(0, 0).0,
+            [10, 20, 30]
+        );
     }
 
     #[test]
     fn rejects_garbage_empty_and_truncated() {
-        assert!(matches!(decode_bytes(b"", "e"), Err(Error::ImageDecode { .. })));
+        assert!(matches!(
+            decode_bytes(b"", "e"),
+            Err(Error::ImageDecode { .. })
+        ));
         assert!(matches!(
             decode_bytes(b"hello, this is text", "t"),
             Err(Error::ImageDecode { .. })
@@ -209,7 +229,8 @@ mod tests {
 
     #[test]
     fn truncated_jpeg_is_refused_and_complete_one_accepted() {
-        let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 9]));
+        let img =
+            image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 9]));
         let jpeg = encode(DynamicImage::ImageRgb8(img), image::ImageFormat::Jpeg);
         assert!(decode_bytes(&jpeg, "full.jpg").is_ok());
         let mut with_trailer = jpeg.clone();

@@ -12,8 +12,11 @@
 
 use image::RgbImage;
 
-/// CLIP's normalisation constants (per RGB channel), as liteCLIP used them.
+/// CLIP's normalisation constants (per RGB channel), with the digits OpenAI published; they round
+/// to the same f32 values torchvision's float32 tensors hold.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Pillow's `PRECISION_BITS` for 8-bit resampling: weights are fixed point with this many bits.
@@ -22,7 +25,11 @@ const PRECISION_BITS: u32 = 32 - 8 - 2;
 /// Size after torchvision's `Resize(size)` with an int: the shorter side becomes `size`, the
 /// longer one `int(size * long / short)` (truncated, as Python's `int` does).
 pub fn resized_size(width: u32, height: u32, size: u32) -> (u32, u32) {
-    let (short, long) = if width <= height { (width, height) } else { (height, width) };
+    let (short, long) = if width <= height {
+        (width, height)
+    } else {
+        (height, width)
+    };
     let new_long = (f64::from(size) * f64::from(long) / f64::from(short)) as u32;
     if width <= height {
         (size, new_long)
@@ -34,7 +41,9 @@ pub fn resized_size(width: u32, height: u32, size: u32) -> (u32, u32) {
 /// Top-left offset of torchvision's `CenterCrop`: `int(round((in - out) / 2))`, where Python's
 /// `round` sends halves to the even neighbour.
 pub fn center_crop_offset(in_size: u32, out_size: u32) -> u32 {
-    ((f64::from(in_size) - f64::from(out_size)) / 2.0).round_ties_even().max(0.0) as u32
+    ((f64::from(in_size) - f64::from(out_size)) / 2.0)
+        .round_ties_even()
+        .max(0.0) as u32
 }
 
 /// Pillow's bicubic kernel (a = -0.5), support 2.
@@ -84,13 +93,25 @@ impl AxisTaps {
             }
             let row = &mut weights[i * ksize..(i + 1) * ksize];
             for x in 0..n {
-                let w = if total != 0.0 { taps[x] / total } else { taps[x] };
+                let w = if total != 0.0 {
+                    taps[x] / total
+                } else {
+                    taps[x]
+                };
                 let fixed = w * f64::from(1u32 << PRECISION_BITS);
-                row[x] = if w < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
+                row[x] = if w < 0.0 {
+                    (fixed - 0.5) as i32
+                } else {
+                    (fixed + 0.5) as i32
+                };
             }
             bounds.push((xmin as usize, n));
         }
-        AxisTaps { bounds, weights, ksize }
+        AxisTaps {
+            bounds,
+            weights,
+            ksize,
+        }
     }
 
     /// Input indices `lo..hi` read by any of the output indices.
@@ -201,10 +222,17 @@ mod tests {
     fn kernel_weights_sum_to_one_and_identity_is_exact() {
         let taps = AxisTaps::new(1000, 224, 0, 224);
         for i in 0..224 {
-            let s: i32 = taps.weights[i * taps.ksize..(i + 1) * taps.ksize].iter().sum();
-            assert!((s - (1 << PRECISION_BITS)).abs() <= taps.ksize as i32, "{s}");
+            let s: i32 = taps.weights[i * taps.ksize..(i + 1) * taps.ksize]
+                .iter()
+                .sum();
+            assert!(
+                (s - (1 << PRECISION_BITS)).abs() <= taps.ksize as i32,
+                "{s}"
+            );
         }
-        let img = RgbImage::from_fn(224, 224, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
+        let img = RgbImage::from_fn(224, 224, |x, y| {
+            image::Rgb([x as u8, y as u8, (x ^ y) as u8])
+        });
         assert_eq!(resize_center_crop(&img, 224), img.as_raw().clone());
     }
 
@@ -219,6 +247,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::excessive_precision)]
     fn normalisation_matches_the_formula() {
         let mut out = [0f32; 3];
         normalize_to_chw(&[255, 0, 128], &mut out);

@@ -96,8 +96,16 @@ impl Bert {
         let _pooler = linear(&(p / "pooler" / "dense"), h, h);
         Bert {
             word_embeddings: embedding(&(&e / "word_embeddings"), cfg.vocab_size, h),
-            position_embeddings: embedding(&(&e / "position_embeddings"), cfg.max_position_embeddings, h),
-            token_type_embeddings: embedding(&(&e / "token_type_embeddings"), cfg.type_vocab_size, h),
+            position_embeddings: embedding(
+                &(&e / "position_embeddings"),
+                cfg.max_position_embeddings,
+                h,
+            ),
+            token_type_embeddings: embedding(
+                &(&e / "token_type_embeddings"),
+                cfg.type_vocab_size,
+                h,
+            ),
             embeddings_norm: layer_norm(&(&e / "LayerNorm"), h, cfg.layer_norm_eps),
             layers,
             config: cfg.clone(),
@@ -142,6 +150,8 @@ fn lowest(kind: Kind) -> f64 {
 pub fn masked_mean(hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
     let mask = attention_mask.unsqueeze(-1).to_kind(hidden.kind());
     let summed = (hidden * &mask).sum_dim_intlist([1i64].as_slice(), false, None);
-    let counts = mask.sum_dim_intlist([1i64].as_slice(), false, None).clamp_min(1e-9);
+    let counts = mask
+        .sum_dim_intlist([1i64].as_slice(), false, None)
+        .clamp_min(1e-9);
     summed / counts
 }

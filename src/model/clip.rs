@@ -50,13 +50,20 @@ impl ClipModel {
 
     /// Projected (not yet normalised) image embeddings of a `(N, 3, S, S)` pixel batch.
     pub fn image_features(&self, pixels: &Tensor, train: bool) -> Tensor {
-        self.img_projection.forward(&self.image_tower.forward(pixels), train)
+        self.img_projection
+            .forward(&self.image_tower.forward(pixels), train)
     }
 
     /// Projected (not yet normalised) text embeddings of `(N, L)` token ids and mask.
-    pub fn text_features(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
+    pub fn text_features(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Tensor {
         let hidden = self.text_tower.forward(input_ids, attention_mask, train);
-        self.txt_projection.forward(&masked_mean(&hidden, attention_mask), train)
+        self.txt_projection
+            .forward(&masked_mean(&hidden, attention_mask), train)
     }
 
     /// L2-normalised image embeddings (inference).

@@ -6,7 +6,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::layers::{layer_norm, linear, conv2d};
+use super::layers::{conv2d, layer_norm, linear};
 use crate::config::ConvNextConfig;
 
 /// LayerNorm over the channels of an NCHW tensor (timm `LayerNorm2d`).
@@ -124,6 +124,7 @@ impl ConvNext {
             }
         }
         // Global average pool, then the head's LayerNorm over channels.
-        x.mean_dim([2i64, 3].as_slice(), false, None).apply(&self.head_norm)
+        x.mean_dim([2i64, 3].as_slice(), false, None)
+            .apply(&self.head_norm)
     }
 }

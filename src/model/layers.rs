@@ -12,7 +12,10 @@ pub fn linear(p: &nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
         in_dim,
         out_dim,
         nn::LinearConfig {
-            ws_init: nn::Init::Randn { mean: 0.0, stdev: INIT_STD },
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: INIT_STD,
+            },
             bs_init: Some(nn::Init::Const(0.0)),
             bias: true,
         },
@@ -36,7 +39,10 @@ pub fn embedding(p: &nn::Path, num: i64, dim: i64) -> nn::Embedding {
         num,
         dim,
         nn::EmbeddingConfig {
-            ws_init: nn::Init::Randn { mean: 0.0, stdev: INIT_STD },
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: INIT_STD,
+            },
             ..Default::default()
         },
     )
@@ -62,7 +68,10 @@ pub fn conv2d(
             padding,
             groups,
             bias: true,
-            ws_init: nn::Init::Randn { mean: 0.0, stdev: INIT_STD },
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: INIT_STD,
+            },
             bs_init: nn::Init::Const(0.0),
             ..Default::default()
         },

@@ -51,7 +51,10 @@ pub fn extract_images(obj: &Bound<'_, PyAny>) -> Result<Images, Error> {
     }
     if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
         let mut items = Vec::new();
-        for (i, item) in obj.try_iter().map_err(|e| Error::InvalidType(e.to_string()))?.enumerate()
+        for (i, item) in obj
+            .try_iter()
+            .map_err(|e| Error::InvalidType(e.to_string()))?
+            .enumerate()
         {
             let item = item.map_err(|e| Error::InvalidType(e.to_string()))?;
             let image = extract_one(&item).map_err(|e| match e {
@@ -116,7 +119,12 @@ fn pil_pixels(obj: &Bound<'_, PyAny>) -> Result<ImageInput, Error> {
     let (width, height): (u32, u32) = rgb.getattr("size").and_then(|s| s.extract()).map_err(bad)?;
     let data = rgb.call_method0("tobytes").map_err(bad)?;
     let bytes = data.downcast::<PyBytes>().map_err(|e| bad(e.into()))?;
-    Ok(ImageInput::Pixels(rgb_from_pixels(bytes.as_bytes(), width, height, 3)?))
+    Ok(ImageInput::Pixels(rgb_from_pixels(
+        bytes.as_bytes(),
+        width,
+        height,
+        3,
+    )?))
 }
 
 fn uint8_pixels(array: &Bound<'_, PyUntypedArray>) -> Result<ImageInput, Error> {
@@ -145,7 +153,12 @@ fn uint8_pixels(array: &Bound<'_, PyUntypedArray>) -> Result<ImageInput, Error> 
     // Iterating the ndarray view follows logical (C) order whatever the memory layout.
     let data: Vec<u8> = readonly.as_array().iter().copied().collect();
     let dims = |v: usize| u32::try_from(v).map_err(|_| Error::invalid("image array too large"));
-    Ok(ImageInput::Pixels(rgb_from_pixels(&data, dims(w)?, dims(h)?, dims(c)?)?))
+    Ok(ImageInput::Pixels(rgb_from_pixels(
+        &data,
+        dims(w)?,
+        dims(h)?,
+        dims(c)?,
+    )?))
 }
 
 fn float_pixels(obj: &Bound<'_, PyAny>) -> Result<Images, Error> {
@@ -183,7 +196,11 @@ pub fn extract_texts(obj: &Bound<'_, PyAny>, what: &str) -> Result<(Vec<String>,
         )));
     }
     let mut out = Vec::new();
-    for (i, item) in obj.try_iter().map_err(|e| Error::InvalidType(e.to_string()))?.enumerate() {
+    for (i, item) in obj
+        .try_iter()
+        .map_err(|e| Error::InvalidType(e.to_string()))?
+        .enumerate()
+    {
         let item = item.map_err(|e| Error::InvalidType(e.to_string()))?;
         match item.downcast::<PyString>() {
             Ok(s) => out.push(s.to_string()),

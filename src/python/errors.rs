@@ -53,7 +53,12 @@ fn types(py: Python<'_>) -> PyResult<&ExceptionTypes> {
             "Base class of every error liteclip raises on its own account.",
         )?;
         let sub = |name: &str, builtin: &Bound<'_, PyAny>, doc: &str| {
-            make_type(py, name, vec![base.bind(py).clone().into_any(), builtin.clone()], doc)
+            make_type(
+                py,
+                name,
+                vec![base.bind(py).clone().into_any(), builtin.clone()],
+                doc,
+            )
         };
         Ok(ExceptionTypes {
             image: sub(

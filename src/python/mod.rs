@@ -27,7 +27,9 @@ fn preprocess<'py>(
     image_size: u32,
 ) -> PyResult<Bound<'py, PyAny>> {
     if image_size == 0 {
-        return Err(pyo3::exceptions::PyValueError::new_err("image_size must be positive"));
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "image_size must be positive",
+        ));
     }
     let (list, batched) = match extract_images(image).py_err(py)? {
         Images::One(i) => (vec![i], false),
@@ -41,7 +43,11 @@ fn preprocess<'py>(
     let n = list.len();
     let data = run_released(py, move || preprocess_batch(&list, image_size))?;
     let s = image_size as usize;
-    let shape = if batched { vec![n, 3, s, s] } else { vec![3, s, s] };
+    let shape = if batched {
+        vec![n, 3, s, s]
+    } else {
+        vec![3, s, s]
+    };
     Ok(PyArray1::from_vec(py, data).reshape(shape)?.into_any())
 }
 
@@ -66,12 +72,18 @@ fn tokenize<'py>(
     let shape = [batch.batch, batch.seq_len];
     let out = PyDict::new(py);
     let zeros = vec![0i64; batch.input_ids.len()];
-    out.set_item("input_ids", PyArray1::from_vec(py, batch.input_ids).reshape(shape)?)?;
+    out.set_item(
+        "input_ids",
+        PyArray1::from_vec(py, batch.input_ids).reshape(shape)?,
+    )?;
     out.set_item(
         "attention_mask",
         PyArray1::from_vec(py, batch.attention_mask).reshape(shape)?,
     )?;
-    out.set_item("token_type_ids", PyArray1::from_vec(py, zeros).reshape(shape)?)?;
+    out.set_item(
+        "token_type_ids",
+        PyArray1::from_vec(py, zeros).reshape(shape)?,
+    )?;
     Ok(out)
 }
 

@@ -75,7 +75,10 @@ impl PyZeroShotPipeline {
         let (labels, _) = extract_texts(labels, "labels").py_err(py)?;
         let images = extract_images(image).py_err(py)?;
         if top_k < 1 {
-            return Err(Error::invalid(format!("top_k must be at least 1, got {top_k}"))).py_err(py);
+            return Err(Error::invalid(format!(
+                "top_k must be at least 1, got {top_k}"
+            )))
+            .py_err(py);
         }
         let model = self.model.clone();
         let top_k = top_k as usize;
@@ -89,12 +92,18 @@ impl PyZeroShotPipeline {
                 let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
                 let text = model.encode_texts(&refs)?;
                 let img = model.encode_pixels(&tensor)?;
-                Ok((rank(&img, &text, model.logit_scale()?, &labels, top_k)?, batched))
+                Ok((
+                    rank(&img, &text, model.logit_scale()?, &labels, top_k)?,
+                    batched,
+                ))
             }
         })?;
         let to_list = |r: Ranking| PyList::new(py, r);
         if batched {
-            let lists = rankings.into_iter().map(to_list).collect::<PyResult<Vec<_>>>()?;
+            let lists = rankings
+                .into_iter()
+                .map(to_list)
+                .collect::<PyResult<Vec<_>>>()?;
             Ok(PyList::new(py, lists)?.into_any())
         } else {
             let first = rankings.into_iter().next().unwrap_or_default();

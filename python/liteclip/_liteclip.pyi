@@ -1,0 +1,86 @@
+"""Type stubs of the native module (src/python/)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal, Sequence, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+DEFAULT_MAX_IMAGE_PIXELS: int
+
+# One image: a path, encoded bytes, a PIL.Image, or a uint8 array (H, W), (H, W, 3), (H, W, 4).
+Image = Union[str, os.PathLike[str], bytes, npt.NDArray[np.uint8], Any]
+# One image, a list of them, or float32 (3, S, S) / (N, 3, S, S) preprocessed pixels.
+Images = Union[Image, Sequence[Image], npt.NDArray[np.floating]]
+Ranking = list[tuple[str, float]]
+
+class LiteClipError(Exception):
+    """Base class of every error liteclip raises on its own account."""
+
+class ImageDecodeError(LiteClipError, ValueError):
+    """An input is not a decodable image, or is refused (empty, too many pixels)."""
+
+class CheckpointError(LiteClipError, ValueError):
+    """A checkpoint cannot be read or does not fit the model config."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+    mismatched_keys: list[tuple[str, list[int], list[int]]]
+
+class ConfigError(LiteClipError, ValueError):
+    """A model config is inconsistent or names an unknown preset."""
+
+class DeviceError(LiteClipError, RuntimeError):
+    """A device was asked for that this machine does not have."""
+
+class LiteClip:
+    """A liteclip model on a device (see the module docs)."""
+
+    def __init__(
+        self, config: str = "liteclip", device: str = "auto", seed: int | None = None
+    ) -> None: ...
+    @staticmethod
+    def load(
+        path: str | os.PathLike[str], device: str = "auto", config: str | None = None
+    ) -> LiteClip: ...
+    def save(self, path: str | os.PathLike[str]) -> None: ...
+    def encode_image(self, images: Images) -> npt.NDArray[np.float32]: ...
+    def encode_text(self, texts: str | Sequence[str]) -> npt.NDArray[np.float32]: ...
+    def parameter_shapes(self) -> dict[str, list[int]]: ...
+    @property
+    def logit_scale(self) -> float: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+    @property
+    def embed_dim(self) -> int: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def num_parameters(self) -> int: ...
+
+class ZeroShotPipeline:
+    """Zero-shot image classification with a liteclip model."""
+
+    def __init__(
+        self, checkpoint: str | os.PathLike[str] | LiteClip | None = None, device: str = "auto"
+    ) -> None: ...
+    def predict(
+        self, image: Images, labels: Sequence[str], top_k: int = 5
+    ) -> Ranking | list[Ranking]: ...
+    @property
+    def model(self) -> LiteClip: ...
+
+def preprocess(image: Image | Sequence[Image], image_size: int = 224) -> npt.NDArray[np.float32]: ...
+def tokenize(
+    texts: str | Sequence[str],
+    max_length: int = 128,
+    padding: Literal["max_length", "longest"] = "max_length",
+) -> dict[str, npt.NDArray[np.int64]]: ...
+def get_max_image_pixels() -> int: ...
+def set_max_image_pixels(limit: int) -> None: ...
+def cuda_is_available() -> bool: ...
