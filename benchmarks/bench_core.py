@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     device = args.device
+    # liteclip's fp32 is full fp32 on GPUs (no TF32 convolutions); compare like with like.
+    torch.backends.cudnn.allow_tf32 = False
 
     ref = reference.perturbed_model("liteclip", seed=0).to(device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,13 +80,12 @@ def main() -> None:
         logits = ref.logit_scale.exp() * (ref.encode_image(img) @ ref.encode_text(text).t())
         return torch.softmax(logits.flatten(), 0).cpu()
 
-    batch = torch.randn(32, 3, 224, 224)
-    batch_np = batch.numpy()
-    batch_dev = batch.to(device)
+    batch_np = torch.randn(32, 3, 224, 224).numpy()
 
     @torch.no_grad()
     def ref_images():
-        return ref.encode_image(batch_dev).cpu()
+        # Both sides start from the same numpy batch and return CPU results.
+        return ref.encode_image(torch.from_numpy(batch_np).to(device)).cpu()
 
     rows = [
         compare(

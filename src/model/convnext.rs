@@ -6,7 +6,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::layers::{conv2d, layer_norm, linear};
+use super::layers::{conv2d, layer_norm, linear, Conv2d};
 use crate::config::ConvNextConfig;
 
 /// LayerNorm over the channels of an NCHW tensor (timm `LayerNorm2d`).
@@ -17,7 +17,7 @@ fn layer_norm_2d(x: &Tensor, norm: &nn::LayerNorm) -> Tensor {
 /// `conv_dw -> LayerNorm -> Linear -> GELU -> Linear -> * gamma`, plus the residual.
 #[derive(Debug)]
 struct Block {
-    conv_dw: nn::Conv2D,
+    conv_dw: Conv2d,
     norm: nn::LayerNorm,
     fc1: nn::Linear,
     fc2: nn::Linear,
@@ -62,13 +62,13 @@ impl Block {
 #[derive(Debug)]
 struct Stage {
     /// LayerNorm2d + 2x2 stride-2 conv; absent in the first stage (the stem downsamples).
-    downsample: Option<(nn::LayerNorm, nn::Conv2D)>,
+    downsample: Option<(nn::LayerNorm, Conv2d)>,
     blocks: Vec<Block>,
 }
 
 #[derive(Debug)]
 pub struct ConvNext {
-    stem_conv: nn::Conv2D,
+    stem_conv: Conv2d,
     stem_norm: nn::LayerNorm,
     stages: Vec<Stage>,
     head_norm: nn::LayerNorm,

@@ -162,15 +162,19 @@ fn uint8_pixels(array: &Bound<'_, PyUntypedArray>) -> Result<ImageInput, Error> 
 }
 
 fn float_pixels(obj: &Bound<'_, PyAny>) -> Result<Images, Error> {
+    // No copy when the array is already C-contiguous float32; one memcpy into the tensor.
     let array = obj
-        .call_method1("astype", ("float32",))
-        .map_err(|e| Error::InvalidType(e.to_string()))?;
+        .py()
+        .import("numpy")
+        .and_then(|np| np.call_method1("ascontiguousarray", (obj, "float32")))
+        .map_err(|e| Error::InvalidType(format!("cannot read the float array: {e}")))?;
     let readonly: PyReadonlyArrayDyn<'_, f32> = array
         .extract()
         .map_err(|e: PyErr| Error::InvalidType(e.to_string()))?;
-    let view = readonly.as_array();
-    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-    let data: Vec<f32> = view.iter().copied().collect();
+    let shape: Vec<i64> = readonly.shape().iter().map(|&d| d as i64).collect();
+    let data = readonly
+        .as_slice()
+        .map_err(|e| Error::InvalidType(format!("float array is not contiguous: {e}")))?;
     let (batched, shape) = match shape.len() {
         3 => (false, [&[1][..], &shape[..]].concat()),
         4 => (true, shape),
@@ -180,7 +184,7 @@ fn float_pixels(obj: &Bound<'_, PyAny>) -> Result<Images, Error> {
             )))
         }
     };
-    let tensor = Tensor::f_from_slice(&data)?.f_view(shape.as_slice())?;
+    let tensor = Tensor::f_from_slice(data)?.f_view(shape.as_slice())?;
     Ok(Images::Pixels { tensor, batched })
 }
 
