@@ -35,8 +35,8 @@ test: lint rust-test py-test
 lint: $(VENV)/.built
 	cargo fmt --check
 	cargo clippy --release --all-targets --features python -- -D warnings
-	$(VENV)/bin/ruff check python tests
-	$(VENV)/bin/ruff format --check python tests
+	$(VENV)/bin/ruff check python tests benchmarks
+	$(VENV)/bin/ruff format --check python tests benchmarks
 
 rust-test: $(VENV)/.built
 	cargo test --release

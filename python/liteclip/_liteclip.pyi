@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -12,10 +13,10 @@ __version__: str
 DEFAULT_MAX_IMAGE_PIXELS: int
 
 # One image: a path, encoded bytes, a PIL.Image, or a uint8 array (H, W), (H, W, 3), (H, W, 4).
-Image = Union[str, os.PathLike[str], bytes, npt.NDArray[np.uint8], Any]
+Image: TypeAlias = str | os.PathLike[str] | bytes | npt.NDArray[np.uint8] | Any
 # One image, a list of them, or float32 (3, S, S) / (N, 3, S, S) preprocessed pixels.
-Images = Union[Image, Sequence[Image], npt.NDArray[np.floating]]
-Ranking = list[tuple[str, float]]
+Images: TypeAlias = Image | Sequence[Image] | npt.NDArray[np.floating]
+Ranking: TypeAlias = list[tuple[str, float]]
 
 class LiteClipError(Exception):
     """Base class of every error liteclip raises on its own account."""
@@ -75,7 +76,9 @@ class ZeroShotPipeline:
     @property
     def model(self) -> LiteClip: ...
 
-def preprocess(image: Image | Sequence[Image], image_size: int = 224) -> npt.NDArray[np.float32]: ...
+def preprocess(
+    image: Image | Sequence[Image], image_size: int = 224
+) -> npt.NDArray[np.float32]: ...
 def tokenize(
     texts: str | Sequence[str],
     max_length: int = 128,

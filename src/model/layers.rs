@@ -94,7 +94,10 @@ pub fn conv2d(
     let ws = p.var(
         "weight",
         &[out_dim, in_dim / groups, kernel, kernel],
-        nn::Init::Randn { mean: 0.0, stdev: INIT_STD },
+        nn::Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        },
     );
     let bs = p.var("bias", &[out_dim], nn::Init::Const(0.0));
     Conv2d {
