@@ -125,3 +125,10 @@ def test_gil_is_released_during_compute(liteclip_ckpt):
 def test_repr(pipe):
     assert "LiteClip(device='cpu'" in repr(pipe.model)
     assert "dims=[32, 64, 128, 256]" in repr(pipe.model)
+
+
+def test_labels_may_be_any_sequence_of_str(pipe):
+    expected = pipe.predict(str(CAT), LABELS)
+    assert pipe.predict(str(CAT), tuple(LABELS)) == expected
+    assert pipe.predict(str(CAT), np.array(LABELS)) == expected
+    assert pipe.predict(str(CAT), iter(LABELS)) == expected

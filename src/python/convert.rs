@@ -188,23 +188,23 @@ fn float_pixels(obj: &Bound<'_, PyAny>) -> Result<Images, Error> {
     Ok(Images::Pixels { tensor, batched })
 }
 
-/// `str` or a list/tuple of `str`; `what` names the argument in errors.
-pub fn extract_texts(obj: &Bound<'_, PyAny>, what: &str) -> Result<(Vec<String>, bool), Error> {
+/// `str`, or a list, tuple or other iterable of `str`; `what` names the argument in errors.
+pub fn extract_texts(obj: &Bound<'_, PyAny>, what: &str) -> Result<Vec<String>, Error> {
     if let Ok(s) = obj.downcast::<PyString>() {
-        return Ok((vec![s.to_string()], false));
+        return Ok(vec![s.to_string()]);
     }
-    if !(obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>()) {
-        return Err(Error::InvalidType(format!(
+    let not_texts = || {
+        Error::InvalidType(format!(
             "{what} must be a str or a list of str, got {}",
             type_name(obj)
-        )));
+        ))
+    };
+    if obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<pyo3::types::PyDict>() {
+        return Err(not_texts());
     }
+    let items = obj.try_iter().map_err(|_| not_texts())?;
     let mut out = Vec::new();
-    for (i, item) in obj
-        .try_iter()
-        .map_err(|e| Error::InvalidType(e.to_string()))?
-        .enumerate()
-    {
+    for (i, item) in items.enumerate() {
         let item = item.map_err(|e| Error::InvalidType(e.to_string()))?;
         match item.downcast::<PyString>() {
             Ok(s) => out.push(s.to_string()),
@@ -216,7 +216,7 @@ pub fn extract_texts(obj: &Bound<'_, PyAny>, what: &str) -> Result<(Vec<String>,
             }
         }
     }
-    Ok((out, true))
+    Ok(out)
 }
 
 /// A 2-D float tensor (on the CPU) as a new numpy array.

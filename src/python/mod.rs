@@ -63,7 +63,7 @@ fn tokenize<'py>(
     max_length: usize,
     padding: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let (texts, _) = extract_texts(texts, "texts").py_err(py)?;
+    let texts = extract_texts(texts, "texts").py_err(py)?;
     let padding = Padding::parse(padding).py_err(py)?;
     let batch = run_released(py, move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();

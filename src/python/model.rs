@@ -121,7 +121,7 @@ impl PyLiteClip {
         py: Python<'py>,
         texts: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (texts, _) = extract_texts(texts, "texts").py_err(py)?;
+        let texts = extract_texts(texts, "texts").py_err(py)?;
         let model = self.inner.clone();
         let emb = run_released(py, move || {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();

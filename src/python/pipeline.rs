@@ -72,7 +72,7 @@ impl PyZeroShotPipeline {
         labels: &Bound<'py, PyAny>,
         top_k: i64,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (labels, _) = extract_texts(labels, "labels").py_err(py)?;
+        let labels = extract_texts(labels, "labels").py_err(py)?;
         let images = extract_images(image).py_err(py)?;
         if top_k < 1 {
             return Err(Error::invalid(format!(
