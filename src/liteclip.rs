@@ -9,7 +9,7 @@ use crate::checkpoint;
 use crate::config::LiteClipConfig;
 use crate::error::{Error, Result};
 use crate::image::{preprocess_batch, ImageInput};
-use crate::model::ClipModel;
+use crate::model::{ClipModel, Precision};
 use crate::text::{Padding, TextTokenizer, TokenBatch};
 
 /// Images per forward pass when encoding many: bounds activation memory, keeps batches large
@@ -22,6 +22,8 @@ pub struct LiteClip {
     vs: nn::VarStore,
     model: ClipModel,
     tokenizer: TextTokenizer,
+    /// Arithmetic of inference passes (fp32 unless the user asks otherwise).
+    precision: Precision,
 }
 
 impl std::fmt::Debug for LiteClip {
@@ -45,6 +47,7 @@ impl LiteClip {
             vs,
             model,
             tokenizer,
+            precision: Precision::Fp32,
         })
     }
 
@@ -65,6 +68,20 @@ impl LiteClip {
     /// Saves in liteclip's own format (a folder with `config.json` and `model.safetensors`).
     pub fn save(&self, dir: &Path) -> Result<()> {
         checkpoint::save(dir, &self.config, &self.vs)
+    }
+
+    /// Sets the arithmetic of inference passes; weights stay fp32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Channels-last convolutions pay off on CUDA only.
+    fn enter_precision(&self) -> crate::model::precision::PrecisionGuard {
+        self.precision.enter(self.device().is_cuda())
     }
 
     pub fn config(&self) -> &LiteClipConfig {
@@ -136,6 +153,7 @@ impl LiteClip {
         let mut parts = Vec::new();
         for chunk in pixels.split(IMAGE_CHUNK as i64, 0) {
             let x = chunk.f_to_device(self.device())?.f_to_kind(Kind::Float)?;
+            let _precision = self.enter_precision();
             let emb = tch::no_grad(|| self.model.encode_image(&x));
             parts.push(emb.f_to_device(Device::Cpu)?);
         }
@@ -148,6 +166,7 @@ impl LiteClip {
         for chunk in texts.chunks(TEXT_CHUNK) {
             let tokens = self.tokenize(chunk)?;
             let (ids, mask) = token_tensors(&tokens, self.device())?;
+            let _precision = self.enter_precision();
             let emb = tch::no_grad(|| self.model.encode_text(&ids, &mask));
             parts.push(emb.f_to_device(Device::Cpu)?);
         }
@@ -201,6 +220,36 @@ mod tests {
             .unwrap();
         assert_eq!(t.size(), [2, 128]);
         assert_eq!(model.encode_texts(&[]).unwrap().size(), [0, 128]);
+    }
+
+    #[test]
+    fn bf16_inference_stays_close_to_fp32() {
+        let mut model = nano();
+        let img = image::RgbImage::from_fn(70, 64, |x, y| image::Rgb([x as u8 * 3, y as u8, 50]));
+        let images = [ImageInput::Pixels(img)];
+        let texts = ["a red square", "two dogs running on the grass"];
+        let (i32_, t32) = (
+            model.encode_images(&images).unwrap(),
+            model.encode_texts(&texts).unwrap(),
+        );
+        model.set_precision(Precision::Bf16);
+        let (i16_, t16) = (
+            model.encode_images(&images).unwrap(),
+            model.encode_texts(&texts).unwrap(),
+        );
+        assert_eq!(i16_.kind(), Kind::Float);
+        let cos = |a: &Tensor, b: &Tensor| {
+            (a * b)
+                .sum_dim_intlist([1i64].as_slice(), false, None)
+                .min()
+                .double_value(&[])
+        };
+        assert!(cos(&i32_, &i16_) > 0.99, "{}", cos(&i32_, &i16_));
+        assert!(cos(&t32, &t16) > 0.99, "{}", cos(&t32, &t16));
+        assert!(
+            (&i32_ - &i16_).abs().max().double_value(&[]) > 0.0,
+            "bf16 changed nothing"
+        );
     }
 
     #[test]

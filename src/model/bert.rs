@@ -5,19 +5,19 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::layers::{embedding, layer_norm, linear};
+use super::layers::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear};
 use crate::config::BertConfig;
 
 #[derive(Debug)]
 struct Layer {
-    query: nn::Linear,
-    key: nn::Linear,
-    value: nn::Linear,
-    attn_out: nn::Linear,
-    attn_norm: nn::LayerNorm,
-    intermediate: nn::Linear,
-    output: nn::Linear,
-    out_norm: nn::LayerNorm,
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
 }
 
 impl Layer {
@@ -36,8 +36,8 @@ impl Layer {
         }
     }
 
-    /// `x`: (N, L, H); `mask_bias`: (N, 1, 1, L), 0 where attended, very negative on padding.
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor, cfg: &BertConfig, train: bool) -> Tensor {
+    /// `x`: (N, L, H); `attend`: (N, 1, 1, L) booleans, false on padding.
+    fn forward(&self, x: &Tensor, attend: &Tensor, cfg: &BertConfig, train: bool) -> Tensor {
         let size = x.size();
         let (n, l, h) = (size[0], size[1], size[2]);
         let heads = cfg.num_heads;
@@ -50,7 +50,7 @@ impl Layer {
             &q,
             &k,
             &v,
-            Some(mask_bias),
+            Some(attend),
             p_drop,
             false,
             None,
@@ -76,10 +76,10 @@ impl Layer {
 
 #[derive(Debug)]
 pub struct Bert {
-    word_embeddings: nn::Embedding,
-    position_embeddings: nn::Embedding,
-    token_type_embeddings: nn::Embedding,
-    embeddings_norm: nn::LayerNorm,
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    embeddings_norm: LayerNorm,
     layers: Vec<Layer>,
     config: BertConfig,
 }
@@ -124,32 +124,21 @@ impl Bert {
             + self.token_type_embeddings.forward(&token_types))
         .apply(&self.embeddings_norm)
         .dropout(self.config.hidden_dropout, train);
-        let kind = x.kind();
-        // HF's additive mask: 0 where attended, the dtype's lowest value on padding.
-        let mask_bias = (attention_mask.to_kind(kind).ones_like() - attention_mask.to_kind(kind))
-            * lowest(kind);
-        let mask_bias = mask_bias.view([-1, 1, 1, l]);
+        // Padding is never attended to: a boolean mask (the same probabilities as HF's additive
+        // mask of the dtype's lowest value, which underflow to exactly zero), valid in any dtype.
+        let attend = attention_mask.gt(0).view([-1, 1, 1, l]);
         for layer in &self.layers {
-            x = layer.forward(&x, &mask_bias, &self.config, train);
+            x = layer.forward(&x, &attend, &self.config, train);
         }
         x
     }
 }
 
-/// The most negative finite value of a float dtype.
-fn lowest(kind: Kind) -> f64 {
-    match kind {
-        Kind::Half => -65504.0,
-        Kind::BFloat16 => -3.389_531_389_251_535e38,
-        Kind::Double => f64::MIN,
-        _ => f64::from(f32::MIN),
-    }
-}
-
 /// liteCLIP's pooling: the mean of the hidden states of real tokens (padding excluded).
 pub fn masked_mean(hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
-    let mask = attention_mask.unsqueeze(-1).to_kind(hidden.kind());
-    let summed = (hidden * &mask).sum_dim_intlist([1i64].as_slice(), false, None);
+    let hidden = hidden.to_kind(Kind::Float);
+    let mask = attention_mask.unsqueeze(-1).to_kind(Kind::Float);
+    let summed = (&hidden * &mask).sum_dim_intlist([1i64].as_slice(), false, None);
     let counts = mask
         .sum_dim_intlist([1i64].as_slice(), false, None)
         .clamp_min(1e-9);

@@ -20,9 +20,10 @@ pub struct ClipModel {
     logit_scale: Tensor,
 }
 
-/// Divides each row by its L2 norm (as liteCLIP does, without an epsilon).
+/// Divides each row by its L2 norm (as liteCLIP does, without an epsilon), in fp32.
 pub fn l2_normalize(x: &Tensor) -> Tensor {
-    x / x.norm_scalaropt_dim(2.0, [-1i64].as_slice(), true)
+    let x = x.to_kind(tch::Kind::Float);
+    &x / x.norm_scalaropt_dim(2.0, [-1i64].as_slice(), true)
 }
 
 impl ClipModel {

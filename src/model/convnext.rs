@@ -6,11 +6,12 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::layers::{conv2d, layer_norm, linear, Conv2d};
+use super::layers::{conv2d, layer_norm, linear, Conv2d, LayerNorm, Linear};
+use super::precision::{memory_format_channels_last, to_channels_last};
 use crate::config::ConvNextConfig;
 
 /// LayerNorm over the channels of an NCHW tensor (timm `LayerNorm2d`).
-fn layer_norm_2d(x: &Tensor, norm: &nn::LayerNorm) -> Tensor {
+fn layer_norm_2d(x: &Tensor, norm: &LayerNorm) -> Tensor {
     x.permute([0, 2, 3, 1]).apply(norm).permute([0, 3, 1, 2])
 }
 
@@ -18,9 +19,9 @@ fn layer_norm_2d(x: &Tensor, norm: &nn::LayerNorm) -> Tensor {
 #[derive(Debug)]
 struct Block {
     conv_dw: Conv2d,
-    norm: nn::LayerNorm,
-    fc1: nn::Linear,
-    fc2: nn::Linear,
+    norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
     gamma: Tensor,
 }
 
@@ -62,16 +63,16 @@ impl Block {
 #[derive(Debug)]
 struct Stage {
     /// LayerNorm2d + 2x2 stride-2 conv; absent in the first stage (the stem downsamples).
-    downsample: Option<(nn::LayerNorm, Conv2d)>,
+    downsample: Option<(LayerNorm, Conv2d)>,
     blocks: Vec<Block>,
 }
 
 #[derive(Debug)]
 pub struct ConvNext {
     stem_conv: Conv2d,
-    stem_norm: nn::LayerNorm,
+    stem_norm: LayerNorm,
     stages: Vec<Stage>,
-    head_norm: nn::LayerNorm,
+    head_norm: LayerNorm,
 }
 
 impl ConvNext {
@@ -114,7 +115,12 @@ impl ConvNext {
 
     /// `(N, 3, S, S)` normalised pixels to `(N, dims[-1])` pooled features.
     pub fn forward(&self, pixels: &Tensor) -> Tensor {
-        let mut x = layer_norm_2d(&self.stem_conv.forward(pixels), &self.stem_norm);
+        let pixels = if memory_format_channels_last() {
+            to_channels_last(pixels)
+        } else {
+            pixels.shallow_clone()
+        };
+        let mut x = layer_norm_2d(&self.stem_conv.forward(&pixels), &self.stem_norm);
         for stage in &self.stages {
             if let Some((norm, conv)) = &stage.downsample {
                 x = layer_norm_2d(&x, norm).apply(conv);

@@ -4,12 +4,12 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::layers::{layer_norm, linear};
+use super::layers::{layer_norm, linear, LayerNorm, Linear};
 
 #[derive(Debug)]
 pub struct ProjectionHead {
-    proj: nn::Linear,
-    ln: nn::LayerNorm,
+    proj: Linear,
+    ln: LayerNorm,
     dropout: f64,
 }
 

@@ -1,59 +1,100 @@
-//! Layer constructors shared by the towers, with the initialisations of the reference
-//! implementations (timm and Hugging Face: weights ~ N(0, 0.02), biases 0, norms 1/0).
-//! Loading a checkpoint overwrites all of them; they matter when training from scratch.
+//! The layers the towers are built from, with the initialisations of the reference
+//! implementations (timm and Hugging Face: weights ~ N(0, 0.02), biases 0, norms 1/0; loading a
+//! checkpoint overwrites them, they matter when training from scratch).
+//!
+//! Our own rather than `tch::nn`'s, for two reasons:
+//! - precision: weights stay fp32; matrix layers compute in the thread's compute dtype
+//!   ([`super::precision`]) and norms in fp32, which is what PyTorch's autocast does;
+//! - convolutions state `allow_tf32 = false`, so fp32 is full fp32 on GPUs too.
 
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Kind, Tensor};
+
+use super::precision::{compute_kind, memory_format_channels_last};
 
 const INIT_STD: f64 = 0.02;
 
-pub fn linear(p: &nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
-    nn::linear(
-        p,
-        in_dim,
-        out_dim,
-        nn::LinearConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: INIT_STD,
-            },
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
-        },
-    )
+fn normal() -> nn::Init {
+    nn::Init::Randn {
+        mean: 0.0,
+        stdev: INIT_STD,
+    }
 }
 
-pub fn layer_norm(p: &nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(
-        p,
-        vec![dim],
-        nn::LayerNormConfig {
-            eps,
-            ..Default::default()
-        },
-    )
+/// `x @ W^T + b`, in the compute dtype.
+#[derive(Debug)]
+pub struct Linear {
+    pub ws: Tensor,
+    pub bs: Tensor,
 }
 
-pub fn embedding(p: &nn::Path, num: i64, dim: i64) -> nn::Embedding {
-    nn::embedding(
-        p,
-        num,
-        dim,
-        nn::EmbeddingConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: INIT_STD,
-            },
-            ..Default::default()
-        },
-    )
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = compute_kind();
+        x.to_kind(kind)
+            .linear(&self.ws.to_kind(kind), Some(&self.bs.to_kind(kind)))
+    }
 }
 
-/// A biased 2-D convolution with square kernel, stride and padding.
+pub fn linear(p: &nn::Path, in_dim: i64, out_dim: i64) -> Linear {
+    Linear {
+        ws: p.var("weight", &[out_dim, in_dim], normal()),
+        bs: p.var("bias", &[out_dim], nn::Init::Const(0.0)),
+    }
+}
+
+/// LayerNorm over the last dimension, always computed in fp32 (its output is fp32).
+#[derive(Debug)]
+pub struct LayerNorm {
+    pub ws: Tensor,
+    pub bs: Tensor,
+    eps: f64,
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let dim = self.ws.size()[0];
+        x.to_kind(Kind::Float).layer_norm(
+            [dim].as_slice(),
+            Some(&self.ws),
+            Some(&self.bs),
+            self.eps,
+            true,
+        )
+    }
+}
+
+pub fn layer_norm(p: &nn::Path, dim: i64, eps: f64) -> LayerNorm {
+    LayerNorm {
+        ws: p.var("weight", &[dim], nn::Init::Const(1.0)),
+        bs: p.var("bias", &[dim], nn::Init::Const(0.0)),
+        eps,
+    }
+}
+
+/// A lookup table; its output is fp32 like the table.
+#[derive(Debug)]
+pub struct Embedding {
+    pub ws: Tensor,
+}
+
+impl Module for Embedding {
+    fn forward(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.ws, ids, -1, false, false)
+    }
+}
+
+pub fn embedding(p: &nn::Path, num: i64, dim: i64) -> Embedding {
+    Embedding {
+        ws: p.var("weight", &[num, dim], normal()),
+    }
+}
+
+/// A biased 2-D convolution with square kernel, stride and padding, in the compute dtype.
 ///
-/// Not `tch::nn::Conv2D`: that goes through `at::conv2d`, which on NVIDIA GPUs since Ampere
-/// silently computes in TF32 (10-bit mantissa) by default. liteclip's fp32 is full fp32, as on
-/// the CPU, so each call states `allow_tf32 = false`; reduced precision is an explicit choice.
+/// Not `at::conv2d`: on NVIDIA GPUs since Ampere it silently computes in TF32 (10-bit mantissa)
+/// by default, so each call states `allow_tf32 = false`. Weights follow the input's memory
+/// format (channels-last when the model runs so, see `precision`).
 #[derive(Debug)]
 pub struct Conv2d {
     pub ws: Tensor,
@@ -65,9 +106,14 @@ pub struct Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.internal_convolution(
-            &self.ws,
-            Some(&self.bs),
+        let kind = compute_kind();
+        let mut ws = self.ws.to_kind(kind);
+        if memory_format_channels_last() {
+            ws = super::precision::to_channels_last(&ws);
+        }
+        x.to_kind(kind).internal_convolution(
+            &ws,
+            Some(&self.bs.to_kind(kind)),
             [self.stride, self.stride].as_slice(),
             [self.padding, self.padding].as_slice(),
             [1i64, 1].as_slice(),
@@ -91,18 +137,13 @@ pub fn conv2d(
     padding: i64,
     groups: i64,
 ) -> Conv2d {
-    let ws = p.var(
-        "weight",
-        &[out_dim, in_dim / groups, kernel, kernel],
-        nn::Init::Randn {
-            mean: 0.0,
-            stdev: INIT_STD,
-        },
-    );
-    let bs = p.var("bias", &[out_dim], nn::Init::Const(0.0));
     Conv2d {
-        ws,
-        bs,
+        ws: p.var(
+            "weight",
+            &[out_dim, in_dim / groups, kernel, kernel],
+            normal(),
+        ),
+        bs: p.var("bias", &[out_dim], nn::Init::Const(0.0)),
         stride,
         padding,
         groups,

@@ -6,5 +6,7 @@ pub mod clip;
 pub mod convnext;
 pub mod head;
 mod layers;
+pub mod precision;
 
 pub use clip::{l2_normalize, ClipModel};
+pub use precision::Precision;
