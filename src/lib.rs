@@ -14,13 +14,17 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod image;
 pub mod liteclip;
+pub mod loss;
 pub mod model;
 pub mod pipeline;
+pub mod rng;
 pub mod text;
+pub mod train;
 
 #[cfg(feature = "python")]
 mod python;

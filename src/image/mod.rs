@@ -11,6 +11,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use crate::error::Result;
+use tch::{Kind, Tensor};
 
 pub use decode::{max_image_pixels, set_max_image_pixels, DEFAULT_MAX_IMAGE_PIXELS};
 
@@ -57,4 +58,22 @@ pub fn preprocess_batch(images: &[ImageInput], size: u32) -> Result<Vec<f32>> {
         .collect();
     outcomes.into_iter().collect::<Result<()>>()?;
     Ok(out)
+}
+
+/// `ToTensor()` + `Normalize` on a batch of `(N, S, S, 3)` uint8 pixels, wherever the tensor is
+/// (on the GPU after an 8-bit transfer): `(N, 3, S, S)` floats, the same values
+/// [`transform::normalize_to_chw`] computes.
+pub fn normalize_batch(pixels: &Tensor) -> Result<Tensor> {
+    let device = pixels.device();
+    let mean = Tensor::f_from_slice(&transform::CLIP_MEAN)?
+        .f_to_device(device)?
+        .f_view([1, 3, 1, 1])?;
+    let std = Tensor::f_from_slice(&transform::CLIP_STD)?
+        .f_to_device(device)?
+        .f_view([1, 3, 1, 1])?;
+    let x = pixels
+        .f_permute([0, 3, 1, 2])?
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(255.0)?;
+    Ok(x.f_sub(&mean)?.f_div(&std)?)
 }

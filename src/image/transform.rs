@@ -60,7 +60,8 @@ fn bicubic(x: f64) -> f64 {
 }
 
 /// Fixed-point filter taps of one axis, for output indices `first..first + count` of a resize
-/// from `in_size` to `out_size` (Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`).
+/// of the input span `[box0, box1)` (of an axis `in_size` long) to `out_size` (Pillow's
+/// `precompute_coeffs` + `normalize_coeffs_8bpc`).
 struct AxisTaps {
     /// For each output index: first input index and number of taps.
     bounds: Vec<(usize, usize)>,
@@ -70,8 +71,8 @@ struct AxisTaps {
 }
 
 impl AxisTaps {
-    fn new(in_size: u32, out_size: u32, first: u32, count: u32) -> Self {
-        let scale = f64::from(in_size) / f64::from(out_size);
+    fn new(in_size: u32, (box0, box1): (f64, f64), out_size: u32, first: u32, count: u32) -> Self {
+        let scale = (box1 - box0) / f64::from(out_size);
         let filter_scale = scale.max(1.0);
         let support = 2.0 * filter_scale;
         let ksize = support.ceil() as usize * 2 + 1;
@@ -80,7 +81,7 @@ impl AxisTaps {
         let mut weights = vec![0i32; ksize * count as usize];
         let mut taps = vec![0f64; ksize];
         for (i, out_index) in (first..first + count).enumerate() {
-            let center = (f64::from(out_index) + 0.5) * scale;
+            let center = box0 + (f64::from(out_index) + 0.5) * scale;
             // `(int)` in C truncates toward zero, as `as i64` does.
             let xmin = ((center - support + 0.5) as i64).max(0);
             let xmax = ((center + support + 0.5) as i64).min(i64::from(in_size));
@@ -137,19 +138,36 @@ pub fn resize_center_crop(image: &RgbImage, size: u32) -> Vec<u8> {
     let (crop_w, crop_h) = (size.min(res_w), size.min(res_h));
     let left = center_crop_offset(res_w, crop_w);
     let top = center_crop_offset(res_h, crop_h);
+    let cols = AxisTaps::new(in_w, (0.0, f64::from(in_w)), res_w, left, crop_w);
+    let rows = AxisTaps::new(in_h, (0.0, f64::from(in_h)), res_h, top, crop_h);
+    resample(image, &cols, &rows)
+}
 
-    let cols = AxisTaps::new(in_w, res_w, left, crop_w);
-    let rows = AxisTaps::new(in_h, res_h, top, crop_h);
+/// Resizes the region `(left, top, width, height)` of the image to `out x out` (Pillow's
+/// `Image.resize(size, BICUBIC, box=region)`, as torchvision's `RandomResizedCrop` does).
+pub fn resize_region(image: &RgbImage, region: (u32, u32, u32, u32), out: u32) -> Vec<u8> {
+    let (in_w, in_h) = image.dimensions();
+    let (left, top, w, h) = region;
+    let span = |start: u32, len: u32| (f64::from(start), f64::from(start + len));
+    let cols = AxisTaps::new(in_w, span(left, w), out, 0, out);
+    let rows = AxisTaps::new(in_h, span(top, h), out, 0, out);
+    resample(image, &cols, &rows)
+}
+
+/// Pillow's two passes: horizontal over the input rows the vertical pass will read (8-bit
+/// intermediate, as in Pillow), then vertical.
+fn resample(image: &RgbImage, cols: &AxisTaps, rows: &AxisTaps) -> Vec<u8> {
+    let (in_w, _) = image.dimensions();
     let (row_lo, row_hi) = rows.input_span();
     let src = image.as_raw();
     let stride = in_w as usize * 3;
 
-    // Horizontal pass over the input rows the vertical pass will read, 8-bit output as in Pillow.
-    let mid_w = crop_w as usize;
-    let mut mid = vec![0u8; (row_hi - row_lo) * mid_w * 3];
+    let mid_w = cols.bounds.len();
+    let mid_stride = mid_w * 3;
+    let mut mid = vec![0u8; (row_hi - row_lo) * mid_stride];
     for (r, y) in (row_lo..row_hi).enumerate() {
         let line = &src[y * stride..(y + 1) * stride];
-        let out = &mut mid[r * mid_w * 3..(r + 1) * mid_w * 3];
+        let out = &mut mid[r * mid_stride..(r + 1) * mid_stride];
         for (x, &(start, n)) in cols.bounds.iter().enumerate() {
             let k = &cols.weights[x * cols.ksize..x * cols.ksize + n];
             let px = &line[start * 3..(start + n) * 3];
@@ -165,9 +183,7 @@ pub fn resize_center_crop(image: &RgbImage, size: u32) -> Vec<u8> {
         }
     }
 
-    // Vertical pass.
-    let mid_stride = mid_w * 3;
-    let mut dst = vec![0u8; crop_h as usize * mid_stride];
+    let mut dst = vec![0u8; rows.bounds.len() * mid_stride];
     for (y, &(start, n)) in rows.bounds.iter().enumerate() {
         let k = &rows.weights[y * rows.ksize..y * rows.ksize + n];
         let out = &mut dst[y * mid_stride..(y + 1) * mid_stride];
@@ -180,6 +196,42 @@ pub fn resize_center_crop(image: &RgbImage, size: u32) -> Vec<u8> {
         }
     }
     dst
+}
+
+/// torchvision's `RandomResizedCrop` box: a region of `scale` of the area and an aspect ratio
+/// in `ratio` (log-uniform), ten tries, then a center crop clamped to `ratio`.
+pub fn random_resized_crop_box(
+    width: u32,
+    height: u32,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut crate::rng::Rng,
+) -> (u32, u32, u32, u32) {
+    let area = f64::from(width) * f64::from(height);
+    let (log_lo, log_hi) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.range(scale.0, scale.1);
+        let aspect = rng.range(log_lo, log_hi).exp();
+        let w = (target * aspect).sqrt().round() as u32;
+        let h = (target / aspect).sqrt().round() as u32;
+        if w > 0 && h > 0 && w <= width && h <= height {
+            let top = rng.below((height - h + 1) as usize) as u32;
+            let left = rng.below((width - w + 1) as usize) as u32;
+            return (left, top, w, h);
+        }
+    }
+    let in_ratio = f64::from(width) / f64::from(height);
+    let (w, h) = if in_ratio < ratio.0 {
+        (width, ((f64::from(width) / ratio.0).round() as u32).max(1))
+    } else if in_ratio > ratio.1 {
+        (
+            ((f64::from(height) * ratio.1).round() as u32).max(1),
+            height,
+        )
+    } else {
+        (width, height)
+    };
+    ((width - w) / 2, (height - h) / 2, w, h)
 }
 
 /// `ToTensor()` + `Normalize(CLIP_MEAN, CLIP_STD)`: packed RGB bytes to channel-first floats,
@@ -220,7 +272,7 @@ mod tests {
 
     #[test]
     fn kernel_weights_sum_to_one_and_identity_is_exact() {
-        let taps = AxisTaps::new(1000, 224, 0, 224);
+        let taps = AxisTaps::new(1000, (0.0, 1000.0), 224, 0, 224);
         for i in 0..224 {
             let s: i32 = taps.weights[i * taps.ksize..(i + 1) * taps.ksize]
                 .iter()

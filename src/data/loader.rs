@@ -1,0 +1,195 @@
+//! Decoding and transforming batches of images on worker threads, ahead of the training loop.
+//!
+//! A producer thread walks the planned batches; each batch's images are decoded and transformed
+//! in parallel (rayon) and handed over through a bounded queue, so that up to `prefetch` batches
+//! are ready while the device computes. Images are shipped as 8-bit `(N, S, S, 3)` tensors (a
+//! quarter of the bytes of floats); [`crate::image::normalize_batch`] finishes them on the
+//! device. Images that fail to decode are left out of their batch and reported with it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rayon::prelude::*;
+use tch::{Kind, Tensor};
+
+use super::{Dataset, Sample, AUGMENT_STREAM};
+use crate::image::{decode, transform};
+use crate::rng::Rng;
+
+/// How training images become `size x size` pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ImageTransform {
+    /// The inference transform: resize the shorter side, center crop.
+    Center,
+    /// torchvision's `RandomResizedCrop`: a random region of `scale` of the area with an aspect
+    /// ratio in `ratio`, resized to the square.
+    RandomResizedCrop {
+        scale: (f64, f64),
+        ratio: (f64, f64),
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LoaderConfig {
+    pub image_size: u32,
+    pub transform: ImageTransform,
+    /// Batches prepared ahead of the consumer.
+    pub prefetch: usize,
+    /// Seeds the augmentation, per (epoch, position in the epoch).
+    pub seed: u64,
+    pub epoch: u64,
+}
+
+/// One batch of images, ready to be moved to the device.
+pub struct ImageBatch {
+    /// Position of the batch in the plan.
+    pub index: usize,
+    /// `(k, S, S, 3)` uint8, for the `k` samples that decoded.
+    pub pixels: Tensor,
+    /// The samples behind the rows of `pixels`, in order.
+    pub kept: Vec<Sample>,
+    /// Images that could not be used, with the reason.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+pub struct Loader {
+    rx: Option<Receiver<crate::Result<ImageBatch>>>,
+    expected: usize,
+    received: usize,
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    /// Starts preparing `batches` (indices into `dataset`) in the background.
+    pub fn start(dataset: Arc<Dataset>, batches: Vec<Vec<Sample>>, config: LoaderConfig) -> Self {
+        let (tx, rx) = sync_channel(config.prefetch.max(1));
+        let expected = batches.len();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let worker = std::thread::Builder::new()
+            .name("liteclip-loader".into())
+            .spawn(move || {
+                let mut position = 0u64;
+                for (index, batch) in batches.into_iter().enumerate() {
+                    if stop_flag.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let first = position;
+                    position += batch.len() as u64;
+                    let prepared = prepare(&dataset, index, batch, first, &config);
+                    if tx.send(prepared).is_err() {
+                        break; // the consumer is gone
+                    }
+                }
+            })
+            .ok();
+        Loader {
+            rx: Some(rx),
+            expected,
+            received: 0,
+            stop,
+            worker,
+        }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = crate::Result<ImageBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.rx.as_ref()?.recv() {
+            Ok(batch) => {
+                self.received += 1;
+                Some(batch)
+            }
+            // The producer ended early: it can only have died.
+            Err(_) if self.received < self.expected => {
+                self.received = self.expected;
+                Some(Err(crate::Error::invalid(
+                    "the data loader thread stopped unexpectedly",
+                )))
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Dropping the receiver unblocks a producer waiting on a full queue.
+        self.rx.take();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Decodes and transforms one image to packed RGB bytes.
+fn load_one(
+    path: &std::path::Path,
+    config: &LoaderConfig,
+    rng: &mut Rng,
+) -> crate::Result<Vec<u8>> {
+    let rgb = decode::decode_file(path)?;
+    Ok(match config.transform {
+        ImageTransform::Center => transform::resize_center_crop(&rgb, config.image_size),
+        ImageTransform::RandomResizedCrop { scale, ratio } => {
+            let (w, h) = rgb.dimensions();
+            let region = transform::random_resized_crop_box(w, h, scale, ratio, rng);
+            transform::resize_region(&rgb, region, config.image_size)
+        }
+    })
+}
+
+fn prepare(
+    dataset: &Dataset,
+    index: usize,
+    batch: Vec<Sample>,
+    first_position: u64,
+    config: &LoaderConfig,
+) -> crate::Result<ImageBatch> {
+    let results: Vec<crate::Result<Vec<u8>>> = batch
+        .par_iter()
+        .enumerate()
+        .map(|(i, sample)| {
+            let mut rng = Rng::derive(
+                config.seed ^ AUGMENT_STREAM,
+                config.epoch,
+                first_position + i as u64,
+            );
+            load_one(
+                &dataset.entries[sample.entry as usize].path,
+                config,
+                &mut rng,
+            )
+        })
+        .collect();
+    let s = config.image_size as i64;
+    let mut bytes = Vec::with_capacity(batch.len() * (s * s * 3) as usize);
+    let mut kept = Vec::with_capacity(batch.len());
+    let mut failed = Vec::new();
+    for (sample, result) in batch.into_iter().zip(results) {
+        match result {
+            Ok(rgb) => {
+                bytes.extend_from_slice(&rgb);
+                kept.push(sample);
+            }
+            Err(e) => failed.push((
+                dataset.entries[sample.entry as usize].path.clone(),
+                e.to_string(),
+            )),
+        }
+    }
+    let pixels = Tensor::f_from_data_size(&bytes, &[kept.len() as i64, s, s, 3], Kind::Uint8)?;
+    Ok(ImageBatch {
+        index,
+        pixels,
+        kept,
+        failed,
+    })
+}

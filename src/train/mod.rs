@@ -1,0 +1,3 @@
+//! Training: the loop, its optimizer and schedule, checkpoints and resumption.
+
+pub mod optim;
