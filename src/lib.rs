@@ -17,6 +17,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod image;
 pub mod liteclip;
 pub mod loss;

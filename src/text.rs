@@ -118,6 +118,59 @@ impl TextTokenizer {
     }
 }
 
+/// Captions tokenized once, kept unpadded; batches are padded to their longest caption.
+#[derive(Debug, Clone, Default)]
+pub struct TokenizedCaptions {
+    ids: Vec<Vec<i64>>,
+}
+
+impl TokenizedCaptions {
+    pub fn new(tokenizer: &TextTokenizer, texts: &[&str]) -> Result<Self> {
+        let encodings = tokenizer
+            .inner
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| Error::invalid(format!("tokenization failed: {e}")))?;
+        Ok(TokenizedCaptions {
+            ids: encodings
+                .iter()
+                .map(|e| e.get_ids().iter().map(|&i| i64::from(i)).collect())
+                .collect(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The captions at `indices`, padded to the longest of them.
+    pub fn batch(&self, indices: &[usize]) -> TokenBatch {
+        let seq_len = indices
+            .iter()
+            .map(|&i| self.ids[i].len())
+            .max()
+            .unwrap_or(0);
+        let batch = indices.len();
+        let mut input_ids = vec![PAD_ID; batch * seq_len];
+        let mut attention_mask = vec![0i64; batch * seq_len];
+        for (row, &i) in indices.iter().enumerate() {
+            for (col, &id) in self.ids[i].iter().enumerate() {
+                input_ids[row * seq_len + col] = id;
+                attention_mask[row * seq_len + col] = 1;
+            }
+        }
+        TokenBatch {
+            input_ids,
+            attention_mask,
+            batch,
+            seq_len,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +186,19 @@ mod tests {
         assert_eq!(&b.input_ids[..7], &[101, 1037, 6302, 1997, 1037, 3899, 102]);
         assert_eq!(&b.input_ids[7..], &[101, 1037, 6302, 102, 0, 0, 0]);
         assert_eq!(&b.attention_mask[7..], &[1, 1, 1, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn pre_tokenized_batches_equal_direct_encoding() {
+        let t = TextTokenizer::new(16).unwrap();
+        let texts = [
+            "a red circle",
+            "two large purple crosses on a grey background",
+            "x",
+        ];
+        let store = TokenizedCaptions::new(&t, &texts).unwrap();
+        let direct = t.encode(&[texts[1], texts[2]], Padding::Longest).unwrap();
+        assert_eq!(store.batch(&[1, 2]), direct);
     }
 
     #[test]

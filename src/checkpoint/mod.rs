@@ -11,6 +11,7 @@
 //! Tensor names are the same in both formats (those of liteCLIP's PyTorch module), so one
 //! matching routine serves both and exporting back to `.pt` is a renaming-free copy.
 
+pub mod backbones;
 pub mod torch_pickle;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -279,25 +280,34 @@ pub fn infer_config(tensors: &[(String, Tensor)], path: &Path) -> Result<LiteCli
 /// Copies `weights` into the variables of `vs`, requiring an exact match of names and shapes
 /// (ignorable buffers aside). On a mismatch nothing is copied and every problem is listed.
 pub fn load_into(vs: &nn::VarStore, weights: Weights) -> Result<()> {
-    let vars = vs.variables();
+    load_scoped(vs, weights, "")
+}
+
+/// [`load_into`] for the variables whose names start with `scope` (all when empty): those must
+/// all be present, and every tensor must be one of them.
+pub fn load_scoped(vs: &nn::VarStore, weights: Weights, scope: &str) -> Result<()> {
+    let vars: BTreeMap<String, Tensor> = vs
+        .variables()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(scope))
+        .collect();
     let found: BTreeMap<&str, &Tensor> = weights
         .tensors
         .iter()
         .filter(|(k, _)| !is_ignored(k))
         .map(|(k, t)| (k.as_str(), t))
         .collect();
-    let mut missing: Vec<String> = vars
+    let missing: Vec<String> = vars
         .keys()
         .filter(|k| !found.contains_key(k.as_str()))
         .cloned()
         .collect();
-    missing.sort();
     let unexpected: Vec<String> = found
         .keys()
         .filter(|k| !vars.contains_key(**k))
         .map(|k| k.to_string())
         .collect();
-    let mut mismatched: Vec<ShapeMismatch> = found
+    let mismatched: Vec<ShapeMismatch> = found
         .iter()
         .filter_map(|(k, t)| {
             let var = vars.get(*k)?;
@@ -308,7 +318,6 @@ pub fn load_into(vs: &nn::VarStore, weights: Weights) -> Result<()> {
             })
         })
         .collect();
-    mismatched.sort_by(|a, b| a.key.cmp(&b.key));
     if !(missing.is_empty() && unexpected.is_empty() && mismatched.is_empty()) {
         return Err(Error::KeyMismatch {
             path: weights.path,
@@ -324,22 +333,21 @@ pub fn load_into(vs: &nn::VarStore, weights: Weights) -> Result<()> {
         }
         Ok(())
     })?;
-    check_finite(vs, &weights.path)
+    check_finite(&vars, &weights.path)
 }
 
 /// NaN or infinite weights make every output NaN; refuse them at load time, naming the tensors.
-fn check_finite(vs: &nn::VarStore, path: &Path) -> Result<()> {
+fn check_finite(vars: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
     let mut bad: Vec<String> = Vec::new();
-    for (name, var) in vs.variables() {
+    for (name, var) in vars {
         let finite = var.f_isfinite()?.f_all()?;
         if !bool::try_from(&finite).unwrap_or(false) {
-            bad.push(name);
+            bad.push(name.clone());
         }
     }
     if bad.is_empty() {
         return Ok(());
     }
-    bad.sort();
     Err(Error::checkpoint(
         path,
         format!(

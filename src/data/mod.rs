@@ -267,6 +267,69 @@ impl Dataset {
     }
 }
 
+/// Extensions of files taken as images in image folders.
+pub const IMAGE_EXTENSIONS: [&str; 12] = [
+    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm", "pgm", "tga", "qoi",
+];
+
+/// A labelled image folder (torchvision's ImageFolder layout): one sub-folder per class.
+#[derive(Debug, Clone, Default)]
+pub struct ImageFolder {
+    /// Class names: sub-folder names, sorted, with `_` read as a space.
+    pub classes: Vec<String>,
+    /// `(image path, class index)`, sorted by class then file name.
+    pub images: Vec<(PathBuf, usize)>,
+}
+
+impl ImageFolder {
+    pub fn open(root: &Path) -> Result<Self> {
+        let read_dir = |dir: &Path| -> Result<Vec<PathBuf>> {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| Error::io(dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            Ok(entries)
+        };
+        if !root.is_dir() {
+            return Err(Error::FileNotFound {
+                path: root.to_owned(),
+                hint: Some("expected a folder with one sub-folder of images per class".into()),
+            });
+        }
+        let mut classes = Vec::new();
+        let mut images = Vec::new();
+        for dir in read_dir(root)?.into_iter().filter(|p| p.is_dir()) {
+            let files: Vec<PathBuf> = read_dir(&dir)?
+                .into_iter()
+                .filter(|p| {
+                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+                    })
+                })
+                .collect();
+            if files.is_empty() {
+                continue;
+            }
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().replace('_', " "))
+                .unwrap_or_default();
+            let class = classes.len();
+            classes.push(name);
+            images.extend(files.into_iter().map(|f| (f, class)));
+        }
+        if classes.len() < 2 {
+            return Err(Error::invalid(format!(
+                "{}: an image folder needs at least 2 class sub-folders with images, found {}",
+                root.display(),
+                classes.len()
+            )));
+        }
+        Ok(ImageFolder { classes, images })
+    }
+}
+
 /// Random streams, so that each kind of choice has its own sequence for a seed.
 pub const SPLIT_STREAM: u64 = 1;
 pub const ORDER_STREAM: u64 = 2;

@@ -1,3 +1,805 @@
-//! Training: the loop, its optimizer and schedule, checkpoints and resumption.
+//! Contrastive training: the loop, checkpoints, resumption and early stopping.
+//!
+//! A run writes into its output folder:
+//!
+//! ```text
+//! best/            the model with the lowest validation loss (liteclip format)
+//! last/            the model after the last completed epoch, plus the training state
+//!                  (optimizer moments, step, history) that `resume` continues from
+//! metrics.jsonl    one line per epoch, for plotting
+//! ```
+//!
+//! Every random choice (split, order, augmentation, dropout) derives from the seed and the
+//! step, never from history, so a resumed run ends with the same weights as an unbroken one.
 
 pub mod optim;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{self, write_atomically};
+use crate::config::LiteClipConfig;
+use crate::data::loader::{ImageTransform, Loader, LoaderConfig};
+use crate::data::{epoch_samples, make_batches, CsvOptions, Dataset, ReadReport};
+use crate::device::parse_device;
+use crate::error::{Error, Result};
+use crate::eval::{retrieval, tokenize_captions, RetrievalMetrics};
+use crate::image::normalize_batch;
+use crate::liteclip::{token_tensors, LiteClip};
+use crate::loss::{clamp_logit_scale, clip_loss};
+use crate::model::{l2_normalize, Precision};
+use crate::rng::Rng;
+use optim::{AdamConfig, FlatAdam, OptimizerKind, Schedule};
+
+/// Where training resumes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    /// Start afresh (an existing `last/` in the output folder is an error, to protect it).
+    No,
+    /// Continue from `<output>/last` if it exists, else start afresh.
+    Latest,
+    /// Continue from this `last/`-style checkpoint folder.
+    From(PathBuf),
+}
+
+/// Everything `liteclip.train` takes.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub csv: CsvOptions,
+    pub output: PathBuf,
+    /// Preset name or config JSON path.
+    pub model: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub optimizer: OptimizerKind,
+    pub weight_decay: f64,
+    pub warmup_steps: i64,
+    pub schedule: Schedule,
+    pub val_fraction: f64,
+    pub seed: u64,
+    pub device: String,
+    /// "auto" (fp32 on CPU, bf16 on CUDA), "fp32", "bf16" or "fp16".
+    pub precision: String,
+    pub init: Option<PathBuf>,
+    pub image_weights: Option<PathBuf>,
+    pub text_weights: Option<PathBuf>,
+    /// Stop after this many epochs without a better validation loss (None: never).
+    pub early_stopping_patience: Option<usize>,
+    pub augment: bool,
+    pub resume: Resume,
+    /// Batches prepared ahead of the device.
+    pub prefetch: usize,
+    /// Cap on steps per epoch (quick runs, benchmarks); None: the whole epoch.
+    pub max_steps_per_epoch: Option<usize>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            data: PathBuf::new(),
+            csv: CsvOptions::default(),
+            output: PathBuf::from("runs/liteclip"),
+            model: "liteclip".into(),
+            epochs: 5,
+            batch_size: 64,
+            lr: 2e-4,
+            optimizer: OptimizerKind::Adam,
+            weight_decay: 0.0,
+            warmup_steps: 0,
+            schedule: Schedule::Constant,
+            val_fraction: 0.2,
+            seed: 0,
+            device: "auto".into(),
+            precision: "auto".into(),
+            init: None,
+            image_weights: None,
+            text_weights: None,
+            early_stopping_patience: Some(2),
+            augment: false,
+            resume: Resume::No,
+            prefetch: 4,
+            max_steps_per_epoch: None,
+        }
+    }
+}
+
+/// One line of the history (and of `metrics.jsonl`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub step: i64,
+    pub train_loss: f64,
+    pub lr: f64,
+    pub logit_scale: f64,
+    pub seconds: f64,
+    pub pairs_per_second: f64,
+    pub val_loss: Option<f64>,
+    pub val_i2t_r1: Option<f64>,
+    pub val_i2t_r5: Option<f64>,
+    pub val_i2t_r10: Option<f64>,
+    pub val_t2i_r1: Option<f64>,
+    pub val_t2i_r5: Option<f64>,
+    pub val_t2i_r10: Option<f64>,
+    pub skipped_images: usize,
+}
+
+/// What a run leaves behind.
+#[derive(Debug, Clone)]
+pub struct TrainResult {
+    pub best_checkpoint: Option<PathBuf>,
+    pub last_checkpoint: PathBuf,
+    pub history: Vec<EpochRecord>,
+    pub stopped_early: bool,
+    pub interrupted: bool,
+    /// Images that could not be decoded, with the reason (each listed once).
+    pub skipped_images: Vec<(PathBuf, String)>,
+    pub data_report: ReadReport,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub device: String,
+    pub precision: String,
+}
+
+/// Progress of one step, for the observer.
+#[derive(Debug, Clone)]
+pub struct StepInfo {
+    pub epoch: usize,
+    pub step_in_epoch: usize,
+    pub steps_in_epoch: usize,
+    pub global_step: i64,
+    /// Loss of this step when it was read back from the device (every step on the CPU).
+    pub loss: Option<f64>,
+    pub lr: f64,
+    pub pairs: usize,
+    pub pairs_per_second: f64,
+}
+
+/// Whether training should go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Receives progress; the Python layer draws progress bars with it and checks for Ctrl-C.
+pub trait Observer {
+    fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _steps: usize) -> Flow {
+        Flow::Continue
+    }
+    fn step(&mut self, _info: &StepInfo) -> Flow {
+        Flow::Continue
+    }
+    fn epoch_end(&mut self, _record: &EpochRecord) -> Flow {
+        Flow::Continue
+    }
+    fn message(&mut self, _text: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// How a run splits its data: stored with checkpoints so `evaluate(split="val")` can rebuild
+/// the same validation set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataInfo {
+    pub data: PathBuf,
+    pub image_column: String,
+    pub caption_column: String,
+    pub images_dir: Option<PathBuf>,
+    pub val_fraction: f64,
+    pub seed: u64,
+}
+
+pub const DATA_INFO_FILE: &str = "data.json";
+const STATE_FILE: &str = "train_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const METRICS_FILE: &str = "metrics.jsonl";
+
+/// The training state saved in `last/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainState {
+    epochs_completed: usize,
+    global_step: i64,
+    best_val_loss: Option<f64>,
+    bad_epochs: usize,
+    history: Vec<EpochRecord>,
+    batch_size: usize,
+    seed: u64,
+    loss_scale: f64,
+}
+
+impl DataInfo {
+    pub fn read(checkpoint: &Path) -> Option<Self> {
+        let dir = if checkpoint.is_dir() {
+            checkpoint.to_owned()
+        } else {
+            checkpoint.parent()?.to_owned()
+        };
+        let text = std::fs::read_to_string(dir.join(DATA_INFO_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn csv_options(&self) -> CsvOptions {
+        CsvOptions {
+            image_column: self.image_column.clone(),
+            caption_column: self.caption_column.clone(),
+            images_dir: self.images_dir.clone(),
+        }
+    }
+}
+
+fn precision_for(name: &str, device: Device) -> Result<Precision> {
+    match name {
+        "auto" => Ok(if device.is_cuda() {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
+        }),
+        other => Precision::parse(other),
+    }
+}
+
+/// The seed of the dropout masks of a step: a function of the run's seed and the step only.
+fn step_seed(seed: u64, step: i64) -> i64 {
+    (Rng::derive(seed, 0x4452_4f50, step as u64).next_u64() >> 1) as i64
+}
+
+fn validate(options: &TrainOptions) -> Result<()> {
+    let bad = |m: String| Err(Error::invalid(m));
+    if options.epochs == 0 {
+        return bad("epochs must be at least 1".into());
+    }
+    if options.batch_size < 2 {
+        return bad(format!(
+            "batch_size must be at least 2 (a contrastive loss needs negatives), got {}",
+            options.batch_size
+        ));
+    }
+    if !(options.lr.is_finite() && options.lr > 0.0) {
+        return bad(format!("lr must be a positive number, got {}", options.lr));
+    }
+    if !(options.weight_decay.is_finite() && options.weight_decay >= 0.0) {
+        return bad(format!(
+            "weight_decay must be >= 0, got {}",
+            options.weight_decay
+        ));
+    }
+    if options.warmup_steps < 0 {
+        return bad("warmup_steps must be >= 0".into());
+    }
+    if options.early_stopping_patience == Some(0) {
+        return bad("early_stopping_patience must be at least 1 (or None to disable it)".into());
+    }
+    Ok(())
+}
+
+/// Saves a checkpoint folder as a unit: everything is written into `<dir>.tmp`, synced, and
+/// renamed into place (the previous folder moved aside first and removed last), so `dir` is
+/// always either the old or the new checkpoint, never a mixture.
+fn save_folder(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.with_file_name(format!("{name}.tmp"));
+    let old = dir.with_file_name(format!("{name}.old"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    write(&tmp)?;
+    if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    if let Some(parent) = dir.parent() {
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    if old.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+/// The checkpoint folder to resume from: `dir`, or `dir.old` if a save was cut between its
+/// two renames.
+fn existing_checkpoint(dir: &Path) -> Option<PathBuf> {
+    if dir.join(checkpoint::WEIGHTS_FILE).is_file() {
+        return Some(dir.to_owned());
+    }
+    let old = dir.with_file_name(format!("{}.old", dir.file_name()?.to_string_lossy()));
+    old.join(checkpoint::WEIGHTS_FILE).is_file().then_some(old)
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::invalid(format!("cannot serialise {}: {e}", path.display())))?;
+    write_atomically(path, |tmp| {
+        std::fs::write(tmp, text.as_bytes()).map_err(|e| Error::io(tmp, e))
+    })
+}
+
+/// Trains a model as `options` say, reporting to `observer`.
+pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<TrainResult> {
+    validate(options)?;
+    let device = parse_device(&options.device)?;
+    let precision = precision_for(&options.precision, device)?;
+    let channels_last = device.is_cuda();
+
+    // Data first: a bad data set should fail before any model is built.
+    let dataset = Dataset::open(&options.data, &options.csv)?;
+    let (train_set, val_set) = dataset.split(options.val_fraction, options.seed)?;
+    if train_set.num_images() < 2 {
+        return Err(Error::invalid(format!(
+            "{}: need at least 2 training images, found {}",
+            options.data.display(),
+            train_set.num_images()
+        )));
+    }
+    let report = dataset.report.clone();
+    if report.malformed_rows + report.missing_images > 0 {
+        observer.message(&format!(
+            "data: skipped {} malformed rows and {} rows whose image is missing{}",
+            report.malformed_rows,
+            report.missing_images,
+            report
+                .examples
+                .first()
+                .map(|e| format!(" (e.g. {e})"))
+                .unwrap_or_default()
+        ));
+    }
+
+    std::fs::create_dir_all(&options.output).map_err(|e| Error::io(&options.output, e))?;
+    let last_dir = options.output.join("last");
+    let best_dir = options.output.join("best");
+    let resume_from = match &options.resume {
+        Resume::No => {
+            if let Some(existing) = existing_checkpoint(&last_dir) {
+                return Err(Error::invalid(format!(
+                    "{} already holds a training run ({}); pass resume=True to continue it, or \
+                     choose another output folder",
+                    options.output.display(),
+                    existing.display()
+                )));
+            }
+            None
+        }
+        Resume::Latest => existing_checkpoint(&last_dir),
+        Resume::From(path) => {
+            Some(
+                existing_checkpoint(path).ok_or_else(|| Error::FileNotFound {
+                    path: path.clone(),
+                    hint: Some("resume= needs a run's last/ checkpoint folder".into()),
+                })?,
+            )
+        }
+    };
+
+    // The model: fresh, from a checkpoint, from backbones, or from the run being resumed.
+    let config = LiteClipConfig::from_name_or_file(&options.model)?;
+    if let Some(seed) = i64::try_from(options.seed).ok() {
+        tch::manual_seed(seed);
+    }
+    let mut model = match (&resume_from, &options.init) {
+        (Some(dir), _) => LiteClip::load(dir, device, None)?,
+        (None, Some(init)) => {
+            let weights = checkpoint::read(init)?;
+            let config = weights.config.clone().unwrap_or(config);
+            let m = LiteClip::new(config, device)?;
+            checkpoint::load_into(m.varstore(), weights)?;
+            m
+        }
+        (None, None) => LiteClip::new(config, device)?,
+    };
+    if resume_from.is_none() {
+        if let Some(path) = &options.image_weights {
+            checkpoint::backbones::load_image_tower(model.varstore(), path)?;
+        }
+        if let Some(path) = &options.text_weights {
+            checkpoint::backbones::load_text_tower(model.varstore(), path)?;
+        }
+    }
+    model.set_precision(precision);
+
+    let mut opt = FlatAdam::new(
+        model.varstore(),
+        AdamConfig {
+            kind: options.optimizer,
+            weight_decay: options.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let mut state = TrainState {
+        epochs_completed: 0,
+        global_step: 0,
+        best_val_loss: None,
+        bad_epochs: 0,
+        history: Vec::new(),
+        batch_size: options.batch_size,
+        seed: options.seed,
+        loss_scale: 65536.0,
+    };
+    if let Some(dir) = &resume_from {
+        let text = std::fs::read_to_string(dir.join(STATE_FILE))
+            .map_err(|e| Error::io(dir.join(STATE_FILE), e))?;
+        state = serde_json::from_str(&text)
+            .map_err(|e| Error::checkpoint(dir, format!("unreadable training state: {e}")))?;
+        if state.batch_size != options.batch_size || state.seed != options.seed {
+            observer.message(&format!(
+                "resuming with batch_size {} and seed {} (the run used {} and {}): the result \
+                 will differ from an unbroken run",
+                options.batch_size, options.seed, state.batch_size, state.seed
+            ));
+        }
+        let opt_state = Tensor::read_safetensors(dir.join(OPTIMIZER_FILE))
+            .map_err(|e| Error::checkpoint(dir, format!("unreadable optimizer state: {e}")))?;
+        opt.load_state(&opt_state)?;
+        observer.message(&format!(
+            "resuming from {} after epoch {} (step {})",
+            dir.display(),
+            state.epochs_completed,
+            state.global_step
+        ));
+    }
+
+    let data_info = DataInfo {
+        data: options.data.clone(),
+        image_column: options.csv.image_column.clone(),
+        caption_column: options.csv.caption_column.clone(),
+        images_dir: options.csv.images_dir.clone(),
+        val_fraction: options.val_fraction,
+        seed: options.seed,
+    };
+    let (captions, offsets) = tokenize_captions(&model, &train_set)?;
+    let train_set = Arc::new(train_set);
+    let transform = if options.augment {
+        ImageTransform::RandomResizedCrop {
+            scale: (0.5, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+        }
+    } else {
+        ImageTransform::Center
+    };
+    let steps_per_epoch = {
+        let n = make_batches(
+            epoch_samples(&train_set, options.seed, 0),
+            options.batch_size,
+        )
+        .len();
+        options.max_steps_per_epoch.map_or(n, |m| n.min(m))
+    };
+    let total_steps = (steps_per_epoch * options.epochs) as i64;
+
+    let mut skipped: Vec<(PathBuf, String)> = Vec::new();
+    let mut skipped_seen = std::collections::HashSet::new();
+    let mut stopped_early = false;
+    let mut interrupted = false;
+    let mut best_checkpoint = existing_checkpoint(&best_dir);
+    let read_every = if device.is_cuda() { 10 } else { 1 };
+
+    for epoch in state.epochs_completed..options.epochs {
+        if options
+            .early_stopping_patience
+            .is_some_and(|p| state.bad_epochs >= p && !val_set.entries.is_empty())
+        {
+            stopped_early = true;
+            break;
+        }
+        let mut batches = make_batches(
+            epoch_samples(&train_set, options.seed, epoch as u64),
+            options.batch_size,
+        );
+        batches.truncate(steps_per_epoch);
+        let steps = batches.len();
+        if observer.epoch_start(epoch, options.epochs, steps) == Flow::Stop {
+            interrupted = true;
+            break;
+        }
+        let loader = Loader::start(
+            train_set.clone(),
+            batches,
+            LoaderConfig {
+                image_size: model.config().image_size as u32,
+                transform,
+                prefetch: options.prefetch,
+                seed: options.seed,
+                epoch: epoch as u64,
+            },
+        );
+        let started = Instant::now();
+        let mut pairs_seen = 0usize;
+        let mut loss_sum = Tensor::f_zeros([], (Kind::Float, device))?;
+        let mut loss_count = 0usize;
+        let mut lr = options.lr;
+        for (i, batch) in loader.enumerate() {
+            let batch = batch?;
+            for (path, why) in batch.failed {
+                if skipped_seen.insert(path.clone()) {
+                    skipped.push((path, why));
+                }
+            }
+            if batch.kept.len() < 2 {
+                continue; // nothing to contrast
+            }
+            lr = options.schedule.lr(
+                options.lr,
+                state.global_step,
+                options.warmup_steps,
+                total_steps,
+            );
+            tch::manual_seed(step_seed(options.seed, state.global_step));
+            let indices: Vec<usize> = batch
+                .kept
+                .iter()
+                .map(|s| offsets[s.entry as usize] + s.caption as usize)
+                .collect();
+            let (ids, mask) = token_tensors(&captions.batch(&indices), device)?;
+            let pixels = normalize_batch(&batch.pixels.f_to_device(device)?)?;
+
+            let loss = {
+                let _precision = precision.enter(channels_last);
+                let m = model.model();
+                let img = l2_normalize(&m.image_features(&pixels, true));
+                let txt = l2_normalize(&m.text_features(&ids, &mask, true));
+                clip_loss(&img, &txt, m.logit_scale())
+            };
+            opt.zero_grad();
+            let scaled = precision == Precision::Fp16;
+            if scaled {
+                loss.f_mul_scalar(state.loss_scale)?.f_backward()?;
+            } else {
+                loss.f_backward()?;
+            }
+            let finite = if scaled {
+                opt.unscale_grads(state.loss_scale)?
+            } else {
+                true
+            };
+            if finite {
+                opt.step(lr)?;
+                let mut scale = model.model().logit_scale().shallow_clone();
+                clamp_logit_scale(&mut scale);
+            } else {
+                state.loss_scale /= 2.0;
+            }
+            state.global_step += 1;
+            pairs_seen += batch.kept.len();
+            let loss_d = loss.detach();
+            loss_sum = loss_sum.f_add(&loss_d)?;
+            loss_count += 1;
+            let loss_value = if (i + 1) % read_every == 0 || i + 1 == steps {
+                let v = loss_d.f_double_value(&[])?;
+                if !v.is_finite() {
+                    return Err(Error::invalid(format!(
+                        "the loss became {v} at step {} (epoch {}): training is unstable; \
+                         lower the learning rate or use precision=\"fp32\"/\"bf16\". The last \
+                         completed epoch's checkpoint is in {}",
+                        state.global_step,
+                        epoch + 1,
+                        last_dir.display()
+                    )));
+                }
+                Some(v)
+            } else {
+                None
+            };
+            let info = StepInfo {
+                epoch,
+                step_in_epoch: i + 1,
+                steps_in_epoch: steps,
+                global_step: state.global_step,
+                loss: loss_value,
+                lr,
+                pairs: batch.kept.len(),
+                pairs_per_second: pairs_seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            };
+            if observer.step(&info) == Flow::Stop {
+                interrupted = true;
+                break;
+            }
+        }
+        if interrupted {
+            break;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let train_loss = if loss_count > 0 {
+            loss_sum.f_double_value(&[])? / loss_count as f64
+        } else {
+            f64::NAN
+        };
+        let val = if val_set.entries.is_empty() {
+            None
+        } else {
+            Some(retrieval(&model, &val_set, options.batch_size)?)
+        };
+        let record = epoch_record(
+            epoch,
+            &state,
+            train_loss,
+            lr,
+            &model,
+            seconds,
+            pairs_seen,
+            val.as_ref(),
+            skipped.len(),
+        )?;
+        state.history.push(record.clone());
+        state.epochs_completed = epoch + 1;
+        let improved = match (&val, state.best_val_loss) {
+            (Some(v), Some(best)) => v.loss < best,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if let Some(v) = &val {
+            if improved {
+                state.best_val_loss = Some(v.loss);
+                state.bad_epochs = 0;
+                save_folder(&best_dir, |dir| {
+                    model.save(dir)?;
+                    write_json(&dir.join(DATA_INFO_FILE), &data_info)
+                })?;
+                best_checkpoint = Some(best_dir.clone());
+            } else {
+                state.bad_epochs += 1;
+            }
+        }
+        save_folder(&last_dir, |dir| {
+            model.save(dir)?;
+            write_json(&dir.join(DATA_INFO_FILE), &data_info)?;
+            let opt_state = opt.state();
+            write_atomically(&dir.join(OPTIMIZER_FILE), |tmp| {
+                let cpu: Vec<(String, Tensor)> = opt_state
+                    .iter()
+                    .map(|(k, t)| Ok((k.clone(), t.f_to_device(Device::Cpu)?)))
+                    .collect::<Result<_>>()?;
+                Tensor::write_safetensors(&cpu, tmp).map_err(Error::from)
+            })?;
+            write_json(&dir.join(STATE_FILE), &state)
+        })?;
+        let lines: Vec<String> = state
+            .history
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap_or_default())
+            .collect();
+        let metrics_path = options.output.join(METRICS_FILE);
+        write_atomically(&metrics_path, |tmp| {
+            std::fs::write(tmp, lines.join("\n") + "\n").map_err(|e| Error::io(tmp, e))
+        })?;
+        if observer.epoch_end(&record) == Flow::Stop {
+            interrupted = true;
+            break;
+        }
+    }
+    if !skipped.is_empty() {
+        observer.message(&format!(
+            "skipped {} images that could not be decoded, e.g. {}: {}",
+            skipped.len(),
+            skipped[0].0.display(),
+            skipped[0].1
+        ));
+    }
+    let last_checkpoint = existing_checkpoint(&last_dir).unwrap_or(last_dir);
+    Ok(TrainResult {
+        best_checkpoint: best_checkpoint
+            .or_else(|| val_set.entries.is_empty().then(|| last_checkpoint.clone())),
+        last_checkpoint,
+        history: state.history,
+        stopped_early,
+        interrupted,
+        skipped_images: skipped,
+        data_report: report,
+        train_images: train_set.num_images(),
+        val_images: val_set.num_images(),
+        device: crate::device::device_name(device),
+        precision: precision.name().into(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn epoch_record(
+    epoch: usize,
+    state: &TrainState,
+    train_loss: f64,
+    lr: f64,
+    model: &LiteClip,
+    seconds: f64,
+    pairs: usize,
+    val: Option<&RetrievalMetrics>,
+    skipped: usize,
+) -> Result<EpochRecord> {
+    Ok(EpochRecord {
+        epoch: epoch + 1,
+        step: state.global_step,
+        train_loss,
+        lr,
+        logit_scale: model.logit_scale()?,
+        seconds,
+        pairs_per_second: pairs as f64 / seconds.max(1e-9),
+        val_loss: val.map(|v| v.loss),
+        val_i2t_r1: val.map(|v| v.i2t_r1),
+        val_i2t_r5: val.map(|v| v.i2t_r5),
+        val_i2t_r10: val.map(|v| v.i2t_r10),
+        val_t2i_r1: val.map(|v| v.t2i_r1),
+        val_t2i_r5: val.map(|v| v.t2i_r5),
+        val_t2i_r10: val.map(|v| v.t2i_r10),
+        skipped_images: skipped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synthetic::{generate, Layout};
+
+    fn options(data: &Path, output: &Path) -> TrainOptions {
+        TrainOptions {
+            data: data.to_owned(),
+            output: output.to_owned(),
+            model: "liteclip-nano".into(),
+            epochs: 2,
+            batch_size: 16,
+            lr: 1e-3,
+            device: "cpu".into(),
+            val_fraction: 0.25,
+            early_stopping_patience: None,
+            max_steps_per_epoch: Some(4),
+            ..Default::default()
+        }
+    }
+
+    fn weights(dir: &Path) -> Vec<(String, Tensor)> {
+        let mut w = Tensor::read_safetensors(dir.join(checkpoint::WEIGHTS_FILE)).unwrap();
+        w.sort_by(|a, b| a.0.cmp(&b.0));
+        w
+    }
+
+    #[test]
+    fn resumed_run_ends_with_the_weights_of_an_unbroken_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("shapes");
+        generate(&data, 48, 0, 40, Layout::Captions).unwrap();
+
+        let unbroken = tmp.path().join("unbroken");
+        let result = train(&options(&data, &unbroken), &mut Silent).unwrap();
+        assert_eq!(result.history.len(), 2);
+        assert!(result.best_checkpoint.is_some());
+
+        let broken = tmp.path().join("broken");
+        let first = TrainOptions {
+            epochs: 1,
+            ..options(&data, &broken)
+        };
+        train(&first, &mut Silent).unwrap();
+        // Starting afresh over an existing run is refused.
+        assert!(train(&options(&data, &broken), &mut Silent).is_err());
+        let resumed = TrainOptions {
+            resume: Resume::Latest,
+            ..options(&data, &broken)
+        };
+        let result = train(&resumed, &mut Silent).unwrap();
+        assert_eq!(result.history.len(), 2);
+
+        let (a, b) = (
+            weights(&unbroken.join("last")),
+            weights(&broken.join("last")),
+        );
+        assert_eq!(a.len(), b.len());
+        for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
+            assert_eq!(ka, kb);
+            assert!(ta.equal(tb), "{ka} differs after resume");
+        }
+    }
+}

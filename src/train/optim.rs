@@ -145,6 +145,18 @@ impl FlatAdam {
         Ok(())
     }
 
+    /// Divides the gradients by a loss scale (fp16 training) and tells whether they are all
+    /// finite; a step with non-finite gradients must be skipped.
+    pub fn unscale_grads(&mut self, scale: f64) -> Result<bool> {
+        if !self.grads_bound {
+            self.bind_grads()?;
+        }
+        tch::no_grad(|| -> Result<bool> {
+            let _ = self.grad.f_div_scalar_(scale)?;
+            Ok(bool::try_from(&self.grad.f_isfinite()?.f_all()?)?)
+        })
+    }
+
     /// One Adam(W) update with learning rate `lr`.
     pub fn step(&mut self, lr: f64) -> Result<()> {
         if !self.grads_bound {

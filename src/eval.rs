@@ -1,0 +1,305 @@
+//! Evaluation: image-text retrieval on a captioned data set (with the validation loss), and
+//! zero-shot classification on a labelled image folder.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::data::loader::{ImageTransform, Loader, LoaderConfig};
+use crate::data::{epoch_samples, make_batches, Dataset, Entry, ImageFolder, Sample};
+use crate::error::{Error, Result};
+use crate::image::normalize_batch;
+use crate::liteclip::LiteClip;
+use crate::loss::clip_loss;
+use crate::text::TokenizedCaptions;
+
+/// Retrieval metrics: R@K is the share of queries whose first correct answer ranks in the top
+/// K. An image's correct answers are all of its captions (Flickr8k has five).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RetrievalMetrics {
+    pub i2t_r1: f64,
+    pub i2t_r5: f64,
+    pub i2t_r10: f64,
+    pub t2i_r1: f64,
+    pub t2i_r5: f64,
+    pub t2i_r10: f64,
+    pub i2t_median_rank: f64,
+    pub t2i_median_rank: f64,
+    /// Mean contrastive loss over batches of the evaluation set.
+    pub loss: f64,
+    pub images: usize,
+    pub captions: usize,
+    /// Images that could not be decoded and were left out (with their captions).
+    pub skipped_images: Vec<(PathBuf, String)>,
+}
+
+/// Embeds every image of `entries` (inference transform); failed images are reported, and the
+/// returned entry indices say which rows of the embedding matrix belong to which entry.
+pub fn embed_entries(
+    model: &LiteClip,
+    entries: Arc<Dataset>,
+    batch_size: usize,
+) -> Result<(Tensor, Vec<usize>, Vec<(PathBuf, String)>)> {
+    let samples: Vec<Sample> = (0..entries.entries.len() as u32)
+        .map(|entry| Sample { entry, caption: 0 })
+        .collect();
+    let batches: Vec<Vec<Sample>> = samples
+        .chunks(batch_size.max(1))
+        .map(<[_]>::to_vec)
+        .collect();
+    let loader = Loader::start(
+        entries,
+        batches,
+        LoaderConfig {
+            image_size: model.config().image_size as u32,
+            transform: ImageTransform::Center,
+            prefetch: 2,
+            seed: 0,
+            epoch: 0,
+        },
+    );
+    let mut parts = Vec::new();
+    let mut kept = Vec::new();
+    let mut failed = Vec::new();
+    for batch in loader {
+        let batch = batch?;
+        failed.extend(batch.failed);
+        if batch.kept.is_empty() {
+            continue;
+        }
+        let pixels = normalize_batch(&batch.pixels.f_to_device(model.device())?)?;
+        parts.push(model.encode_pixels(&pixels)?);
+        kept.extend(batch.kept.iter().map(|s| s.entry as usize));
+    }
+    let emb = if parts.is_empty() {
+        Tensor::f_zeros([0, model.config().embed_dim], (Kind::Float, Device::Cpu))?
+    } else {
+        Tensor::f_cat(&parts, 0)?
+    };
+    Ok((emb, kept, failed))
+}
+
+/// Image->text and text->image retrieval over a captioned data set, and its contrastive loss
+/// in batches of `batch_size` (the validation loss of training).
+pub fn retrieval(
+    model: &LiteClip,
+    dataset: &Dataset,
+    batch_size: usize,
+) -> Result<RetrievalMetrics> {
+    if dataset.entries.is_empty() {
+        return Err(Error::invalid("cannot evaluate an empty data set"));
+    }
+    let (image_emb, kept, skipped) = embed_entries(model, Arc::new(dataset.clone()), batch_size)?;
+    if kept.len() < 2 {
+        return Err(Error::invalid(format!(
+            "retrieval needs at least 2 readable images, found {}",
+            kept.len()
+        )));
+    }
+    // Captions of the readable images; `owner[c]` is the image row of caption c.
+    let mut texts: Vec<&str> = Vec::new();
+    let mut owner: Vec<i64> = Vec::new();
+    let mut first_caption: Vec<usize> = Vec::new();
+    for (row, &entry) in kept.iter().enumerate() {
+        first_caption.push(texts.len());
+        for c in &dataset.entries[entry].captions {
+            texts.push(c);
+            owner.push(row as i64);
+        }
+    }
+    let text_emb = model.encode_texts(&texts)?;
+    let sims = image_emb.f_matmul(&text_emb.f_tr()?)?; // (images, captions)
+    let owner_t = Tensor::f_from_slice(&owner)?;
+
+    // text -> image: rank of the caption's own image among all images.
+    let t2i = sims.f_tr()?; // (captions, images)
+    let own = t2i.f_gather(1, &owner_t.f_unsqueeze(1)?, false)?;
+    let t2i_ranks =
+        t2i.f_gt_tensor(&own)?
+            .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)?;
+
+    // image -> text: rank of the image's best-scoring caption among all captions.
+    let n_img = kept.len() as i64;
+    let is_own = Tensor::f_arange(n_img, (Kind::Int64, Device::Cpu))?
+        .f_unsqueeze(1)?
+        .f_eq_tensor(&owner_t.f_unsqueeze(0)?)?;
+    let best_own = sims
+        .f_masked_fill(&is_own.f_logical_not()?, f64::NEG_INFINITY)?
+        .f_amax([1i64].as_slice(), true)?;
+    let i2t_ranks =
+        sims.f_gt_tensor(&best_own)?
+            .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)?;
+
+    let recall = |ranks: &Tensor, k: i64| -> Result<f64> {
+        Ok(ranks
+            .f_lt(k)?
+            .f_to_kind(Kind::Float)?
+            .f_mean(Kind::Float)?
+            .f_double_value(&[])?)
+    };
+    let median = |ranks: &Tensor| -> Result<f64> {
+        // 1-based, as retrieval papers report it.
+        Ok(ranks
+            .f_to_kind(Kind::Float)?
+            .f_median()?
+            .f_double_value(&[])?
+            + 1.0)
+    };
+
+    // Contrastive loss over the same pairs a training epoch would see (fixed order).
+    let kept_set =
+        Dataset::from_entries(kept.iter().map(|&e| dataset.entries[e].clone()).collect());
+    let mut losses = Vec::new();
+    let scale = model.model().logit_scale().f_to_device(Device::Cpu)?;
+    for batch in make_batches(epoch_samples(&kept_set, 0, 0), batch_size) {
+        let rows: Vec<i64> = batch.iter().map(|s| s.entry as i64).collect();
+        let cols: Vec<i64> = batch
+            .iter()
+            .map(|s| (first_caption[s.entry as usize] + s.caption as usize) as i64)
+            .collect();
+        let img = image_emb.f_index_select(0, &Tensor::f_from_slice(&rows)?)?;
+        let txt = text_emb.f_index_select(0, &Tensor::f_from_slice(&cols)?)?;
+        let loss = tch::no_grad(|| clip_loss(&img, &txt, &scale));
+        losses.push((loss.f_double_value(&[])?, batch.len()));
+    }
+    let total: usize = losses.iter().map(|l| l.1).sum();
+    let loss = losses.iter().map(|(l, n)| l * *n as f64).sum::<f64>() / total.max(1) as f64;
+
+    Ok(RetrievalMetrics {
+        i2t_r1: recall(&i2t_ranks, 1)?,
+        i2t_r5: recall(&i2t_ranks, 5)?,
+        i2t_r10: recall(&i2t_ranks, 10)?,
+        t2i_r1: recall(&t2i_ranks, 1)?,
+        t2i_r5: recall(&t2i_ranks, 5)?,
+        t2i_r10: recall(&t2i_ranks, 10)?,
+        i2t_median_rank: median(&i2t_ranks)?,
+        t2i_median_rank: median(&t2i_ranks)?,
+        loss,
+        images: kept.len(),
+        captions: texts.len(),
+        skipped_images: skipped,
+    })
+}
+
+/// Zero-shot classification results on a labelled image folder.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ZeroShotMetrics {
+    pub top1: f64,
+    pub top5: f64,
+    pub classes: Vec<String>,
+    /// Top-1 accuracy per class (NaN-free: classes without images are absent from the folder).
+    pub per_class: Vec<f64>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<u32>>,
+    pub images: usize,
+    pub templates: Vec<String>,
+    pub skipped_images: Vec<(PathBuf, String)>,
+}
+
+/// Class prototypes: for each class, the mean of its L2-normalised prompt embeddings
+/// (one per template, `{}` replaced by the class name), normalised again (CLIP's recipe).
+pub fn class_embeddings(
+    model: &LiteClip,
+    classes: &[String],
+    templates: &[String],
+) -> Result<Tensor> {
+    if templates.is_empty() {
+        return Err(Error::invalid("at least one prompt template is needed"));
+    }
+    let prompts: Vec<String> = classes
+        .iter()
+        .flat_map(|c| templates.iter().map(move |t| fill_template(t, c)))
+        .collect();
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let emb = model
+        .encode_texts(&refs)?
+        .f_view([classes.len() as i64, templates.len() as i64, -1])?
+        .f_mean_dim([1i64].as_slice(), false, Kind::Float)?;
+    Ok(crate::model::l2_normalize(&emb))
+}
+
+/// `"a photo of a {}"` with the class name in place of `{}` (or appended after a space when
+/// the template has no `{}`).
+pub fn fill_template(template: &str, class: &str) -> String {
+    if template.contains("{}") {
+        template.replace("{}", class)
+    } else {
+        format!("{template} {class}")
+    }
+}
+
+pub fn zero_shot(
+    model: &LiteClip,
+    folder: &ImageFolder,
+    templates: &[String],
+    batch_size: usize,
+) -> Result<ZeroShotMetrics> {
+    let n_classes = folder.classes.len();
+    let prototypes = class_embeddings(model, &folder.classes, templates)?;
+    let entries = Dataset::from_entries(
+        folder
+            .images
+            .iter()
+            .map(|(path, _)| Entry {
+                path: path.clone(),
+                captions: Vec::new(),
+            })
+            .collect(),
+    );
+    let (image_emb, kept, skipped) = embed_entries(model, Arc::new(entries), batch_size)?;
+    if kept.is_empty() {
+        return Err(Error::invalid("no readable images in the folder"));
+    }
+    let logits = image_emb.f_matmul(&prototypes.f_tr()?)?;
+    let k = 5.min(n_classes) as i64;
+    let (_, top) = logits.f_topk(k, 1, true, true)?;
+    let top: Vec<i64> = Vec::<i64>::try_from(top.f_reshape([-1])?)?;
+    let mut confusion = vec![vec![0u32; n_classes]; n_classes];
+    let (mut hits1, mut hits5) = (0usize, 0usize);
+    for (row, &image) in kept.iter().enumerate() {
+        let truth = folder.images[image].1;
+        let preds = &top[row * k as usize..(row + 1) * k as usize];
+        confusion[truth][preds[0] as usize] += 1;
+        hits1 += usize::from(preds[0] as usize == truth);
+        hits5 += usize::from(preds.iter().any(|&p| p as usize == truth));
+    }
+    let per_class = confusion
+        .iter()
+        .enumerate()
+        .map(|(c, row)| {
+            let n: u32 = row.iter().sum();
+            if n == 0 {
+                0.0
+            } else {
+                f64::from(row[c]) / f64::from(n)
+            }
+        })
+        .collect();
+    let n = kept.len() as f64;
+    Ok(ZeroShotMetrics {
+        top1: hits1 as f64 / n,
+        top5: hits5 as f64 / n,
+        classes: folder.classes.clone(),
+        per_class,
+        confusion,
+        images: kept.len(),
+        templates: templates.to_vec(),
+        skipped_images: skipped,
+    })
+}
+
+/// Tokenizes the captions of a data set once, in entry order, with per-entry offsets.
+pub fn tokenize_captions(
+    model: &LiteClip,
+    dataset: &Dataset,
+) -> Result<(TokenizedCaptions, Vec<usize>)> {
+    let mut offsets = Vec::with_capacity(dataset.entries.len());
+    let mut texts: Vec<&str> = Vec::with_capacity(dataset.num_captions());
+    for e in &dataset.entries {
+        offsets.push(texts.len());
+        texts.extend(e.captions.iter().map(String::as_str));
+    }
+    Ok((TokenizedCaptions::new(model.tokenizer(), &texts)?, offsets))
+}
