@@ -29,6 +29,8 @@ from ._liteclip import (
     set_max_image_pixels,
     tokenize,
 )
+from . import datasets
+from .training import TrainResult, evaluate, train
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
@@ -45,4 +47,8 @@ __all__ = [
     "preprocess",
     "set_max_image_pixels",
     "tokenize",
+    "train",
+    "evaluate",
+    "TrainResult",
+    "datasets",
 ]

@@ -32,8 +32,8 @@ pub const TRAIN_TEMPLATES: [&str; 5] = [
     "{color} {shape}, {size}",
 ];
 
-/// A phrasing that no training caption uses, for zero-shot evaluation.
-pub const HELD_OUT_TEMPLATE: &str = "a drawing of a {color} {shape}";
+/// A phrasing that no training caption uses, for zero-shot evaluation; `{}` is the class name.
+pub const HELD_OUT_TEMPLATE: &str = "a drawing of a {}";
 
 /// The class names, `"{color} {shape}"`, in a fixed order.
 pub fn class_names() -> Vec<String> {

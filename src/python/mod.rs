@@ -5,6 +5,7 @@ mod convert;
 mod errors;
 mod model;
 mod pipeline;
+mod training;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -118,6 +119,10 @@ fn liteclip_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_max_image_pixels, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_is_available, m)?)?;
     m.add("DEFAULT_MAX_IMAGE_PIXELS", img::DEFAULT_MAX_IMAGE_PIXELS)?;
+    m.add_function(wrap_pyfunction!(training::train_model, m)?)?;
+    m.add_function(wrap_pyfunction!(training::evaluate_model, m)?)?;
+    m.add_function(wrap_pyfunction!(training::make_shapes, m)?)?;
+    training::add_dataset_constants(m)?;
     errors::register(m)?;
     Ok(())
 }

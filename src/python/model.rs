@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use numpy::PyArrayMethods;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -161,6 +162,62 @@ impl PyLiteClip {
     #[getter]
     fn num_parameters(&self) -> i64 {
         self.inner.num_parameters()
+    }
+
+    /// Every parameter as a numpy array (float32), under the original liteCLIP names: what
+    /// `CLIP.load_state_dict` of the original PyTorch code takes (after `torch.from_numpy`).
+    fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        let mut vars: Vec<_> = self.inner.varstore().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in vars {
+            let t = t.detach().to_device(tch::Device::Cpu);
+            let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+            let flat = t.to_kind(tch::Kind::Float).contiguous().view([-1]);
+            let data = Vec::<f32>::try_from(&flat)
+                .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+            out.set_item(name, numpy::PyArray1::from_vec(py, data).reshape(shape)?)?;
+        }
+        Ok(out)
+    }
+
+    /// Writes the weights as the original liteCLIP released them: `torch.save` of an ordered
+    /// state dict, loadable by its PyTorch `CLIP` module. Only for the original architecture
+    /// (the `liteclip` preset); the file is written atomically.
+    fn export_pt(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let c = self.inner.config();
+        let original = LiteClipConfig::liteclip();
+        if c.image != original.image || c.text != original.text || c.embed_dim != original.embed_dim
+        {
+            return Err(crate::error::Error::Config(
+                "export_pt writes the original liteCLIP layout, which only the \"liteclip\" \
+                 architecture has (convnext_tiny + bert-mini + 256-d); use save() for this model"
+                    .into(),
+            ))
+            .py_err(py);
+        }
+        let torch = py.import("torch")?;
+        let ordered = py.import("collections")?.getattr("OrderedDict")?.call0()?;
+        for (name, array) in self.state_dict(py)?.iter() {
+            ordered.set_item(name, torch.call_method1("from_numpy", (array,))?)?;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "liteclip.pt".into());
+        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| crate::error::Error::io(parent, e))
+                .py_err(py)?;
+        }
+        let saved = torch.call_method1("save", (ordered, tmp.clone()));
+        if let Err(e) = saved {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        py.import("os")?.call_method1("replace", (tmp, path))?;
+        Ok(())
     }
 
     /// Names and shapes of all parameters, in the original liteCLIP layout.

@@ -1,0 +1,40 @@
+"""Built-in data: a captioned data set of coloured shapes, generated from a seed.
+
+Nothing is downloaded: the images are drawn by liteclip's Rust core. Each image shows one of
+six colours (``COLORS``) of one of four shapes (``SHAPES``), large or small, on a textured grey
+background, with five captions in the phrasings of ``TRAIN_TEMPLATES``. ``CLASSES`` are the 24
+``"{color} {shape}"`` names, and ``HELD_OUT_TEMPLATE`` a prompt no training caption uses, for
+zero-shot checks of what a model learned.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ._liteclip import SHAPES_INFO as _INFO
+from ._liteclip import make_shapes as _make_shapes
+
+CLASSES: list[str] = list(_INFO["classes"])
+COLORS: list[str] = list(_INFO["colors"])
+SHAPES: list[str] = list(_INFO["shapes"])
+TRAIN_TEMPLATES: list[str] = list(_INFO["train_templates"])
+HELD_OUT_TEMPLATE: str = _INFO["held_out_template"]
+
+
+def make_shapes(
+    path: str | os.PathLike[str],
+    n_images: int = 1000,
+    seed: int = 0,
+    image_size: int = 64,
+    layout: str = "captions",
+) -> Path:
+    """Writes ``n_images`` generated images of side ``image_size`` under ``path``.
+
+    ``layout="captions"`` gives the Flickr8k layout that ``liteclip.train`` reads
+    (``Images/*.png`` + ``captions.txt``, five captions per image); ``layout="folders"`` gives
+    one sub-folder per class (``"red circle/"``, ...), what
+    ``liteclip.evaluate(..., task="zero-shot")`` reads. The same arguments always produce the
+    same files; different seeds give different images.
+    """
+    return Path(_make_shapes(path, n_images=n_images, seed=seed, image_size=image_size, layout=layout))

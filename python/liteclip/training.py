@@ -1,0 +1,256 @@
+"""`train` and `evaluate`: argument documentation, progress display and result types.
+
+The training loop, data loading and evaluation run in Rust (`liteclip._liteclip`); this module
+passes arguments through and draws progress bars.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from . import _liteclip
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        best_checkpoint: folder of the model with the lowest validation loss (``None`` if no
+            epoch completed); load it with ``LiteClip.load`` or ``ZeroShotPipeline``.
+        last_checkpoint: folder of the model after the last completed epoch, with the state
+            ``resume=True`` continues from.
+        history: one dict per epoch: ``epoch``, ``step``, ``train_loss``, ``lr``,
+            ``logit_scale``, ``seconds``, ``pairs_per_second``, ``val_loss``,
+            ``val_i2t_r1`` ... ``val_t2i_r10``, ``skipped_images`` (the same lines as the run's
+            ``metrics.jsonl``).
+        stopped_early: early stopping ended the run.
+        interrupted: the run was stopped (Ctrl-C) before its last epoch.
+        skipped_images: ``(path, reason)`` of images that could not be decoded.
+        malformed_rows, missing_images: rows of the captions file that were skipped.
+    """
+
+    best_checkpoint: str | None
+    last_checkpoint: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    interrupted: bool = False
+    skipped_images: list[tuple[str, str]] = field(default_factory=list)
+    malformed_rows: int = 0
+    missing_images: int = 0
+    train_images: int = 0
+    val_images: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+
+
+class _Progress:
+    """Receives progress from the Rust training loop: a bar per epoch (tqdm, which draws in a
+    terminal and in Jupyter), and a summary line per epoch."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def _write(self, text: str) -> None:
+        if not self.enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+
+            tqdm.write(text)
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            print(text, flush=True)
+
+    def epoch_start(self, args) -> None:
+        epoch, epochs, steps = args
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True)
+
+    def step(self, info: dict) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        postfix = {"pairs/s": f"{info['pairs_per_second']:.1f}"}
+        if info.get("loss") is not None:
+            postfix = {"loss": f"{info['loss']:.4f}", **postfix}
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def epoch_end(self, record: dict) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        line = f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}"
+        if record.get("val_loss") is not None:
+            line += (
+                f", val loss {record['val_loss']:.4f}, "
+                f"R@1 image->text {record['val_i2t_r1']:.3f} text->image {record['val_t2i_r1']:.3f}"
+            )
+        line += f", {record['pairs_per_second']:.1f} pairs/s"
+        self._write(line)
+
+    def message(self, text: str) -> None:
+        self._write(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def train(
+    data: PathLike,
+    output: PathLike = "runs/liteclip",
+    model: str = "liteclip",
+    epochs: int = 5,
+    batch_size: int = 64,
+    lr: float = 2e-4,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    schedule: str = "constant",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    init: PathLike | None = None,
+    image_weights: PathLike | None = None,
+    text_weights: PathLike | None = None,
+    early_stopping_patience: int | None = 2,
+    progress: bool = True,
+    resume: bool | PathLike = False,
+    augment: bool = False,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    images_dir: PathLike | None = None,
+    prefetch: int = 4,
+    max_steps_per_epoch: int | None = None,
+) -> TrainResult:
+    """Trains a liteclip model contrastively on captioned images.
+
+    Args:
+        data: a folder in the Flickr8k layout (``Images/`` and ``captions.txt``, a CSV with
+            header ``image,caption``, several rows per image), or any CSV file of image paths
+            and captions (column names: ``image_column``, ``caption_column``; paths relative to
+            ``images_dir``, by default ``Images/`` beside the CSV or the CSV's folder).
+        output: run folder; receives ``best/``, ``last/`` and ``metrics.jsonl``.
+        model: ``"liteclip"`` (convnext_tiny + bert-mini, 224 px), ``"liteclip-nano"`` (small
+            widths, 64 px, trains on a CPU in minutes), or the path of a config JSON.
+        epochs: passes over the training captions (every caption once per epoch).
+        batch_size: pairs per step (at least 2); no image appears twice in a batch.
+        lr: peak learning rate.
+        optimizer: ``"adam"`` (the original's) or ``"adamw"`` (decoupled weight decay).
+        weight_decay: applied to weight matrices and embeddings only.
+        warmup_steps: linear warm-up from 0 to ``lr``.
+        schedule: ``"constant"`` or ``"cosine"`` (decay to 0 at the last step).
+        val_fraction: share of *images* held out for validation; all captions of an image
+            stay on one side (the original split caption rows, leaking images).
+        seed: makes the split, order, augmentation, dropout and initialisation repeatable.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``"auto"`` (fp32 on CPU, bf16 on CUDA), ``"fp32"``, ``"bf16"``, or
+            ``"fp16"`` (with dynamic loss scaling). Weights are always kept in fp32.
+        init: start from a checkpoint (liteclip folder or the original liteCLIP ``.pt``).
+        image_weights: timm ConvNeXt weights for the image tower (``.pth``/``.safetensors``).
+        text_weights: Hugging Face BERT weights for the text tower (folder or file).
+        early_stopping_patience: stop after this many epochs without a better validation
+            loss; ``None`` disables it.
+        progress: draw a progress bar per epoch (loss, pairs/s) and an epoch summary.
+        resume: ``True`` continues the run in ``output`` from its ``last/`` checkpoint
+            (optimizer state, step and schedule included, ending with the same weights as an
+            unbroken run); a path continues from that checkpoint folder. Without it, an
+            existing run in ``output`` is an error rather than overwritten.
+        augment: random resized crops (scale 0.5-1) instead of the center crop.
+        prefetch: batches decoded ahead of the device, on worker threads.
+        max_steps_per_epoch: cap on steps per epoch (quick trials, benchmarks).
+
+    Returns:
+        A :class:`TrainResult`. Images that cannot be decoded are skipped and counted, not
+        fatal. Ctrl-C stops at the next step; the last completed epoch's checkpoint stays.
+    """
+    reporter = _Progress(progress)
+    try:
+        raw = _liteclip.train_model(
+            data,
+            output,
+            reporter,
+            model=str(model),
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            schedule=schedule,
+            val_fraction=val_fraction,
+            seed=seed,
+            device=device,
+            precision=precision,
+            init=init,
+            image_weights=image_weights,
+            text_weights=text_weights,
+            early_stopping_patience=early_stopping_patience,
+            augment=augment,
+            resume=resume if isinstance(resume, bool) else os.fspath(resume),
+            image_column=image_column,
+            caption_column=caption_column,
+            images_dir=images_dir,
+            prefetch=prefetch,
+            max_steps_per_epoch=max_steps_per_epoch,
+        )
+    finally:
+        reporter.close()
+    raw["skipped_images"] = [tuple(x) for x in raw["skipped_images"]]
+    return TrainResult(**raw)
+
+
+def evaluate(
+    checkpoint: PathLike,
+    data: PathLike | None = None,
+    split: str = "val",
+    task: str = "retrieval",
+    templates: list[str] | str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    precision: str = "fp32",
+    val_fraction: float | None = None,
+    seed: int | None = None,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    images_dir: PathLike | None = None,
+) -> dict[str, Any]:
+    """Evaluates a checkpoint.
+
+    ``task="retrieval"`` (on a captioned data set, as ``train`` reads them): image->text and
+    text->image recall at 1, 5 and 10 (all captions of an image count as correct), median
+    ranks, and the contrastive ``loss``. ``split`` is ``"val"`` or ``"train"`` (the split a
+    training run made: its data path, ``val_fraction`` and ``seed`` are read from the
+    checkpoint when not given) or ``"all"``.
+
+    ``task="zero-shot"`` (on a folder with one sub-folder of images per class): ``top1``,
+    ``top5``, ``per_class`` accuracy and a ``confusion`` matrix; each class is described by
+    ``templates`` (``"a photo of a {}."`` by default; several are averaged per class).
+    """
+    if isinstance(templates, str):
+        templates = [templates]
+    return _liteclip.evaluate_model(
+        checkpoint,
+        data=data,
+        split=split,
+        task=task,
+        templates=templates,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        val_fraction=val_fraction,
+        seed=seed,
+        image_column=image_column,
+        caption_column=caption_column,
+        images_dir=images_dir,
+    )
