@@ -13,6 +13,7 @@ re-exports it (and adds the command line in ``liteclip.cli``).
 # first loads those libraries into the process, wherever torch is installed.
 import torch as _torch  # noqa: F401
 
+from . import datasets
 from ._liteclip import (
     DEFAULT_MAX_IMAGE_PIXELS,
     CheckpointError,
@@ -29,7 +30,6 @@ from ._liteclip import (
     set_max_image_pixels,
     tokenize,
 )
-from . import datasets
 from .training import TrainResult, evaluate, train
 
 __all__ = [

@@ -37,4 +37,6 @@ def make_shapes(
     ``liteclip.evaluate(..., task="zero-shot")`` reads. The same arguments always produce the
     same files; different seeds give different images.
     """
-    return Path(_make_shapes(path, n_images=n_images, seed=seed, image_size=image_size, layout=layout))
+    return Path(
+        _make_shapes(path, n_images=n_images, seed=seed, image_size=image_size, layout=layout)
+    )

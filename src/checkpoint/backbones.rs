@@ -7,7 +7,7 @@ use std::path::Path;
 
 use tch::nn;
 
-use super::{load_scoped, read, Weights};
+use super::{load_scoped, read_tensors, Weights};
 use crate::error::{Error, Result};
 
 const IMAGE_SCOPE: &str = "image_encoder.backbone.";
@@ -15,9 +15,9 @@ const TEXT_SCOPE: &str = "text_encoder.backbone.";
 
 /// Loads timm `convnext_*` weights (`.pth`, `.pt`, `.bin` or `.safetensors`) into the image tower.
 pub fn load_image_tower(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    let weights = read(path)?;
+    let weights = read_tensors(path)?;
     let weights = rescope(weights, &[], &["head.fc.", "fc."], IMAGE_SCOPE);
-    load_scoped(vs, weights, IMAGE_SCOPE)
+    load_scoped(vs, weights, IMAGE_SCOPE, &[])
 }
 
 /// Loads Hugging Face BERT weights into the text tower: a model folder (`model.safetensors` or
@@ -38,9 +38,10 @@ pub fn load_text_tower(vs: &nn::VarStore, path: &Path) -> Result<()> {
     } else {
         path.to_owned()
     };
-    let weights = read(&file)?;
-    let weights = rescope(weights, &["bert."], &["cls.", "pooler."], TEXT_SCOPE);
-    load_scoped(vs, weights, TEXT_SCOPE)
+    let weights = read_tensors(&file)?;
+    // Masked-LM checkpoints have no pooler; it is unused by liteclip's mean pooling anyway.
+    let weights = rescope(weights, &["bert."], &["cls."], TEXT_SCOPE);
+    load_scoped(vs, weights, TEXT_SCOPE, &["text_encoder.backbone.pooler."])
 }
 
 /// Strips `strip` prefixes, drops keys starting with `ignore`, and moves the rest under `scope`.

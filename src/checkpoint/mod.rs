@@ -55,6 +55,23 @@ pub fn read(path: &Path) -> Result<Weights> {
     if path.is_dir() {
         return read_folder(path);
     }
+    let mut weights = read_tensors(path)?;
+    // A config.json beside a bare weights file describes it (own format, file named directly).
+    let sibling = path.with_file_name(CONFIG_FILE);
+    if sibling.is_file() && looks_like_safetensors_path(path) {
+        weights.config = Some(LiteClipConfig::from_json_file(&sibling)?);
+    }
+    Ok(weights)
+}
+
+/// Reads the tensors of one file (`torch.save` zip or safetensors), without any config.
+pub fn read_tensors(path: &Path) -> Result<Weights> {
+    if !path.is_file() {
+        return Err(Error::FileNotFound {
+            path: path.to_owned(),
+            hint: Some("expected a .pt/.pth/.bin or .safetensors file".into()),
+        });
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let mut weights = if bytes.starts_with(b"PK\x03\x04") {
         read_torch_zip(path, bytes)?
@@ -75,11 +92,6 @@ pub fn read(path: &Path) -> Result<Weights> {
         ));
     };
     strip_wrapper_prefixes(&mut weights.tensors);
-    // A config.json beside a bare weights file describes it (own format, file named directly).
-    let sibling = path.with_file_name(CONFIG_FILE);
-    if weights.config.is_none() && sibling.is_file() && looks_like_safetensors_path(path) {
-        weights.config = Some(LiteClipConfig::from_json_file(&sibling)?);
-    }
     Ok(weights)
 }
 
@@ -280,12 +292,18 @@ pub fn infer_config(tensors: &[(String, Tensor)], path: &Path) -> Result<LiteCli
 /// Copies `weights` into the variables of `vs`, requiring an exact match of names and shapes
 /// (ignorable buffers aside). On a mismatch nothing is copied and every problem is listed.
 pub fn load_into(vs: &nn::VarStore, weights: Weights) -> Result<()> {
-    load_scoped(vs, weights, "")
+    load_scoped(vs, weights, "", &[])
 }
 
 /// [`load_into`] for the variables whose names start with `scope` (all when empty): those must
-/// all be present, and every tensor must be one of them.
-pub fn load_scoped(vs: &nn::VarStore, weights: Weights, scope: &str) -> Result<()> {
+/// all be present (but for the `optional` prefixes, which keep their values when absent), and
+/// every tensor must be one of them.
+pub fn load_scoped(
+    vs: &nn::VarStore,
+    weights: Weights,
+    scope: &str,
+    optional: &[&str],
+) -> Result<()> {
     let vars: BTreeMap<String, Tensor> = vs
         .variables()
         .into_iter()
@@ -300,6 +318,7 @@ pub fn load_scoped(vs: &nn::VarStore, weights: Weights, scope: &str) -> Result<(
     let missing: Vec<String> = vars
         .keys()
         .filter(|k| !found.contains_key(k.as_str()))
+        .filter(|k| !optional.iter().any(|o| k.starts_with(o)))
         .cloned()
         .collect();
     let unexpected: Vec<String> = found
@@ -328,8 +347,9 @@ pub fn load_scoped(vs: &nn::VarStore, weights: Weights, scope: &str) -> Result<(
     }
     tch::no_grad(|| -> Result<()> {
         for (name, var) in &vars {
-            let mut var = var.shallow_clone();
-            var.f_copy_(found[name.as_str()])?;
+            if let Some(value) = found.get(name.as_str()) {
+                var.shallow_clone().f_copy_(value)?;
+            }
         }
         Ok(())
     })?;

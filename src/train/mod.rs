@@ -767,6 +767,42 @@ mod tests {
     }
 
     #[test]
+    fn a_step_moves_both_towers_and_the_temperature() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("shapes");
+        generate(&data, 24, 0, 40, Layout::Captions).unwrap();
+        let out = tmp.path().join("run");
+        let opts = TrainOptions {
+            epochs: 1,
+            max_steps_per_epoch: Some(1),
+            val_fraction: 0.0,
+            ..options(&data, &out)
+        };
+        tch::manual_seed(0);
+        let before = LiteClip::new(LiteClipConfig::nano(), Device::Cpu).unwrap();
+        let before: std::collections::HashMap<String, Tensor> = before.varstore().variables();
+        train(&opts, &mut Silent).unwrap();
+        let after = weights(&out.join("last"));
+        let moved = |prefix: &str| {
+            after
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .any(|(k, t)| !t.equal(&before[k]))
+        };
+        for part in [
+            "image_encoder.",
+            "text_encoder.",
+            "img_projection.",
+            "txt_projection.",
+            "logit_scale",
+        ] {
+            assert!(moved(part), "{part} did not change after a step");
+        }
+        // The unused BERT pooler gets no gradient and is left alone.
+        assert!(!moved("text_encoder.backbone.pooler."));
+    }
+
+    #[test]
     fn resumed_run_ends_with_the_weights_of_an_unbroken_run() {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("shapes");

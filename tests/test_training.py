@@ -1,0 +1,230 @@
+"""Training through the Python API: learning, resumption, bad data, backbones, export."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import liteclip
+from liteclip import datasets
+
+import reference
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    train = datasets.make_shapes(root / "train", n_images=800, seed=0, image_size=48)
+    test = datasets.make_shapes(
+        root / "test", n_images=192, seed=1, image_size=48, layout="folders"
+    )
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def trained(shapes, tmp_path_factory):
+    train_dir, _ = shapes
+    out = tmp_path_factory.mktemp("run") / "nano"
+    result = liteclip.train(
+        train_dir,
+        out,
+        model="liteclip-nano",
+        epochs=6,
+        batch_size=64,
+        lr=2e-3,
+        warmup_steps=20,
+        schedule="cosine",
+        val_fraction=0.2,
+        device="cpu",
+        progress=False,
+        early_stopping_patience=None,
+    )
+    return result, out
+
+
+def test_loss_falls_and_the_model_learns(trained, shapes):
+    result, out = trained
+    history = result.history
+    assert len(history) == 6
+    # Chance level of the contrastive loss is ln(batch size).
+    assert history[0]["train_loss"] < math.log(64) + 0.5
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 1.0
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+
+    val = liteclip.evaluate(result.best_checkpoint, split="val")
+    n_val = val["images"]
+    assert n_val == result.val_images == 160
+    # A random ranking puts one of an image's 5 captions first with probability ~1/n_val.
+    assert val["i2t_r1"] > 8 / n_val
+    assert val["i2t_r10"] > val["i2t_r1"]
+
+    _, test_dir = shapes
+    zs = liteclip.evaluate(
+        result.best_checkpoint, test_dir, task="zero-shot", templates=datasets.HELD_OUT_TEMPLATE
+    )
+    chance = 1 / len(zs["classes"])
+    assert len(zs["classes"]) == 24
+    assert zs["top1"] > 4 * chance, zs["top1"]
+    assert zs["top5"] >= zs["top1"]
+    assert np.array(zs["confusion"]).sum() == zs["images"] == 192
+
+    lines = (out / "metrics.jsonl").read_text().strip().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_works_in_the_pipeline(trained, shapes):
+    result, _ = trained
+    _, test_dir = shapes
+    pipe = liteclip.ZeroShotPipeline(result.best_checkpoint, device="cpu")
+    image = next((test_dir / "red circle").iterdir())
+    labels = [
+        "a drawing of a red circle",
+        "a drawing of a blue square",
+        "a drawing of a green cross",
+    ]
+    ranking = pipe.predict(str(image), labels)
+    assert len(ranking) == 3 and abs(sum(p for _, p in ranking) - 1) < 1e-5
+
+
+def test_resume_continues_exactly(shapes, tmp_path):
+    train_dir, _ = shapes
+    common = dict(
+        model="liteclip-nano",
+        batch_size=16,
+        lr=1e-3,
+        device="cpu",
+        progress=False,
+        val_fraction=0.1,
+        early_stopping_patience=None,
+        max_steps_per_epoch=3,
+    )
+    liteclip.train(train_dir, tmp_path / "a", epochs=2, **common)
+    liteclip.train(train_dir, tmp_path / "b", epochs=1, **common)
+    with pytest.raises(ValueError, match="resume"):
+        liteclip.train(train_dir, tmp_path / "b", epochs=2, **common)
+    resumed = liteclip.train(train_dir, tmp_path / "b", epochs=2, resume=True, **common)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    a = liteclip.LiteClip.load(tmp_path / "a" / "last", device="cpu").state_dict()
+    b = liteclip.LiteClip.load(tmp_path / "b" / "last", device="cpu").state_dict()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path):
+    data = datasets.make_shapes(tmp_path / "data", n_images=40, seed=3, image_size=32)
+    images = sorted((data / "Images").iterdir())
+    for path in images[:3]:
+        path.write_bytes(path.read_bytes()[:40])  # truncated
+    images[3].write_text("not an image")
+    for path in images[4:6]:
+        path.unlink()
+    result = liteclip.train(
+        data,
+        tmp_path / "run",
+        model="liteclip-nano",
+        epochs=1,
+        batch_size=8,
+        device="cpu",
+        progress=False,
+        val_fraction=0.0,
+    )
+    assert len(result.skipped_images) == 4
+    assert {p for p, _ in result.skipped_images} == {str(p) for p in images[:4]}
+    assert result.missing_images == 2 * len(datasets.TRAIN_TEMPLATES)
+    assert result.train_images == 38
+    assert result.history[0]["skipped_images"] == 4
+
+
+def test_bad_data_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        liteclip.train(tmp_path / "nowhere", tmp_path / "out", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="captions"):
+        liteclip.train(tmp_path / "empty", tmp_path / "out", progress=False)
+    data = datasets.make_shapes(tmp_path / "d", n_images=8, seed=0, image_size=32)
+    with pytest.raises(ValueError, match="no column"):
+        liteclip.train(data, tmp_path / "out", caption_column="text", progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        liteclip.train(data, tmp_path / "out", batch_size=1, progress=False)
+    with pytest.raises(ValueError, match="optimizer"):
+        liteclip.train(data, tmp_path / "out", optimizer="sgd", progress=False)
+    with pytest.raises(liteclip.ConfigError):
+        liteclip.train(data, tmp_path / "out", model="liteclip-xl", progress=False)
+
+
+def test_backbone_weights_load_into_the_towers(tmp_path, shapes):
+    """Random-init timm and Hugging Face files, in their own layouts, start the towers."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    image = reference.ImageEncoder((1, 1, 2, 1), (32, 64, 128, 256)).backbone
+    timm_sd = {k: v.clone() for k, v in image.state_dict().items()}  # includes head.fc.*
+    torch.save(timm_sd, tmp_path / "convnext.pth")
+    save_file({k: v.contiguous() for k, v in timm_sd.items()}, tmp_path / "convnext.safetensors")
+    text = reference.TextEncoder(128, 2, 2, 512, 128).backbone
+    text.save_pretrained(tmp_path / "bert")
+    # A masked-LM style file: "bert." trunk and "cls." head.
+    mlm = {f"bert.{k}": v for k, v in text.state_dict().items()}
+    mlm["cls.predictions.bias"] = torch.zeros(30522)
+    torch.save(mlm, tmp_path / "bert_mlm.bin")
+
+    train_dir, _ = shapes
+    for i, (img_w, txt_w) in enumerate(
+        [("convnext.pth", "bert"), ("convnext.safetensors", "bert_mlm.bin")]
+    ):
+        result = liteclip.train(
+            train_dir,
+            tmp_path / f"run{i}",
+            model="liteclip-nano",
+            epochs=1,
+            max_steps_per_epoch=1,
+            lr=1e-12,
+            batch_size=8,
+            device="cpu",
+            progress=False,
+            val_fraction=0.0,
+            image_weights=tmp_path / img_w,
+            text_weights=tmp_path / txt_w,
+        )
+        sd = liteclip.LiteClip.load(result.last_checkpoint, device="cpu").state_dict()
+        for k, v in timm_sd.items():
+            if not k.startswith("head.fc"):
+                np.testing.assert_allclose(
+                    sd[f"image_encoder.backbone.{k}"], v.numpy(), atol=1e-6, err_msg=k
+                )
+        for k, v in text.state_dict().items():
+            if "position_ids" not in k:
+                np.testing.assert_allclose(
+                    sd[f"text_encoder.backbone.{k}"], v.numpy(), atol=1e-6, err_msg=k
+                )
+
+    # A tower file of another architecture is refused with the mismatches listed.
+    with pytest.raises(liteclip.CheckpointError, match="shape mismatches"):
+        liteclip.train(
+            train_dir,
+            tmp_path / "bad",
+            model="liteclip",
+            image_weights=tmp_path / "convnext.pth",
+            progress=False,
+            device="cpu",
+        )
+
+
+def test_export_pt_loads_into_the_original_module(tmp_path):
+    model = liteclip.LiteClip("liteclip", device="cpu", seed=3)
+    path = tmp_path / "export" / "liteclip2.pt"
+    model.export_pt(path)
+    ref = reference.CLIP("liteclip").eval()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert type(state).__name__ == "OrderedDict"
+    ref.load_state_dict(state, strict=True)
+    texts = ["a photo of a cat", "a dog"]
+    with torch.no_grad():
+        expected = ref.encode_text(reference.tokenize(texts)).numpy()
+    np.testing.assert_allclose(model.encode_text(texts), expected, atol=1e-4)
+    with pytest.raises(liteclip.ConfigError):
+        liteclip.LiteClip("liteclip-nano", device="cpu").export_pt(tmp_path / "nano.pt")
