@@ -30,6 +30,17 @@ pub mod train;
 #[cfg(feature = "python")]
 mod python;
 
+/// libtorch's random generator is per process, and tests run on parallel threads: tests that
+/// seed it or draw from it (model initialisation, training) hold this lock, so that each sees
+/// the sequence its seed promises.
+#[cfg(test)]
+pub(crate) static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[cfg(test)]
+pub(crate) fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub use crate::config::LiteClipConfig;
 pub use crate::error::{Error, Result};
 pub use crate::liteclip::LiteClip;

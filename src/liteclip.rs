@@ -201,6 +201,7 @@ mod tests {
     use super::*;
 
     fn nano() -> LiteClip {
+        let _rng = crate::torch_rng_lock();
         tch::manual_seed(0);
         LiteClip::new(LiteClipConfig::nano(), Device::Cpu).unwrap()
     }

@@ -68,6 +68,7 @@ mod tests {
 
     #[test]
     fn gradients_reach_embeddings_and_temperature() {
+        let _rng = crate::torch_rng_lock();
         let img = Tensor::randn([4, 8], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let txt = Tensor::randn([4, 8], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let scale = Tensor::from_slice(&[2.0f32])

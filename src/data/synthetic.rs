@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
+use rayon::prelude::*;
 
 use crate::checkpoint::write_atomically;
 use crate::error::{Error, Result};
@@ -153,42 +154,56 @@ pub fn generate(
         Layout::Folders => root.to_owned(),
     };
     std::fs::create_dir_all(&images_dir).map_err(|e| Error::io(&images_dir, e))?;
-    let mut csv = String::from("image,caption\n");
-    let mut written = Vec::with_capacity(n_images);
-    for i in 0..n_images {
-        let image = draw(seed, i as u64, size);
-        let name = format!("shape_{i:05}.png");
-        let path = match layout {
-            Layout::Captions => images_dir.join(&name),
-            Layout::Folders => {
-                let class = format!("{} {}", COLORS[image.color].0, SHAPES[image.shape]);
-                let dir = images_dir.join(class);
-                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-                dir.join(&name)
-            }
-        };
-        write_atomically(&path, |tmp| {
-            image
-                .pixels
-                .save_with_format(tmp, image::ImageFormat::Png)
-                .map_err(|e| Error::invalid(format!("{}: cannot write PNG: {e}", tmp.display())))
-        })?;
-        for template in TRAIN_TEMPLATES {
-            csv.push_str(&format!(
-                "{name},{}\n",
-                csv_field(&caption(template, &image))
-            ));
-        }
-        written.push(path);
-    }
+    // Images are independent: draw and write them in parallel, then the captions in order.
+    let written: Vec<(PathBuf, String)> = (0..n_images)
+        .into_par_iter()
+        .map(|i| write_one(&images_dir, seed, i, size, layout))
+        .collect::<Result<_>>()?;
     if layout == Layout::Captions {
+        let csv = String::from("image,caption\n")
+            + &written
+                .iter()
+                .map(|(_, rows)| rows.as_str())
+                .collect::<String>();
         let captions = root.join("captions.txt");
         write_atomically(&captions, |tmp| {
             let mut f = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
             f.write_all(csv.as_bytes()).map_err(|e| Error::io(tmp, e))
         })?;
     }
-    Ok(written)
+    Ok(written.into_iter().map(|(path, _)| path).collect())
+}
+
+/// Draws and writes image `i`; returns its path and its caption rows.
+fn write_one(
+    images_dir: &Path,
+    seed: u64,
+    i: usize,
+    size: u32,
+    layout: Layout,
+) -> Result<(PathBuf, String)> {
+    let image = draw(seed, i as u64, size);
+    let name = format!("shape_{i:05}.png");
+    let path = match layout {
+        Layout::Captions => images_dir.join(&name),
+        Layout::Folders => {
+            let class = format!("{} {}", COLORS[image.color].0, SHAPES[image.shape]);
+            let dir = images_dir.join(class);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            dir.join(&name)
+        }
+    };
+    write_atomically(&path, |tmp| {
+        image
+            .pixels
+            .save_with_format(tmp, image::ImageFormat::Png)
+            .map_err(|e| Error::invalid(format!("{}: cannot write PNG: {e}", tmp.display())))
+    })?;
+    let rows: String = TRAIN_TEMPLATES
+        .iter()
+        .map(|t| format!("{name},{}\n", csv_field(&caption(t, &image))))
+        .collect();
+    Ok((path, rows))
 }
 
 fn csv_field(text: &str) -> String {

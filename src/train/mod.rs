@@ -11,6 +11,8 @@
 //!
 //! Every random choice (split, order, augmentation, dropout) derives from the seed and the
 //! step, never from history, so a resumed run ends with the same weights as an unbroken one.
+//! (Dropout draws from libtorch's generator, which is per process and reseeded every step: two
+//! runs training at the same time in one process are not repeatable.)
 
 pub mod optim;
 
@@ -119,6 +121,8 @@ pub struct EpochRecord {
     pub logit_scale: f64,
     pub seconds: f64,
     pub pairs_per_second: f64,
+    /// Seconds the training loop waited for the data loader (the device idles meanwhile).
+    pub data_wait_seconds: f64,
     pub val_loss: Option<f64>,
     pub val_i2t_r1: Option<f64>,
     pub val_i2t_r5: Option<f64>,
@@ -524,7 +528,14 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         let mut loss_sum = Tensor::f_zeros([], (Kind::Float, device))?;
         let mut loss_count = 0usize;
         let mut lr = options.lr;
-        for (i, batch) in loader.enumerate() {
+        let mut data_wait = 0.0;
+        let mut batches = loader.enumerate();
+        loop {
+            let waited = Instant::now();
+            let Some((i, batch)) = batches.next() else {
+                break;
+            };
+            data_wait += waited.elapsed().as_secs_f64();
             let batch = batch?;
             for (path, why) in batch.failed {
                 if skipped_seen.insert(path.clone()) {
@@ -636,6 +647,10 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
             val.as_ref(),
             skipped.len(),
         )?;
+        let record = EpochRecord {
+            data_wait_seconds: data_wait,
+            ..record
+        };
         state.history.push(record.clone());
         state.epochs_completed = epoch + 1;
         let improved = match (&val, state.best_val_loss) {
@@ -728,6 +743,7 @@ fn epoch_record(
         logit_scale: model.logit_scale()?,
         seconds,
         pairs_per_second: pairs as f64 / seconds.max(1e-9),
+        data_wait_seconds: 0.0,
         val_loss: val.map(|v| v.loss),
         val_i2t_r1: val.map(|v| v.i2t_r1),
         val_i2t_r5: val.map(|v| v.i2t_r5),
@@ -768,19 +784,25 @@ mod tests {
 
     #[test]
     fn a_step_moves_both_towers_and_the_temperature() {
+        let _rng = crate::torch_rng_lock();
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("shapes");
         generate(&data, 24, 0, 40, Layout::Captions).unwrap();
         let out = tmp.path().join("run");
+        let start = tmp.path().join("start");
+        LiteClip::new(LiteClipConfig::nano(), Device::Cpu)
+            .unwrap()
+            .save(&start)
+            .unwrap();
         let opts = TrainOptions {
             epochs: 1,
             max_steps_per_epoch: Some(1),
             val_fraction: 0.0,
+            init: Some(start.clone()),
             ..options(&data, &out)
         };
-        tch::manual_seed(0);
-        let before = LiteClip::new(LiteClipConfig::nano(), Device::Cpu).unwrap();
-        let before: std::collections::HashMap<String, Tensor> = before.varstore().variables();
+        let before: std::collections::HashMap<String, Tensor> =
+            weights(&start).into_iter().collect();
         train(&opts, &mut Silent).unwrap();
         let after = weights(&out.join("last"));
         let moved = |prefix: &str| {
@@ -804,6 +826,7 @@ mod tests {
 
     #[test]
     fn resumed_run_ends_with_the_weights_of_an_unbroken_run() {
+        let _rng = crate::torch_rng_lock();
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("shapes");
         generate(&data, 48, 0, 40, Layout::Captions).unwrap();
