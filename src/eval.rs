@@ -35,13 +35,22 @@ pub struct RetrievalMetrics {
     pub skipped_images: Vec<(PathBuf, String)>,
 }
 
-/// Embeds every image of `entries` (inference transform); failed images are reported, and the
-/// returned entry indices say which rows of the embedding matrix belong to which entry.
+/// The images of a data set that could be embedded.
+pub struct EmbeddedImages {
+    /// `(n, embed_dim)`, L2-normalised, on the CPU.
+    pub embeddings: Tensor,
+    /// The data set entry behind each row.
+    pub entries: Vec<usize>,
+    /// Images that could not be decoded, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Embeds every image of `entries` (inference transform); failed images are reported.
 pub fn embed_entries(
     model: &LiteClip,
     entries: Arc<Dataset>,
     batch_size: usize,
-) -> Result<(Tensor, Vec<usize>, Vec<(PathBuf, String)>)> {
+) -> Result<EmbeddedImages> {
     let samples: Vec<Sample> = (0..entries.entries.len() as u32)
         .map(|entry| Sample { entry, caption: 0 })
         .collect();
@@ -73,12 +82,16 @@ pub fn embed_entries(
         parts.push(model.encode_pixels(&pixels)?);
         kept.extend(batch.kept.iter().map(|s| s.entry as usize));
     }
-    let emb = if parts.is_empty() {
+    let embeddings = if parts.is_empty() {
         Tensor::f_zeros([0, model.config().embed_dim], (Kind::Float, Device::Cpu))?
     } else {
         Tensor::f_cat(&parts, 0)?
     };
-    Ok((emb, kept, failed))
+    Ok(EmbeddedImages {
+        embeddings,
+        entries: kept,
+        skipped: failed,
+    })
 }
 
 /// Image->text and text->image retrieval over a captioned data set, and its contrastive loss
@@ -91,7 +104,11 @@ pub fn retrieval(
     if dataset.entries.is_empty() {
         return Err(Error::invalid("cannot evaluate an empty data set"));
     }
-    let (image_emb, kept, skipped) = embed_entries(model, Arc::new(dataset.clone()), batch_size)?;
+    let EmbeddedImages {
+        embeddings: image_emb,
+        entries: kept,
+        skipped,
+    } = embed_entries(model, Arc::new(dataset.clone()), batch_size)?;
     if kept.len() < 2 {
         return Err(Error::invalid(format!(
             "retrieval needs at least 2 readable images, found {}",
@@ -248,7 +265,11 @@ pub fn zero_shot(
             })
             .collect(),
     );
-    let (image_emb, kept, skipped) = embed_entries(model, Arc::new(entries), batch_size)?;
+    let EmbeddedImages {
+        embeddings: image_emb,
+        entries: kept,
+        skipped,
+    } = embed_entries(model, Arc::new(entries), batch_size)?;
     if kept.is_empty() {
         return Err(Error::invalid("no readable images in the folder"));
     }

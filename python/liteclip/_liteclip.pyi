@@ -51,6 +51,8 @@ class LiteClip:
     def encode_image(self, images: Images) -> npt.NDArray[np.float32]: ...
     def encode_text(self, texts: str | Sequence[str]) -> npt.NDArray[np.float32]: ...
     def parameter_shapes(self) -> dict[str, list[int]]: ...
+    def state_dict(self) -> dict[str, npt.NDArray[np.float32]]: ...
+    def export_pt(self, path: str | os.PathLike[str]) -> None: ...
     @property
     def logit_scale(self) -> float: ...
     @property
@@ -87,3 +89,56 @@ def tokenize(
 def get_max_image_pixels() -> int: ...
 def set_max_image_pixels(limit: int) -> None: ...
 def cuda_is_available() -> bool: ...
+
+SHAPES_INFO: dict[str, Any]
+
+def make_shapes(
+    path: str | os.PathLike[str],
+    n_images: int = 1000,
+    seed: int = 0,
+    image_size: int = 64,
+    layout: str = "captions",
+) -> str: ...
+def train_model(
+    data: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    observer: Any,
+    model: str = "liteclip",
+    epochs: int = 5,
+    batch_size: int = 64,
+    lr: float = 2e-4,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    schedule: str = "constant",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    init: str | os.PathLike[str] | None = None,
+    image_weights: str | os.PathLike[str] | None = None,
+    text_weights: str | os.PathLike[str] | None = None,
+    early_stopping_patience: int | None = 2,
+    augment: bool = False,
+    resume: bool | str | os.PathLike[str] | None = None,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    images_dir: str | os.PathLike[str] | None = None,
+    prefetch: int = 4,
+    max_steps_per_epoch: int | None = None,
+) -> dict[str, Any]: ...
+def evaluate_model(
+    checkpoint: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    split: str = "val",
+    task: str = "retrieval",
+    templates: list[str] | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    precision: str = "fp32",
+    val_fraction: float | None = None,
+    seed: int | None = None,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    images_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]: ...

@@ -394,9 +394,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
 
     // The model: fresh, from a checkpoint, from backbones, or from the run being resumed.
     let config = LiteClipConfig::from_name_or_file(&options.model)?;
-    if let Some(seed) = i64::try_from(options.seed).ok() {
-        tch::manual_seed(seed);
-    }
+    tch::manual_seed(options.seed as i64);
     let mut model = match (&resume_from, &options.init) {
         (Some(dir), _) => LiteClip::load(dir, device, None)?,
         (None, Some(init)) => {

@@ -1,0 +1,86 @@
+"""The `liteclip` command line: help, exit codes, and each command on small inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from liteclip import datasets
+
+
+def run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "liteclip", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.parametrize("command", ["predict", "train", "evaluate", "demo"])
+def test_help(command):
+    r = run(command, "--help")
+    assert r.returncode == 0
+    assert "usage: liteclip" in r.stdout
+
+
+def test_usage_error_exit_code():
+    assert run("predict").returncode == 2
+    assert run("fly").returncode == 2
+
+
+def test_train_evaluate_predict(tmp_path):
+    data = datasets.make_shapes(tmp_path / "data", n_images=40, seed=0, image_size=32)
+    test = datasets.make_shapes(
+        tmp_path / "test", n_images=24, seed=1, image_size=32, layout="folders"
+    )
+    out = tmp_path / "run"
+    r = run(
+        "train",
+        data,
+        "--output",
+        out,
+        "--model",
+        "liteclip-nano",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["best_checkpoint"].endswith("best")
+    assert len(result["history"]) == 1
+
+    r = run("evaluate", out / "best", "--json")
+    assert r.returncode == 0, r.stderr
+    assert {"i2t_r1", "t2i_r10", "loss"} <= set(json.loads(r.stdout))
+
+    r = run(
+        "evaluate", out / "best", "--zero-shot", test, "--template", "a drawing of a {}", "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images"] == 24
+
+    image = next((data / "Images").iterdir())
+    r = run(
+        "predict", image, "a red circle", "a blue square", "--checkpoint", out / "best", "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    ranking = json.loads(r.stdout)
+    assert len(ranking) == 2 and abs(sum(x["probability"] for x in ranking) - 1) < 1e-5
+
+
+def test_errors_exit_1_with_a_message(tmp_path):
+    r = run("predict", tmp_path / "missing.jpg", "a", "b", "--checkpoint", tmp_path / "none")
+    assert r.returncode == 1
+    assert "error" in r.stderr and "none" in r.stderr
+    r = run("train", tmp_path / "nowhere", "--output", tmp_path / "o")
+    assert r.returncode == 1 and "nowhere" in r.stderr
