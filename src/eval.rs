@@ -8,7 +8,9 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::loader::{ImageTransform, Loader, LoaderConfig};
-use crate::data::{epoch_samples, make_batches, Dataset, Entry, ImageFolder, Sample};
+use crate::data::{
+    epoch_samples, make_batches, CsvOptions, DataInfo, Dataset, Entry, ImageFolder, Sample,
+};
 use crate::error::{Error, Result};
 use crate::image::normalize_batch;
 use crate::liteclip::LiteClip;
@@ -323,4 +325,120 @@ pub fn tokenize_captions(
         texts.extend(e.captions.iter().map(String::as_str));
     }
     Ok((TokenizedCaptions::new(model.tokenizer(), &texts)?, offsets))
+}
+
+/// Which images of a captioned data set to evaluate on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The validation images of the split a training run made (same fraction and seed).
+    Val,
+    Train,
+    All,
+}
+
+impl Split {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "val" => Ok(Split::Val),
+            "train" => Ok(Split::Train),
+            "all" => Ok(Split::All),
+            other => Err(Error::invalid(format!(
+                "split must be \"val\", \"train\" or \"all\", got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// An evaluation to run on a checkpoint.
+#[derive(Debug, Clone)]
+pub enum Task {
+    /// Retrieval on a captioned data set. Options left `None` come from the checkpoint's
+    /// record of its training data (see [`DataInfo`]), then from the defaults.
+    Retrieval {
+        split: Split,
+        image_column: Option<String>,
+        caption_column: Option<String>,
+        images_dir: Option<PathBuf>,
+        val_fraction: Option<f64>,
+        seed: Option<u64>,
+    },
+    /// Zero-shot classification of a labelled image folder with these prompt templates.
+    ZeroShot { templates: Vec<String> },
+}
+
+impl Task {
+    pub fn parse_name(name: &str) -> Result<&'static str> {
+        match name {
+            "retrieval" => Ok("retrieval"),
+            "zero-shot" | "zero_shot" => Ok("zero-shot"),
+            other => Err(Error::invalid(format!(
+                "task must be \"retrieval\" or \"zero-shot\", got {other:?}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Report {
+    Retrieval(RetrievalMetrics),
+    ZeroShot(ZeroShotMetrics),
+}
+
+/// Evaluates a loaded model on `data` (for retrieval, by default the data set its training
+/// run recorded beside `checkpoint`).
+pub fn evaluate(
+    model: &LiteClip,
+    checkpoint: &std::path::Path,
+    data: Option<PathBuf>,
+    task: &Task,
+    batch_size: usize,
+) -> Result<Report> {
+    let info = DataInfo::read(checkpoint);
+    let data = data
+        .or_else(|| info.as_ref().map(|i| i.data.clone()))
+        .ok_or_else(|| {
+            Error::invalid("data= is needed: this checkpoint does not record its data set")
+        })?;
+    match task {
+        Task::Retrieval {
+            split,
+            image_column,
+            caption_column,
+            images_dir,
+            val_fraction,
+            seed,
+        } => {
+            let defaults = info.as_ref().map(DataInfo::csv_options).unwrap_or_default();
+            let csv = CsvOptions {
+                image_column: image_column.clone().unwrap_or(defaults.image_column),
+                caption_column: caption_column.clone().unwrap_or(defaults.caption_column),
+                images_dir: images_dir.clone().or(defaults.images_dir),
+            };
+            let dataset = Dataset::open(&data, &csv)?;
+            let fraction = val_fraction
+                .or(info.as_ref().map(|i| i.val_fraction))
+                .unwrap_or(0.2);
+            let seed = seed.or(info.as_ref().map(|i| i.seed)).unwrap_or(0);
+            let chosen = match split {
+                Split::All => dataset,
+                Split::Val => dataset.split(fraction, seed)?.1,
+                Split::Train => dataset.split(fraction, seed)?.0,
+            };
+            Ok(Report::Retrieval(retrieval(
+                model,
+                &chosen,
+                batch_size.max(2),
+            )?))
+        }
+        Task::ZeroShot { templates } => {
+            let folder = ImageFolder::open(&data)?;
+            Ok(Report::ZeroShot(zero_shot(
+                model,
+                &folder,
+                templates,
+                batch_size.max(1),
+            )?))
+        }
+    }
 }

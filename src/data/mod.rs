@@ -8,6 +8,8 @@ pub mod synthetic;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -327,6 +329,41 @@ impl ImageFolder {
             )));
         }
         Ok(ImageFolder { classes, images })
+    }
+}
+
+/// File beside a checkpoint that records the data set it was trained on and how it was split.
+pub const DATA_INFO_FILE: &str = "data.json";
+
+/// How a run splits its data: stored with checkpoints so `evaluate(split="val")` can rebuild
+/// the same validation set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataInfo {
+    pub data: PathBuf,
+    pub image_column: String,
+    pub caption_column: String,
+    pub images_dir: Option<PathBuf>,
+    pub val_fraction: f64,
+    pub seed: u64,
+}
+
+impl DataInfo {
+    pub fn read(checkpoint: &Path) -> Option<Self> {
+        let dir = if checkpoint.is_dir() {
+            checkpoint.to_owned()
+        } else {
+            checkpoint.parent()?.to_owned()
+        };
+        let text = std::fs::read_to_string(dir.join(DATA_INFO_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn csv_options(&self) -> CsvOptions {
+        CsvOptions {
+            image_column: self.image_column.clone(),
+            caption_column: self.caption_column.clone(),
+            images_dir: self.images_dir.clone(),
+        }
     }
 }
 

@@ -10,14 +10,14 @@ use serde::Serialize;
 
 use super::errors::{run_released, IntoPyResult};
 use crate::data::synthetic::{self, Layout};
-use crate::data::{CsvOptions, Dataset, ImageFolder};
+use crate::data::CsvOptions;
 use crate::device::parse_device;
 use crate::error::Error;
 use crate::eval;
 use crate::liteclip::LiteClip;
 use crate::model::Precision;
 use crate::train::optim::{OptimizerKind, Schedule};
-use crate::train::{self, DataInfo, EpochRecord, Flow, Observer, Resume, StepInfo, TrainOptions};
+use crate::train::{self, EpochRecord, Flow, Observer, Resume, StepInfo, TrainOptions};
 
 /// Any serialisable value as Python objects (through JSON: plain dicts, lists, numbers).
 fn to_python<'py>(py: Python<'py>, value: &impl Serialize) -> PyResult<Bound<'py, PyAny>> {
@@ -267,79 +267,27 @@ pub fn evaluate_model<'py>(
     caption_column: Option<String>,
     images_dir: Option<PathBuf>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (split, task, device, precision) = (
-        split.to_owned(),
-        task.to_owned(),
-        device.to_owned(),
-        precision.to_owned(),
-    );
-    enum Outcome {
-        Retrieval(eval::RetrievalMetrics),
-        ZeroShot(eval::ZeroShotMetrics),
-    }
-    let outcome = run_released(py, move || {
+    let task = match eval::Task::parse_name(task).py_err(py)? {
+        "retrieval" => eval::Task::Retrieval {
+            split: eval::Split::parse(split).py_err(py)?,
+            image_column,
+            caption_column,
+            images_dir,
+            val_fraction,
+            seed,
+        },
+        _ => eval::Task::ZeroShot {
+            templates: templates.unwrap_or_else(|| vec!["a photo of a {}.".to_owned()]),
+        },
+    };
+    let precision = Precision::parse(precision).py_err(py)?;
+    let device = device.to_owned();
+    let report = run_released(py, move || {
         let mut model = LiteClip::load(&checkpoint, parse_device(&device)?, None)?;
-        model.set_precision(Precision::parse(&precision)?);
-        let info = DataInfo::read(&checkpoint);
-        let data = data
-            .or_else(|| info.as_ref().map(|i| i.data.clone()))
-            .ok_or_else(|| {
-                Error::invalid("data= is needed: this checkpoint does not record its data set")
-            })?;
-        match task.as_str() {
-            "retrieval" => {
-                let defaults = info.as_ref().map(DataInfo::csv_options).unwrap_or_default();
-                let csv = CsvOptions {
-                    image_column: image_column.unwrap_or(defaults.image_column),
-                    caption_column: caption_column.unwrap_or(defaults.caption_column),
-                    images_dir: images_dir.or(defaults.images_dir),
-                };
-                let dataset = Dataset::open(&data, &csv)?;
-                let fraction = val_fraction
-                    .or(info.as_ref().map(|i| i.val_fraction))
-                    .unwrap_or(0.2);
-                let seed = seed.or(info.as_ref().map(|i| i.seed)).unwrap_or(0);
-                let chosen = match split.as_str() {
-                    "all" => dataset,
-                    "val" | "train" => {
-                        let (train_set, val_set) = dataset.split(fraction, seed)?;
-                        if split == "val" {
-                            val_set
-                        } else {
-                            train_set
-                        }
-                    }
-                    other => {
-                        return Err(Error::invalid(format!(
-                            "split must be \"val\", \"train\" or \"all\", got {other:?}"
-                        )))
-                    }
-                };
-                Ok(Outcome::Retrieval(eval::retrieval(
-                    &model,
-                    &chosen,
-                    batch_size.max(2),
-                )?))
-            }
-            "zero-shot" | "zero_shot" => {
-                let folder = ImageFolder::open(&data)?;
-                let templates = templates.unwrap_or_else(|| vec!["a photo of a {}.".to_owned()]);
-                Ok(Outcome::ZeroShot(eval::zero_shot(
-                    &model,
-                    &folder,
-                    &templates,
-                    batch_size.max(1),
-                )?))
-            }
-            other => Err(Error::invalid(format!(
-                "task must be \"retrieval\" or \"zero-shot\", got {other:?}"
-            ))),
-        }
+        model.set_precision(precision);
+        eval::evaluate(&model, &checkpoint, data, &task, batch_size)
     })?;
-    match outcome {
-        Outcome::Retrieval(m) => to_python(py, &m),
-        Outcome::ZeroShot(m) => to_python(py, &m),
-    }
+    to_python(py, &report)
 }
 
 /// Generates the built-in coloured-shapes data set (see `liteclip.datasets.make_shapes`).

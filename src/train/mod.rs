@@ -26,7 +26,9 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::{self, write_atomically};
 use crate::config::LiteClipConfig;
 use crate::data::loader::{ImageTransform, Loader, LoaderConfig};
-use crate::data::{epoch_samples, make_batches, CsvOptions, Dataset, ReadReport};
+use crate::data::{
+    epoch_samples, make_batches, CsvOptions, DataInfo, Dataset, ReadReport, DATA_INFO_FILE,
+};
 use crate::device::parse_device;
 use crate::error::{Error, Result};
 use crate::eval::{retrieval, tokenize_captions, RetrievalMetrics};
@@ -189,19 +191,6 @@ pub trait Observer {
 pub struct Silent;
 impl Observer for Silent {}
 
-/// How a run splits its data: stored with checkpoints so `evaluate(split="val")` can rebuild
-/// the same validation set.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DataInfo {
-    pub data: PathBuf,
-    pub image_column: String,
-    pub caption_column: String,
-    pub images_dir: Option<PathBuf>,
-    pub val_fraction: f64,
-    pub seed: u64,
-}
-
-pub const DATA_INFO_FILE: &str = "data.json";
 const STATE_FILE: &str = "train_state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const METRICS_FILE: &str = "metrics.jsonl";
@@ -217,26 +206,6 @@ struct TrainState {
     batch_size: usize,
     seed: u64,
     loss_scale: f64,
-}
-
-impl DataInfo {
-    pub fn read(checkpoint: &Path) -> Option<Self> {
-        let dir = if checkpoint.is_dir() {
-            checkpoint.to_owned()
-        } else {
-            checkpoint.parent()?.to_owned()
-        };
-        let text = std::fs::read_to_string(dir.join(DATA_INFO_FILE)).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    pub fn csv_options(&self) -> CsvOptions {
-        CsvOptions {
-            image_column: self.image_column.clone(),
-            caption_column: self.caption_column.clone(),
-            images_dir: self.images_dir.clone(),
-        }
-    }
 }
 
 fn precision_for(name: &str, device: Device) -> Result<Precision> {
