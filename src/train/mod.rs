@@ -792,6 +792,27 @@ mod tests {
     }
 
     #[test]
+    fn reduced_precision_trains_with_finite_losses() {
+        let _rng = crate::torch_rng_lock();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("shapes");
+        generate(&data, 24, 0, 40, Layout::Captions).unwrap();
+        for precision in ["bf16", "fp16"] {
+            let out = tmp.path().join(precision);
+            let opts = TrainOptions {
+                epochs: 1,
+                max_steps_per_epoch: Some(2),
+                val_fraction: 0.0,
+                precision: precision.into(),
+                ..options(&data, &out)
+            };
+            let result = train(&opts, &mut Silent).unwrap();
+            assert_eq!(result.precision, precision);
+            assert!(result.history[0].train_loss.is_finite(), "{precision}");
+        }
+    }
+
+    #[test]
     fn resumed_run_ends_with_the_weights_of_an_unbroken_run() {
         let _rng = crate::torch_rng_lock();
         let tmp = tempfile::tempdir().unwrap();
