@@ -1,6 +1,9 @@
 //! Zero-shot classification: which of the candidate labels best describes each image.
 //! Probabilities are liteCLIP's: a softmax over the labels of `exp(logit_scale) * cosine`.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -10,13 +13,40 @@ use crate::liteclip::LiteClip;
 /// `(label, probability)` pairs, most probable first.
 pub type Ranking = Vec<(String, f64)>;
 
-/// Ranks `labels` for every image; at most `top_k` pairs per image.
-pub fn zero_shot(
-    model: &LiteClip,
-    images: &[ImageInput],
-    labels: &[String],
-    top_k: usize,
-) -> Result<Vec<Ranking>> {
+/// Text embeddings of recently used label sets: users call `predict` again and again with the
+/// same labels, and the labels then cost nothing after the first call.
+pub struct LabelCache {
+    entries: Mutex<VecDeque<(Vec<String>, Tensor)>>,
+    capacity: usize,
+}
+
+impl LabelCache {
+    pub fn new(capacity: usize) -> Self {
+        LabelCache {
+            entries: Mutex::new(VecDeque::with_capacity(capacity)),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The embeddings of `labels`, computed by `model` on a miss. (A cache belongs to one
+    /// model: the pipeline that owns it.)
+    pub fn embeddings(&self, model: &LiteClip, labels: &[String]) -> Result<Tensor> {
+        let lock = || self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, emb)) = lock().iter().find(|(k, _)| k.as_slice() == labels) {
+            return Ok(emb.shallow_clone());
+        }
+        let texts: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let emb = model.encode_texts(&texts)?;
+        let mut entries = lock();
+        if entries.len() == self.capacity {
+            entries.pop_front();
+        }
+        entries.push_back((labels.to_vec(), emb.shallow_clone()));
+        Ok(emb)
+    }
+}
+
+fn check_labels(labels: &[String], top_k: usize) -> Result<()> {
     if labels.len() < 2 {
         return Err(Error::invalid(format!(
             "provide at least 2 labels to choose from, got {}",
@@ -26,9 +56,34 @@ pub fn zero_shot(
     if top_k == 0 {
         return Err(Error::invalid("top_k must be at least 1"));
     }
-    let texts: Vec<&str> = labels.iter().map(String::as_str).collect();
-    let text_emb = model.encode_texts(&texts)?;
+    Ok(())
+}
+
+/// Ranks `labels` for every image; at most `top_k` pairs per image.
+pub fn zero_shot(
+    model: &LiteClip,
+    images: &[ImageInput],
+    labels: &[String],
+    top_k: usize,
+    cache: &LabelCache,
+) -> Result<Vec<Ranking>> {
+    check_labels(labels, top_k)?;
+    let text_emb = cache.embeddings(model, labels)?;
     let image_emb = model.encode_images(images)?;
+    rank(&image_emb, &text_emb, model.logit_scale()?, labels, top_k)
+}
+
+/// [`zero_shot`] for images already preprocessed into a `(N, 3, S, S)` batch.
+pub fn zero_shot_pixels(
+    model: &LiteClip,
+    pixels: &Tensor,
+    labels: &[String],
+    top_k: usize,
+    cache: &LabelCache,
+) -> Result<Vec<Ranking>> {
+    check_labels(labels, top_k)?;
+    let text_emb = cache.embeddings(model, labels)?;
+    let image_emb = model.encode_pixels(pixels)?;
     rank(&image_emb, &text_emb, model.logit_scale()?, labels, top_k)
 }
 

@@ -132,3 +132,14 @@ def test_labels_may_be_any_sequence_of_str(pipe):
     assert pipe.predict(str(CAT), tuple(LABELS)) == expected
     assert pipe.predict(str(CAT), np.array(LABELS)) == expected
     assert pipe.predict(str(CAT), iter(LABELS)) == expected
+
+
+def test_label_sets_are_not_confused(pipe, nano_ckpt):
+    """Label embeddings are cached per label set: switching sets gives fresh answers."""
+    a = ["a photo of a dog", "a photo of a cat"]
+    b = ["a rocket", "a cup of coffee", "a raccoon"]
+    fresh_b = liteclip.ZeroShotPipeline(nano_ckpt, device="cpu").predict(str(CAT), b)
+    first_a = pipe.predict(str(CAT), a)
+    assert pipe.predict(str(CAT), b) == fresh_b
+    assert pipe.predict(str(CAT), a) == first_a
+    assert pipe.predict(str(CAT), list(reversed(a))) == first_a

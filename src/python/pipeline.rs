@@ -10,7 +10,7 @@ use super::convert::{extract_images, extract_texts, Images};
 use super::errors::{run_released, IntoPyResult};
 use super::model::{PyLiteClip, SharedModel};
 use crate::error::Error;
-use crate::pipeline::{rank, zero_shot, Ranking};
+use crate::pipeline::{zero_shot, zero_shot_pixels, LabelCache, Ranking};
 
 /// Where the original liteCLIP README expects its released weights.
 const DEFAULT_CHECKPOINT: &str = "model/liteclip2.pt";
@@ -22,18 +22,34 @@ const DEFAULT_CHECKPOINT: &str = "model/liteclip2.pt";
 #[pyclass(name = "ZeroShotPipeline", module = "liteclip", frozen)]
 pub struct PyZeroShotPipeline {
     model: Arc<SharedModel>,
+    labels: Arc<LabelCache>,
+}
+
+/// Label sets whose embeddings a pipeline keeps.
+const CACHED_LABEL_SETS: usize = 16;
+
+impl PyZeroShotPipeline {
+    fn with_model(model: Arc<SharedModel>) -> Self {
+        PyZeroShotPipeline {
+            model,
+            labels: Arc::new(LabelCache::new(CACHED_LABEL_SETS)),
+        }
+    }
 }
 
 #[pymethods]
 impl PyZeroShotPipeline {
     #[new]
-    #[pyo3(signature = (checkpoint = None, device = "auto"))]
-    fn new(py: Python<'_>, checkpoint: Option<&Bound<'_, PyAny>>, device: &str) -> PyResult<Self> {
+    #[pyo3(signature = (checkpoint = None, device = "auto", precision = "fp32"))]
+    fn new(
+        py: Python<'_>,
+        checkpoint: Option<&Bound<'_, PyAny>>,
+        device: &str,
+        precision: &str,
+    ) -> PyResult<Self> {
         if let Some(obj) = checkpoint {
             if let Ok(model) = obj.downcast::<PyLiteClip>() {
-                return Ok(PyZeroShotPipeline {
-                    model: model.get().inner.clone(),
-                });
+                return Ok(Self::with_model(model.get().inner.clone()));
             }
         }
         let path: PathBuf = match checkpoint {
@@ -56,8 +72,8 @@ impl PyZeroShotPipeline {
             })
             .py_err(py);
         }
-        let model = PyLiteClip::load_model(py, path, device, None)?;
-        Ok(PyZeroShotPipeline { model: model.inner })
+        let model = PyLiteClip::load_model(py, path, device, None, precision)?;
+        Ok(Self::with_model(model.inner))
     }
 
     /// Ranks `labels` (at least two) for `image` and returns the `top_k` most probable as
@@ -80,23 +96,15 @@ impl PyZeroShotPipeline {
             )))
             .py_err(py);
         }
-        let model = self.model.clone();
+        let (model, cache) = (self.model.clone(), self.labels.clone());
         let top_k = top_k as usize;
         let (rankings, batched) = run_released(py, move || match images {
-            Images::One(image) => Ok((zero_shot(&model, &[image], &labels, top_k)?, false)),
-            Images::Many(list) => Ok((zero_shot(&model, &list, &labels, top_k)?, true)),
-            Images::Pixels { tensor, batched } => {
-                if labels.len() < 2 {
-                    return zero_shot(&model, &[], &labels, top_k).map(|r| (r, batched));
-                }
-                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-                let text = model.encode_texts(&refs)?;
-                let img = model.encode_pixels(&tensor)?;
-                Ok((
-                    rank(&img, &text, model.logit_scale()?, &labels, top_k)?,
-                    batched,
-                ))
-            }
+            Images::One(image) => Ok((zero_shot(&model, &[image], &labels, top_k, &cache)?, false)),
+            Images::Many(list) => Ok((zero_shot(&model, &list, &labels, top_k, &cache)?, true)),
+            Images::Pixels { tensor, batched } => Ok((
+                zero_shot_pixels(&model, &tensor, &labels, top_k, &cache)?,
+                batched,
+            )),
         })?;
         let to_list = |r: Ranking| PyList::new(py, r);
         if batched {
