@@ -95,9 +95,8 @@ def compare(
 def print_table(title: str, rows: list[dict], throughput_unit: str | None = None) -> None:
     print(f"\n{title}")
     if throughput_unit:
-        print(
-            f"{'case':46s} {'liteclip':>12s} {'reference':>12s} {'speedup':>8s}  ({throughput_unit})"
-        )
+        header = f"{'case':46s} {'liteclip':>12s} {'reference':>12s} {'speedup':>8s}"
+        print(f"{header}  ({throughput_unit})")
         for r in rows:
             print(
                 f"{r['case']:46s} {r['liteclip_per_s']:12.1f} {r['reference_per_s']:12.1f} "
