@@ -10,12 +10,12 @@ use crate::config::LiteClipConfig;
 use crate::error::{Error, Result};
 use crate::image::{preprocess_batch, ImageInput};
 use crate::model::{ClipModel, Precision};
-use crate::text::{Padding, TextTokenizer, TokenBatch};
+use crate::text::{Padding, TextTokenizer, TokenBatch, TokenizedCaptions};
 
 /// Images per forward pass when encoding many: bounds activation memory, keeps batches large
 /// enough for the kernels to be efficient.
 const IMAGE_CHUNK: usize = 64;
-const TEXT_CHUNK: usize = 512;
+const TEXT_CHUNK: usize = 256;
 
 pub struct LiteClip {
     config: LiteClipConfig,
@@ -161,16 +161,31 @@ impl LiteClip {
     }
 
     /// L2-normalised embeddings `(N, embed_dim)` of captions or labels, on the CPU.
+    ///
+    /// Texts are tokenized once and batched by length, so that each batch is padded only to
+    /// its own longest text (padding is masked out: the result does not depend on the
+    /// batching), then put back in input order.
     pub fn encode_texts(&self, texts: &[&str]) -> Result<Tensor> {
+        let tokens = TokenizedCaptions::new(&self.tokenizer, texts)?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| tokens.token_count(i));
         let mut parts = Vec::new();
-        for chunk in texts.chunks(TEXT_CHUNK) {
-            let tokens = self.tokenize(chunk)?;
-            let (ids, mask) = token_tensors(&tokens, self.device())?;
+        for chunk in order.chunks(TEXT_CHUNK) {
+            let (ids, mask) = token_tensors(&tokens.batch(chunk), self.device())?;
             let _precision = self.enter_precision();
             let emb = tch::no_grad(|| self.model.encode_text(&ids, &mask));
             parts.push(emb.f_to_device(Device::Cpu)?);
         }
-        self.concat(parts)
+        let sorted = self.concat(parts)?;
+        if sorted.size()[0] == 0 {
+            return Ok(sorted);
+        }
+        // Row k of `sorted` is text order[k]: invert the permutation.
+        let mut inverse = vec![0i64; order.len()];
+        for (k, &i) in order.iter().enumerate() {
+            inverse[i] = k as i64;
+        }
+        Ok(sorted.f_index_select(0, &Tensor::f_from_slice(&inverse)?)?)
     }
 
     fn concat(&self, parts: Vec<Tensor>) -> Result<Tensor> {

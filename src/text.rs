@@ -146,6 +146,11 @@ impl TokenizedCaptions {
         self.ids.is_empty()
     }
 
+    /// Tokens of caption `i`, [CLS] and [SEP] included.
+    pub fn token_count(&self, i: usize) -> usize {
+        self.ids[i].len()
+    }
+
     /// The captions at `indices`, padded to the longest of them.
     pub fn batch(&self, indices: &[usize]) -> TokenBatch {
         let seq_len = indices
