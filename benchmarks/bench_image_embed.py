@@ -1,0 +1,94 @@
+"""Image embedding throughput from files on disk: decode + transform + forward.
+
+    python benchmarks/bench_image_embed.py [--n 256] [--batch 32 256] [--device cpu] [--json F]
+
+On a folder of JPEGs of mixed sizes. Reference: a torch `DataLoader` (workers = cores) over a
+Dataset doing `PIL.Image.open(p).convert("RGB")` + the original torchvision transform, feeding
+the eager timm + transformers model batch by batch. liteclip: `LiteClip.encode_image(paths)`
+in chunks of the batch size, in fp32 (exact) and bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from common import (
+    compare,
+    image_folder,
+    print_table,
+    reference,
+    reference_model,
+    saved_checkpoint,
+    write_json,
+)
+from PIL import Image
+
+import liteclip
+
+
+class Files(torch.utils.data.Dataset):
+    def __init__(self, paths):
+        self.paths = paths
+        self.tf = reference.image_transform()
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return self.tf(Image.open(self.paths[i]).convert("RGB"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--batch", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    paths = [str(p) for p in image_folder(args.n)]
+    ref = reference_model("liteclip", args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = saved_checkpoint(ref, Path(tmp))
+        ref.to(args.device)
+        models = {
+            p: liteclip.LiteClip.load(ckpt, device=args.device, precision=p)
+            for p in ["fp32", "bf16"]
+        }
+    workers = os.cpu_count() or 1
+    rows = []
+    for batch in args.batch:
+        loader = torch.utils.data.DataLoader(Files(paths), batch_size=batch, num_workers=workers)
+
+        @torch.no_grad()
+        def ref_embed(loader=loader):
+            return torch.cat([ref.encode_image(x.to(args.device)).cpu() for x in loader])
+
+        for p in ["fp32", "bf16"]:
+
+            def ours(p=p, batch=batch):
+                return [
+                    models[p].encode_image(paths[i : i + batch])
+                    for i in range(0, len(paths), batch)
+                ]
+
+            rows.append(
+                compare(
+                    f"{len(paths)} files, batch {batch}, {p}",
+                    ours,
+                    ref_embed,
+                    repeats=args.repeats,
+                    items=len(paths),
+                    device=args.device,
+                )
+            )
+    print_table(f"image embedding from disk ({args.device}), reference fp32", rows, "images/s")
+    write_json(args.json, "image_embed", rows, device=args.device)
+
+
+if __name__ == "__main__":
+    main()
