@@ -145,3 +145,15 @@ def test_label_sets_are_not_confused(pipe, nano_ckpt):
     reordered = pipe.predict(str(CAT), list(reversed(a)))
     assert [lb for lb, _ in reordered] == [lb for lb, _ in first_a]
     np.testing.assert_allclose([p for _, p in reordered], [p for _, p in first_a], atol=1e-5)
+
+
+def test_bf16_inference_agrees_with_fp32(nano_ckpt):
+    fp32 = liteclip.ZeroShotPipeline(nano_ckpt, device="cpu")
+    bf16 = liteclip.ZeroShotPipeline(nano_ckpt, device="cpu", precision="bf16")
+    assert bf16.model.precision == "bf16" and fp32.model.precision == "fp32"
+    a = fp32.model.encode_image([str(p) for p in REAL_IMAGES])
+    b = bf16.model.encode_image([str(p) for p in REAL_IMAGES])
+    assert not np.array_equal(a, b)
+    assert (a * b).sum(1).min() > 0.99
+    with pytest.raises(ValueError, match="precision"):
+        liteclip.LiteClip.load(nano_ckpt, device="cpu", precision="int4")

@@ -41,12 +41,21 @@ class LiteClip:
     """A liteclip model on a device (see the module docs)."""
 
     def __init__(
-        self, config: str = "liteclip", device: str = "auto", seed: int | None = None
+        self,
+        config: str = "liteclip",
+        device: str = "auto",
+        seed: int | None = None,
+        precision: str = "fp32",
     ) -> None: ...
     @staticmethod
     def load(
-        path: str | os.PathLike[str], device: str = "auto", config: str | None = None
+        path: str | os.PathLike[str],
+        device: str = "auto",
+        config: str | None = None,
+        precision: str = "fp32",
     ) -> LiteClip: ...
+    @property
+    def precision(self) -> str: ...
     def save(self, path: str | os.PathLike[str]) -> None: ...
     def encode_image(self, images: Images) -> npt.NDArray[np.float32]: ...
     def encode_text(self, texts: str | Sequence[str]) -> npt.NDArray[np.float32]: ...
@@ -70,7 +79,10 @@ class ZeroShotPipeline:
     """Zero-shot image classification with a liteclip model."""
 
     def __init__(
-        self, checkpoint: str | os.PathLike[str] | LiteClip | None = None, device: str = "auto"
+        self,
+        checkpoint: str | os.PathLike[str] | LiteClip | None = None,
+        device: str = "auto",
+        precision: str = "fp32",
     ) -> None: ...
     def predict(
         self, image: Images, labels: Sequence[str], top_k: int = 5

@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     _add_device(predict)
+    predict.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="fp32 (exact) or bf16 (faster on CPUs and GPUs with bf16 units)",
+    )
     predict.add_argument("--top-k", type=int, default=5, help="labels to show (default: 5)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -125,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--batch-size", type=int, default=64)
     _add_device(evaluate)
+    evaluate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     _add_columns(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print JSON")
 
@@ -144,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
 def _predict(args: argparse.Namespace) -> int:
     from . import ZeroShotPipeline
 
-    pipeline = ZeroShotPipeline(args.checkpoint, device=args.device)
+    pipeline = ZeroShotPipeline(args.checkpoint, device=args.device, precision=args.precision)
     ranking = pipeline.predict(args.image, args.labels, top_k=args.top_k)
     if args.json:
         print(json.dumps([{"label": label, "probability": p} for label, p in ranking]))
@@ -212,6 +219,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             templates=args.template,
             batch_size=args.batch_size,
             device=args.device,
+            precision=args.precision,
         )
     else:
         metrics = evaluate(
@@ -220,6 +228,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             split=args.split,
             batch_size=args.batch_size,
             device=args.device,
+            precision=args.precision,
             **_columns(args),
         )
     if args.json:
