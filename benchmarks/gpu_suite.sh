@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every GPU case of issue #4 in one call on the lent GPU machine (which has torch, timm,
+# transformers, PIL but no Rust): the extension is built on the CPU machine and carried.
+#   run (carry python/liteclip/_liteclip.abi3.so):  bash benchmarks/gpu_suite.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+export PYTHONPATH="$PWD/../python" PYTHONUNBUFFERED=1
+out="${OUT:-/tmp}"
+nvidia-smi -L
+python3 bench_predict.py --device cuda --repeats 20 --json "$out/predict.json"
+python3 bench_image_embed.py --device cuda --n 256 --batch 256 --repeats 3 --json "$out/image.json"
+python3 bench_text_embed.py --device cuda --json "$out/text.json"
+python3 train_gpu.py --steps 150 --json "$out/train.json"
