@@ -12,7 +12,8 @@ use crate::data::{
     epoch_samples, make_batches, CsvOptions, DataInfo, Dataset, Entry, ImageFolder, Sample,
 };
 use crate::error::{Error, Result};
-use crate::image::normalize_batch;
+use crate::image::Normalizer;
+use crate::liteclip::to_device_async;
 use crate::liteclip::LiteClip;
 use crate::loss::clip_loss;
 use crate::text::TokenizedCaptions;
@@ -69,8 +70,10 @@ pub fn embed_entries(
             prefetch: 2,
             seed: 0,
             epoch: 0,
+            pin_memory: model.device().is_cuda().then(|| model.device()),
         },
     );
+    let normalizer = Normalizer::new(model.device())?;
     let mut parts = Vec::new();
     let mut kept = Vec::new();
     let mut failed = Vec::new();
@@ -80,7 +83,7 @@ pub fn embed_entries(
         if batch.kept.is_empty() {
             continue;
         }
-        let pixels = normalize_batch(&batch.pixels.f_to_device(model.device())?)?;
+        let pixels = normalizer.apply(&to_device_async(&batch.pixels, model.device())?)?;
         parts.push(model.encode_pixels(&pixels)?);
         kept.extend(batch.kept.iter().map(|s| s.entry as usize));
     }

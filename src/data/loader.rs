@@ -3,7 +3,7 @@
 //! A producer thread walks the planned batches; each batch's images are decoded and transformed
 //! in parallel (rayon) and handed over through a bounded queue, so that up to `prefetch` batches
 //! are ready while the device computes. Images are shipped as 8-bit `(N, S, S, 3)` tensors (a
-//! quarter of the bytes of floats); [`crate::image::normalize_batch`] finishes them on the
+//! quarter of the bytes of floats); [`crate::image::Normalizer`] finishes them on the
 //! device. Images that fail to decode are left out of their batch and reported with it.
 
 use std::path::PathBuf;
@@ -41,6 +41,8 @@ pub struct LoaderConfig {
     /// Seeds the augmentation, per (epoch, position in the epoch).
     pub seed: u64,
     pub epoch: u64,
+    /// Put batches in page-locked memory for asynchronous copies to this GPU.
+    pub pin_memory: Option<tch::Device>,
 }
 
 /// One batch of images, ready to be moved to the device.
@@ -185,7 +187,10 @@ fn prepare(
             )),
         }
     }
-    let pixels = Tensor::f_from_data_size(&bytes, &[kept.len() as i64, s, s, 3], Kind::Uint8)?;
+    let mut pixels = Tensor::f_from_data_size(&bytes, &[kept.len() as i64, s, s, 3], Kind::Uint8)?;
+    if let Some(device) = config.pin_memory {
+        pixels = pixels.f_pin_memory(device)?;
+    }
     Ok(ImageBatch {
         index,
         pixels,

@@ -60,20 +60,33 @@ pub fn preprocess_batch(images: &[ImageInput], size: u32) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// `ToTensor()` + `Normalize` on a batch of `(N, S, S, 3)` uint8 pixels, wherever the tensor is
-/// (on the GPU after an 8-bit transfer): `(N, 3, S, S)` floats, the same values
-/// [`transform::normalize_to_chw`] computes.
-pub fn normalize_batch(pixels: &Tensor) -> Result<Tensor> {
-    let device = pixels.device();
-    let mean = Tensor::f_from_slice(&transform::CLIP_MEAN)?
-        .f_to_device(device)?
-        .f_view([1, 3, 1, 1])?;
-    let std = Tensor::f_from_slice(&transform::CLIP_STD)?
-        .f_to_device(device)?
-        .f_view([1, 3, 1, 1])?;
-    let x = pixels
-        .f_permute([0, 3, 1, 2])?
-        .f_to_kind(Kind::Float)?
-        .f_div_scalar(255.0)?;
-    Ok(x.f_sub(&mean)?.f_div(&std)?)
+/// `ToTensor()` + `Normalize` on batches of `(N, S, S, 3)` uint8 pixels, on the device that
+/// holds them (after an 8-bit transfer, a quarter of the bytes of floats): `(N, 3, S, S)`
+/// floats, the same values [`transform::normalize_to_chw`] computes. The constants are put on
+/// the device once.
+pub struct Normalizer {
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Normalizer {
+    pub fn new(device: tch::Device) -> Result<Self> {
+        let constant = |v: &[f32; 3]| -> Result<Tensor> {
+            Ok(Tensor::f_from_slice(v)?
+                .f_view([1, 3, 1, 1])?
+                .f_to_device(device)?)
+        };
+        Ok(Normalizer {
+            mean: constant(&transform::CLIP_MEAN)?,
+            std: constant(&transform::CLIP_STD)?,
+        })
+    }
+
+    pub fn apply(&self, pixels: &Tensor) -> Result<Tensor> {
+        let x = pixels
+            .f_permute([0, 3, 1, 2])?
+            .f_to_kind(Kind::Float)?
+            .f_div_scalar(255.0)?;
+        Ok(x.f_sub(&self.mean)?.f_div(&self.std)?)
+    }
 }

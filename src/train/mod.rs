@@ -32,8 +32,8 @@ use crate::data::{
 use crate::device::parse_device;
 use crate::error::{Error, Result};
 use crate::eval::{retrieval, tokenize_captions, RetrievalMetrics};
-use crate::image::normalize_batch;
-use crate::liteclip::{token_tensors, LiteClip};
+use crate::image::Normalizer;
+use crate::liteclip::{to_device_async, token_tensors, LiteClip};
 use crate::loss::{clamp_logit_scale, clip_loss};
 use crate::model::{l2_normalize, Precision};
 use crate::rng::Rng;
@@ -460,6 +460,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
     let mut interrupted = false;
     let mut best_checkpoint = existing_checkpoint(&best_dir);
     let read_every = if device.is_cuda() { 10 } else { 1 };
+    let normalizer = Normalizer::new(device)?;
 
     for epoch in state.epochs_completed..options.epochs {
         if options
@@ -488,6 +489,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
                 prefetch: options.prefetch,
                 seed: options.seed,
                 epoch: epoch as u64,
+                pin_memory: device.is_cuda().then_some(device),
             },
         );
         let started = Instant::now();
@@ -525,7 +527,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
                 .map(|s| offsets[s.entry as usize] + s.caption as usize)
                 .collect();
             let (ids, mask) = token_tensors(&captions.batch(&indices), device)?;
-            let pixels = normalize_batch(&batch.pixels.f_to_device(device)?)?;
+            let pixels = normalizer.apply(&to_device_async(&batch.pixels, device)?)?;
 
             let loss = {
                 let _precision = precision.enter(channels_last);
