@@ -83,7 +83,11 @@ pub fn embed_entries(
         if batch.kept.is_empty() {
             continue;
         }
-        let pixels = normalizer.apply(&to_device_async(&batch.pixels, model.device())?)?;
+        let pixels = normalizer.apply(&to_device_async(
+            &batch.pixels,
+            model.device(),
+            batch.pinned,
+        )?)?;
         parts.push(model.encode_pixels(&pixels)?);
         kept.extend(batch.kept.iter().map(|s| s.entry as usize));
     }

@@ -202,31 +202,34 @@ impl LiteClip {
 /// Token ids and attention mask as `(N, L)` int64 tensors on `device`.
 pub fn token_tensors(tokens: &TokenBatch, device: Device) -> Result<(Tensor, Tensor)> {
     let shape = [tokens.batch as i64, tokens.seq_len as i64];
-    let ids = to_device_async(
-        &Tensor::f_from_slice(&tokens.input_ids)?.f_view(shape)?,
-        device,
-    )?;
-    let mask = to_device_async(
-        &Tensor::f_from_slice(&tokens.attention_mask)?.f_view(shape)?,
-        device,
-    )?;
+    let ids = Tensor::f_from_slice(&tokens.input_ids)?.f_view(shape)?;
+    let mask = Tensor::f_from_slice(&tokens.attention_mask)?.f_view(shape)?;
+    let ids = to_device_async(&ids, device, false)?;
+    let mask = to_device_async(&mask, device, false)?;
     Ok((ids, mask))
 }
 
-/// Moves a CPU tensor to `device` without making the host wait: on CUDA through pinned memory
-/// with a non-blocking copy. A copy from ordinary memory would block the host until the GPU
-/// has finished all queued work, so the host could never run ahead of the GPU and every
+/// Moves a CPU tensor to `device` without making the host wait: on CUDA through page-locked
+/// memory and a non-blocking copy (pass `pinned` when the tensor already is page-locked, as
+/// the data loader's batches are). A copy from ordinary memory would block the host until the
+/// GPU has finished all queued work, so the host could never run ahead of the GPU and every
 /// kernel launch would show in the step time.
-pub fn to_device_async(t: &Tensor, device: Device) -> Result<Tensor> {
+pub fn to_device_async(t: &Tensor, device: Device, pinned: bool) -> Result<Tensor> {
     if !device.is_cuda() {
         return Ok(t.f_to_device(device)?);
     }
-    let pinned = if t.is_pinned(device) {
+    let staged = if pinned {
         t.shallow_clone()
     } else {
-        t.f_pin_memory(device)?
+        pin(t, device)?
     };
-    Ok(pinned.f_to_device_(device, pinned.kind(), true, false)?)
+    Ok(staged.f_to_device_(device, staged.kind(), true, false)?)
+}
+
+/// A page-locked copy of a CPU tensor, for asynchronous copies to `device`. (`_pin_memory`:
+/// `pin_memory(device)` warns on every call that its argument is deprecated.)
+pub fn pin(t: &Tensor, device: Device) -> Result<Tensor> {
+    Ok(t.f_internal_pin_memory(device)?)
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ pub struct ImageBatch {
     pub kept: Vec<Sample>,
     /// Images that could not be used, with the reason.
     pub failed: Vec<(PathBuf, String)>,
+    /// Whether `pixels` is in page-locked memory (see [`LoaderConfig::pin_memory`]).
+    pub pinned: bool,
 }
 
 pub struct Loader {
@@ -189,12 +191,13 @@ fn prepare(
     }
     let mut pixels = Tensor::f_from_data_size(&bytes, &[kept.len() as i64, s, s, 3], Kind::Uint8)?;
     if let Some(device) = config.pin_memory {
-        pixels = pixels.f_pin_memory(device)?;
+        pixels = crate::liteclip::pin(&pixels, device)?;
     }
     Ok(ImageBatch {
         index,
         pixels,
         kept,
         failed,
+        pinned: config.pin_memory.is_some(),
     })
 }

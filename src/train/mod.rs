@@ -527,7 +527,8 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
                 .map(|s| offsets[s.entry as usize] + s.caption as usize)
                 .collect();
             let (ids, mask) = token_tensors(&captions.batch(&indices), device)?;
-            let pixels = normalizer.apply(&to_device_async(&batch.pixels, device)?)?;
+            let pixels =
+                normalizer.apply(&to_device_async(&batch.pixels, device, batch.pinned)?)?;
 
             let loss = {
                 let _precision = precision.enter(channels_last);
