@@ -68,9 +68,7 @@ pub fn zero_shot(
     cache: &LabelCache,
 ) -> Result<Vec<Ranking>> {
     check_labels(labels, top_k)?;
-    let text_emb = cache.embeddings(model, labels)?;
-    let image_emb = model.encode_images(images)?;
-    rank(&image_emb, &text_emb, model.logit_scale()?, labels, top_k)
+    rank_labels(model, &model.encode_images(images)?, labels, top_k, cache)
 }
 
 /// [`zero_shot`] for images already preprocessed into a `(N, 3, S, S)` batch.
@@ -82,9 +80,18 @@ pub fn zero_shot_pixels(
     cache: &LabelCache,
 ) -> Result<Vec<Ranking>> {
     check_labels(labels, top_k)?;
+    rank_labels(model, &model.encode_pixels(pixels)?, labels, top_k, cache)
+}
+
+fn rank_labels(
+    model: &LiteClip,
+    image_emb: &Tensor,
+    labels: &[String],
+    top_k: usize,
+    cache: &LabelCache,
+) -> Result<Vec<Ranking>> {
     let text_emb = cache.embeddings(model, labels)?;
-    let image_emb = model.encode_pixels(pixels)?;
-    rank(&image_emb, &text_emb, model.logit_scale()?, labels, top_k)
+    rank(image_emb, &text_emb, model.logit_scale()?, labels, top_k)
 }
 
 /// Softmax over labels of the scaled similarities, sorted; ties keep the label order.
