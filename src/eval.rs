@@ -246,6 +246,44 @@ pub fn class_embeddings(
     Ok(crate::model::l2_normalize(&emb))
 }
 
+/// The prompt used when none is given.
+pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
+
+/// A built-in prompt ensemble in the manner of CLIP's ImageNet templates: several renderings
+/// of the same class name whose embeddings are averaged (`templates="ensemble"`).
+pub const ENSEMBLE_TEMPLATES: [&str; 18] = [
+    "a photo of a {}.",
+    "a bad photo of a {}.",
+    "a cropped photo of a {}.",
+    "a close-up photo of a {}.",
+    "a bright photo of a {}.",
+    "a dark photo of a {}.",
+    "a blurry photo of a {}.",
+    "a photo of the small {}.",
+    "a photo of the large {}.",
+    "a good photo of the {}.",
+    "a low resolution photo of a {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a rendering of a {}.",
+    "a drawing of a {}.",
+    "a sketch of a {}.",
+    "art of the {}.",
+    "a toy {}.",
+    "itap of a {}.",
+];
+
+/// Templates as users give them: none (the default prompt), `["ensemble"]` (the built-in
+/// ensemble), or their own.
+pub fn resolve_templates(templates: Option<Vec<String>>) -> Vec<String> {
+    match templates {
+        None => vec![DEFAULT_TEMPLATE.to_owned()],
+        Some(t) if t.len() == 1 && t[0] == "ensemble" => {
+            ENSEMBLE_TEMPLATES.iter().map(|s| s.to_string()).collect()
+        }
+        Some(t) => t,
+    }
+}
+
 /// `"a photo of a {}"` with the class name in place of `{}` (or appended after a space when
 /// the template has no `{}`).
 pub fn fill_template(template: &str, class: &str) -> String {

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::eval::fill_template;
 use crate::image::ImageInput;
 use crate::liteclip::LiteClip;
 
@@ -59,39 +60,75 @@ fn check_labels(labels: &[String], top_k: usize) -> Result<()> {
     Ok(())
 }
 
-/// Ranks `labels` for every image; at most `top_k` pairs per image.
+/// What a zero-shot ranking chooses between: labels as returned to the user, and the texts
+/// actually embedded for them (the labels themselves, or the labels put into a template such
+/// as "a photo of a {}").
+pub struct Candidates {
+    pub labels: Vec<String>,
+    pub prompts: Vec<String>,
+}
+
+impl Candidates {
+    pub fn new(labels: Vec<String>, template: Option<&str>) -> Self {
+        let prompts = match template {
+            Some(t) => labels.iter().map(|l| fill_template(t, l)).collect(),
+            None => labels.clone(),
+        };
+        Candidates { labels, prompts }
+    }
+}
+
+/// Ranks the candidates for every image; at most `top_k` pairs per image.
 pub fn zero_shot(
     model: &LiteClip,
     images: &[ImageInput],
-    labels: &[String],
+    candidates: &Candidates,
     top_k: usize,
     cache: &LabelCache,
 ) -> Result<Vec<Ranking>> {
-    check_labels(labels, top_k)?;
-    rank_labels(model, &model.encode_images(images)?, labels, top_k, cache)
+    check_labels(&candidates.labels, top_k)?;
+    rank_candidates(
+        model,
+        &model.encode_images(images)?,
+        candidates,
+        top_k,
+        cache,
+    )
 }
 
 /// [`zero_shot`] for images already preprocessed into a `(N, 3, S, S)` batch.
 pub fn zero_shot_pixels(
     model: &LiteClip,
     pixels: &Tensor,
-    labels: &[String],
+    candidates: &Candidates,
     top_k: usize,
     cache: &LabelCache,
 ) -> Result<Vec<Ranking>> {
-    check_labels(labels, top_k)?;
-    rank_labels(model, &model.encode_pixels(pixels)?, labels, top_k, cache)
+    check_labels(&candidates.labels, top_k)?;
+    rank_candidates(
+        model,
+        &model.encode_pixels(pixels)?,
+        candidates,
+        top_k,
+        cache,
+    )
 }
 
-fn rank_labels(
+fn rank_candidates(
     model: &LiteClip,
     image_emb: &Tensor,
-    labels: &[String],
+    candidates: &Candidates,
     top_k: usize,
     cache: &LabelCache,
 ) -> Result<Vec<Ranking>> {
-    let text_emb = cache.embeddings(model, labels)?;
-    rank(image_emb, &text_emb, model.logit_scale()?, labels, top_k)
+    let text_emb = cache.embeddings(model, &candidates.prompts)?;
+    rank(
+        image_emb,
+        &text_emb,
+        model.logit_scale()?,
+        &candidates.labels,
+        top_k,
+    )
 }
 
 /// Softmax over labels of the scaled similarities, sorted; ties keep the label order.

@@ -84,3 +84,68 @@ def test_errors_exit_1_with_a_message(tmp_path):
     assert "error" in r.stderr and "none" in r.stderr
     r = run("train", tmp_path / "nowhere", "--output", tmp_path / "o")
     assert r.returncode == 1 and "nowhere" in r.stderr
+
+
+def test_embed_and_search(tmp_path):
+    data = datasets.make_shapes(tmp_path / "data", n_images=30, seed=0, image_size=32)
+    out = tmp_path / "run"
+    assert (
+        run(
+            "train",
+            data,
+            "--output",
+            out,
+            "--model",
+            "liteclip-nano",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ).returncode
+        == 0
+    )
+    images = data / "Images"
+    (images / "broken.png").write_bytes(b"not a png")
+    r = run(
+        "embed",
+        images,
+        "--checkpoint",
+        out / "best",
+        "--output",
+        tmp_path / "img.npy",
+        "--batch-size",
+        "8",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["rows"] == 30 and len(summary["skipped"]) == 1
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red circle\n\na blue square\n")
+    r = run("embed", captions, "--checkpoint", out / "best", "--output", tmp_path / "txt.npy")
+    assert r.returncode == 0, r.stderr
+    import numpy as np
+
+    assert np.load(tmp_path / "txt.npy").shape == (2, 128)
+
+    r = run(
+        "search",
+        "a red circle",
+        "--index",
+        tmp_path / "img.npy",
+        "--checkpoint",
+        out / "best",
+        "--top-k",
+        "3",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    hits = json.loads(r.stdout)
+    assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    assert all(h["item"].endswith(".png") for h in hits)
+    r = run("search", "x", "--index", tmp_path / "missing.npy", "--checkpoint", out / "best")
+    assert r.returncode == 1 and "missing.npy" in r.stderr

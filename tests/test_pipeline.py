@@ -157,3 +157,27 @@ def test_bf16_inference_agrees_with_fp32(nano_ckpt):
     assert (a * b).sum(1).min() > 0.99
     with pytest.raises(ValueError, match="precision"):
         liteclip.LiteClip.load(nano_ckpt, device="cpu", precision="int4")
+
+
+def test_hypothesis_template(pipe):
+    labels = ["dog", "cat", "rocket"]
+    templated = pipe.predict(str(CAT), labels, hypothesis_template="a photo of a {}")
+    spelled = pipe.predict(str(CAT), [f"a photo of a {x}" for x in labels])
+    assert [lb for lb, _ in templated] == [lb.removeprefix("a photo of a ") for lb, _ in spelled]
+    np.testing.assert_allclose([p for _, p in templated], [p for _, p in spelled], atol=1e-6)
+
+
+def test_similarity_and_tensors(pipe):
+    import torch
+
+    model = pipe.model
+    images = [str(p) for p in REAL_IMAGES[:3]]
+    texts = ["a cat", "a rocket launch", "a cup"]
+    logits = model.similarity(images, texts)
+    expected = model.logit_scale * model.encode_image(images) @ model.encode_text(texts).T
+    assert logits.shape == (3, 3)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    t = model.encode_text(texts, as_tensor=True)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and tuple(t.shape) == (3, 128)
+    np.testing.assert_array_equal(t.numpy(), model.encode_text(texts))
+    assert isinstance(model.similarity(images, texts, as_tensor=True), torch.Tensor)

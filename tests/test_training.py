@@ -228,3 +228,15 @@ def test_export_pt_loads_into_the_original_module(tmp_path):
     np.testing.assert_allclose(model.encode_text(texts), expected, atol=1e-4)
     with pytest.raises(liteclip.ConfigError):
         liteclip.LiteClip("liteclip-nano", device="cpu").export_pt(tmp_path / "nano.pt")
+
+
+def test_zero_shot_template_ensemble(trained, shapes):
+    result, _ = trained
+    _, test_dir = shapes
+    ensemble = liteclip.evaluate(
+        result.best_checkpoint, test_dir, task="zero-shot", templates="ensemble"
+    )
+    assert len(ensemble["templates"]) == 18
+    one = liteclip.evaluate(result.best_checkpoint, test_dir, task="zero-shot")
+    assert one["templates"] == ["a photo of a {}."]
+    assert ensemble["top1"] > 1 / 24

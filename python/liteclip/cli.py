@@ -135,6 +135,35 @@ def _parser() -> argparse.ArgumentParser:
     _add_columns(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print JSON")
 
+    embed = sub.add_parser(
+        "embed",
+        help="embed a folder of images or a text file of captions into a .npy file",
+        description="Embed every image under a folder (recursively) or every line of a text "
+        "file, writing OUTPUT (float32, one unit-length row per item) and OUTPUT's index "
+        "(OUTPUT with .json: what each row is). Unreadable images are skipped and reported.",
+    )
+    embed.add_argument("source", help="folder of images, or a .txt file with one text per line")
+    embed.add_argument("--checkpoint", required=True, help="checkpoint folder or file")
+    embed.add_argument("--output", default="embeddings.npy", help="(default: %(default)s)")
+    embed.add_argument("--batch-size", type=int, default=64)
+    _add_device(embed)
+    embed.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    embed.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    search = sub.add_parser(
+        "search",
+        help="search embedded images (or texts) with a text query (or an image)",
+        description="Rank the rows of an embedding file made by `liteclip embed` against a "
+        "query, by cosine similarity.",
+    )
+    search.add_argument("query", help="query text (or an image path with --image)")
+    search.add_argument("--index", default="embeddings.npy", help="file from `liteclip embed`")
+    search.add_argument("--checkpoint", required=True, help="the checkpoint that embedded it")
+    search.add_argument("--image", action="store_true", help="the query is an image file")
+    search.add_argument("--top-k", type=int, default=5)
+    _add_device(search)
+    search.add_argument("--json", action="store_true", help="print JSON")
+
     demo = sub.add_parser(
         "demo",
         help="the self-contained demo: generate data, train liteclip-nano, evaluate",
@@ -247,6 +276,95 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import ImageDecodeError, LiteClip
+
+    source = Path(args.source)
+    if not source.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(source))
+    model = LiteClip.load(args.checkpoint, device=args.device, precision=args.precision)
+    skipped: list[tuple[str, str]] = []
+    if source.is_dir():
+        kind = "images"
+        items = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        rows, kept = [], []
+        for i in range(0, len(items), args.batch_size):
+            chunk = items[i : i + args.batch_size]
+            try:
+                rows.append(model.encode_image(chunk))
+                kept += chunk
+            except (ImageDecodeError, OSError):  # find the bad ones, keep the rest
+                for item in chunk:
+                    try:
+                        rows.append(model.encode_image(item))
+                        kept.append(item)
+                    except (ImageDecodeError, OSError) as error:
+                        skipped.append((item, str(error)))
+        items = kept
+        embeddings = np.concatenate(rows) if rows else np.zeros((0, model.embed_dim), "float32")
+    else:
+        kind = "texts"
+        items = [line.strip() for line in source.read_text().splitlines() if line.strip()]
+        embeddings = (
+            model.encode_text(items) if items else np.zeros((0, model.embed_dim), "float32")
+        )
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    np.save(output, embeddings)
+    index = {"kind": kind, "checkpoint": str(args.checkpoint), "items": items}
+    output.with_suffix(".json").write_text(json.dumps(index, indent=1))
+    summary = {"output": str(output), "kind": kind, "rows": len(items), "skipped": skipped}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"embedded {len(items)} {kind} into {output} (index {output.with_suffix('.json')})")
+        for item, why in skipped:
+            print(f"skipped {item}: {why}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _search(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import LiteClip
+
+    index_path = Path(args.index)
+    embeddings = np.load(index_path)
+    meta = json.loads(index_path.with_suffix(".json").read_text())
+    if len(meta["items"]) != len(embeddings):
+        raise ValueError(
+            f"{index_path}: the index lists {len(meta['items'])} items for "
+            f"{len(embeddings)} embeddings"
+        )
+    if args.top_k < 1:
+        raise ValueError("--top-k must be at least 1")
+    model = LiteClip.load(args.checkpoint, device=args.device)
+    query = model.encode_image(args.query) if args.image else model.encode_text(args.query)
+    if query.shape[1] != embeddings.shape[1]:
+        raise ValueError(
+            f"{index_path} holds {embeddings.shape[1]}-d embeddings but the "
+            f"checkpoint makes {query.shape[1]}-d ones: another model?"
+        )
+    scores = embeddings @ query[0]
+    order = np.argsort(-scores, kind="stable")[: args.top_k]
+    hits = [{"item": meta["items"][i], "score": float(scores[i])} for i in order]
+    if args.json:
+        print(json.dumps(hits))
+    else:
+        for hit in hits:
+            print(f"{hit['score']:.4f}  {hit['item']}")
+    return EXIT_OK
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -256,7 +374,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"predict": _predict, "train": _train, "evaluate": _evaluate, "demo": _demo}
+    commands = {
+        "predict": _predict,
+        "train": _train,
+        "evaluate": _evaluate,
+        "embed": _embed,
+        "search": _search,
+        "demo": _demo,
+    }
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -234,8 +234,10 @@ def evaluate(
     checkpoint when not given) or ``"all"``.
 
     ``task="zero-shot"`` (on a folder with one sub-folder of images per class): ``top1``,
-    ``top5``, ``per_class`` accuracy and a ``confusion`` matrix; each class is described by
-    ``templates`` (``"a photo of a {}."`` by default; several are averaged per class).
+    ``top5``, ``per_class`` accuracy and a ``confusion`` matrix (``confusion[true][predicted]``);
+    each class is described by ``templates``: one (``"a photo of a {}."`` by default), a list
+    (their embeddings are averaged per class, as CLIP does), or ``"ensemble"`` for a built-in
+    set of 18 prompts in the manner of CLIP's ImageNet templates.
     """
     if isinstance(templates, str):
         templates = [templates]

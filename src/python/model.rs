@@ -31,6 +31,29 @@ impl std::ops::Deref for SharedModel {
     }
 }
 
+fn embed_images(model: &LiteClip, images: Images) -> Result<tch::Tensor> {
+    match images {
+        Images::One(image) => model.encode_images(&[image]),
+        Images::Many(list) => model.encode_images(&list),
+        Images::Pixels { tensor, .. } => model.encode_pixels(&tensor),
+    }
+}
+
+fn embed_texts(model: &LiteClip, texts: &[String]) -> Result<tch::Tensor> {
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    model.encode_texts(&refs)
+}
+
+/// A numpy array, or with `as_tensor` a torch tensor over the same memory (no copy).
+fn output<'py>(py: Python<'py>, t: &tch::Tensor, as_tensor: bool) -> PyResult<Bound<'py, PyAny>> {
+    let array = to_numpy_2d(py, t)?;
+    if as_tensor {
+        py.import("torch")?.call_method1("from_numpy", (array,))
+    } else {
+        Ok(array)
+    }
+}
+
 /// Resolves "liteclip", "liteclip-nano" or a JSON path.
 fn config_from_arg(spec: Option<&str>) -> Result<Option<LiteClipConfig>> {
     spec.map(LiteClipConfig::from_name_or_file).transpose()
@@ -128,35 +151,56 @@ impl PyLiteClip {
 
     /// Embeds images: a path, PIL image, uint8 array, or a list of them, or a float32
     /// `(N, 3, S, S)` batch already preprocessed. Returns float32 `(N, embed_dim)`, rows of unit
-    /// length.
+    /// length: a numpy array, or a CPU `torch.Tensor` sharing its memory with `as_tensor=True`.
+    #[pyo3(signature = (images, as_tensor = false))]
     fn encode_image<'py>(
         &self,
         py: Python<'py>,
         images: &Bound<'py, PyAny>,
+        as_tensor: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let images = extract_images(images).py_err(py)?;
         let model = self.inner.clone();
-        let emb = run_released(py, move || match images {
-            Images::One(image) => model.encode_images(&[image]),
-            Images::Many(list) => model.encode_images(&list),
-            Images::Pixels { tensor, .. } => model.encode_pixels(&tensor),
-        })?;
-        to_numpy_2d(py, &emb)
+        let emb = run_released(py, move || embed_images(&model, images))?;
+        output(py, &emb, as_tensor)
     }
 
-    /// Embeds a string or a list of strings: float32 `(N, embed_dim)`, rows of unit length.
+    /// Embeds a string or a list of strings: float32 `(N, embed_dim)`, rows of unit length (a
+    /// numpy array, or a `torch.Tensor` with `as_tensor=True`).
+    #[pyo3(signature = (texts, as_tensor = false))]
     fn encode_text<'py>(
         &self,
         py: Python<'py>,
         texts: &Bound<'py, PyAny>,
+        as_tensor: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let texts = extract_texts(texts, "texts").py_err(py)?;
         let model = self.inner.clone();
-        let emb = run_released(py, move || {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            model.encode_texts(&refs)
+        let emb = run_released(py, move || embed_texts(&model, &texts))?;
+        output(py, &emb, as_tensor)
+    }
+
+    /// The `(N, M)` logits between N images and M texts: `logit_scale` times the cosine
+    /// similarities, as liteCLIP's `logits_per_image` (the transpose is `logits_per_text`).
+    #[pyo3(signature = (images, texts, as_tensor = false))]
+    fn similarity<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+        texts: &Bound<'py, PyAny>,
+        as_tensor: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let images = extract_images(images).py_err(py)?;
+        let texts = extract_texts(texts, "texts").py_err(py)?;
+        let model = self.inner.clone();
+        let logits = run_released(py, move || {
+            let img = embed_images(&model, images)?;
+            let txt = embed_texts(&model, &texts)?;
+            Ok(img
+                .f_matmul(&txt.f_tr()?)?
+                .f_mul_scalar(model.logit_scale()?)?)
         })?;
-        to_numpy_2d(py, &emb)
+        output(py, &logits, as_tensor)
     }
 
     /// The factor applied to cosine similarities (`exp` of the learned parameter).

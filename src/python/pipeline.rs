@@ -10,7 +10,7 @@ use super::convert::{extract_images, extract_texts, Images};
 use super::errors::{run_released, IntoPyResult};
 use super::model::{PyLiteClip, SharedModel};
 use crate::error::Error;
-use crate::pipeline::{zero_shot, zero_shot_pixels, LabelCache, Ranking};
+use crate::pipeline::{zero_shot, zero_shot_pixels, Candidates, LabelCache, Ranking};
 
 /// Where the original liteCLIP README expects its released weights.
 const DEFAULT_CHECKPOINT: &str = "model/liteclip2.pt";
@@ -79,16 +79,20 @@ impl PyZeroShotPipeline {
     /// Ranks `labels` (at least two) for `image` and returns the `top_k` most probable as
     /// `[(label, probability), ...]`, most probable first; probabilities are a softmax over all
     /// labels. `image` takes every form `LiteClip.encode_image` does; a list of images gives one
-    /// such list per image.
-    #[pyo3(signature = (image, labels, top_k = 5))]
+    /// such list per image. `hypothesis_template` (e.g. `"a photo of a {}"`, as in Hugging
+    /// Face's zero-shot pipeline) is filled with each label to make the text that is embedded;
+    /// the labels are returned as given.
+    #[pyo3(signature = (image, labels, top_k = 5, hypothesis_template = None))]
     fn predict<'py>(
         &self,
         py: Python<'py>,
         image: &Bound<'py, PyAny>,
         labels: &Bound<'py, PyAny>,
         top_k: i64,
+        hypothesis_template: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let labels = extract_texts(labels, "labels").py_err(py)?;
+        let candidates = Candidates::new(labels, hypothesis_template);
         let images = extract_images(image).py_err(py)?;
         if top_k < 1 {
             return Err(Error::invalid(format!(
@@ -99,10 +103,13 @@ impl PyZeroShotPipeline {
         let (model, cache) = (self.model.clone(), self.labels.clone());
         let top_k = top_k as usize;
         let (rankings, batched) = run_released(py, move || match images {
-            Images::One(image) => Ok((zero_shot(&model, &[image], &labels, top_k, &cache)?, false)),
-            Images::Many(list) => Ok((zero_shot(&model, &list, &labels, top_k, &cache)?, true)),
+            Images::One(image) => Ok((
+                zero_shot(&model, &[image], &candidates, top_k, &cache)?,
+                false,
+            )),
+            Images::Many(list) => Ok((zero_shot(&model, &list, &candidates, top_k, &cache)?, true)),
             Images::Pixels { tensor, batched } => Ok((
-                zero_shot_pixels(&model, &tensor, &labels, top_k, &cache)?,
+                zero_shot_pixels(&model, &tensor, &candidates, top_k, &cache)?,
                 batched,
             )),
         })?;

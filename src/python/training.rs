@@ -277,7 +277,7 @@ pub fn evaluate_model<'py>(
             seed,
         },
         _ => eval::Task::ZeroShot {
-            templates: templates.unwrap_or_else(|| vec!["a photo of a {}.".to_owned()]),
+            templates: eval::resolve_templates(templates),
         },
     };
     let precision = Precision::parse(precision).py_err(py)?;
