@@ -209,6 +209,7 @@ impl PyLiteClip {
         self.inner.logit_scale().py_err(py)
     }
 
+    /// The device the weights are on: "cpu" or "cuda:N".
     #[getter]
     fn device(&self) -> String {
         device_name(self.inner.device())
@@ -221,16 +222,19 @@ impl PyLiteClip {
             .call_method1("loads", (self.inner.config().to_json(),))
     }
 
+    /// Width of the shared embedding space.
     #[getter]
     fn embed_dim(&self) -> i64 {
         self.inner.config().embed_dim
     }
 
+    /// Side of the square images the model sees (what `preprocess` makes for it).
     #[getter]
     fn image_size(&self) -> i64 {
         self.inner.config().image_size
     }
 
+    /// Number of trainable parameters.
     #[getter]
     fn num_parameters(&self) -> i64 {
         self.inner.num_parameters()
