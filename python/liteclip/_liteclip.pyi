@@ -145,6 +145,7 @@ def train_model(
     images_dir: str | os.PathLike[str] | None = None,
     prefetch: int = 4,
     max_steps_per_epoch: int | None = None,
+    skip_nonfinite: bool = False,
 ) -> dict[str, Any]: ...
 def evaluate_model(
     checkpoint: str | os.PathLike[str],

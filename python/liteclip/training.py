@@ -132,6 +132,7 @@ def train(
     images_dir: PathLike | None = None,
     prefetch: int = 4,
     max_steps_per_epoch: int | None = None,
+    skip_nonfinite: bool = False,
 ) -> TrainResult:
     """Trains a liteclip model contrastively on captioned images.
 
@@ -169,6 +170,9 @@ def train(
         augment: random resized crops (scale 0.5-1) instead of the center crop.
         prefetch: batches decoded ahead of the device, on worker threads.
         max_steps_per_epoch: cap on steps per epoch (quick trials, benchmarks).
+        skip_nonfinite: a batch whose loss is NaN or infinite is skipped and counted (in the
+            history's ``nonfinite_skipped``) instead of stopping the run with an error. Either
+            way no non-finite update reaches the weights that are saved.
 
     Returns:
         A :class:`TrainResult`. Images that cannot be decoded are skipped and counted, not
@@ -203,6 +207,7 @@ def train(
             images_dir=images_dir,
             prefetch=prefetch,
             max_steps_per_epoch=max_steps_per_epoch,
+            skip_nonfinite=skip_nonfinite,
         )
     finally:
         reporter.close()

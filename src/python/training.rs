@@ -138,7 +138,7 @@ fn csv_options(
     val_fraction = 0.2, seed = 0, device = "auto", precision = "auto", init = None,
     image_weights = None, text_weights = None, early_stopping_patience = Some(2),
     augment = false, resume = None, image_column = "image", caption_column = "caption",
-    images_dir = None, prefetch = 4, max_steps_per_epoch = None
+    images_dir = None, prefetch = 4, max_steps_per_epoch = None, skip_nonfinite = false
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn train_model<'py>(
@@ -169,6 +169,7 @@ pub fn train_model<'py>(
     images_dir: Option<PathBuf>,
     prefetch: usize,
     max_steps_per_epoch: Option<usize>,
+    skip_nonfinite: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let resume = match resume {
         None => Resume::No,
@@ -212,6 +213,7 @@ pub fn train_model<'py>(
         resume,
         prefetch,
         max_steps_per_epoch,
+        skip_nonfinite,
     };
     let mut observer = PyObserver {
         target: observer,

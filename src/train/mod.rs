@@ -81,6 +81,8 @@ pub struct TrainOptions {
     pub prefetch: usize,
     /// Cap on steps per epoch (quick runs, benchmarks); None: the whole epoch.
     pub max_steps_per_epoch: Option<usize>,
+    /// Skip (and count) batches whose loss is NaN or infinite instead of stopping.
+    pub skip_nonfinite: bool,
 }
 
 impl Default for TrainOptions {
@@ -109,6 +111,7 @@ impl Default for TrainOptions {
             resume: Resume::No,
             prefetch: 4,
             max_steps_per_epoch: None,
+            skip_nonfinite: false,
         }
     }
 }
@@ -125,6 +128,9 @@ pub struct EpochRecord {
     pub pairs_per_second: f64,
     /// Seconds the training loop waited for the data loader (the device idles meanwhile).
     pub data_wait_seconds: f64,
+    /// Batches skipped because their loss was not finite (with `skip_nonfinite`).
+    #[serde(default)]
+    pub nonfinite_skipped: usize,
     pub val_loss: Option<f64>,
     pub val_i2t_r1: Option<f64>,
     pub val_i2t_r5: Option<f64>,
@@ -267,7 +273,11 @@ fn save_folder(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    write(&tmp)?;
+    if let Err(e) = write(&tmp) {
+        // A failed write (disk full, ...) leaves the previous checkpoint as it was.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     if dir.exists() {
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
@@ -284,6 +294,50 @@ fn save_folder(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()
         let _ = std::fs::remove_dir_all(&old);
     }
     Ok(())
+}
+
+/// Fails early, before any training, when the output folder cannot be written.
+fn check_output_folder(output: &Path) -> Result<()> {
+    std::fs::create_dir_all(output).map_err(|e| Error::io(output, e))?;
+    let probe = output.join(".liteclip-write-test");
+    std::fs::write(&probe, b"ok").map_err(|e| Error::io(&probe, e))?;
+    std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
+}
+
+/// Bytes free for unprivileged users on the file system holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid NUL-terminated path and a buffer for one statvfs.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded, so the struct is filled in.
+    let stats = unsafe { stats.assume_init() };
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+/// Checkpoints of a run (best/, last/ with the optimizer's two moments, and the copies that
+/// coexist while a save swaps folders) take about eight times the fp32 weights: refuse to
+/// start when the disk cannot hold them, rather than fail at the first save.
+fn check_free_space(output: &Path, parameters: i64) -> Result<()> {
+    let needed = 8 * 4 * parameters.max(0) as u64;
+    match free_bytes(output) {
+        Some(free) if free < needed => Err(Error::Io {
+            path: output.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "checkpoints need about {} MB free, {} MB available",
+                    needed >> 20,
+                    free >> 20
+                ),
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The checkpoint folder to resume from: `dir`, or `dir.old` if a save was cut between its
@@ -335,7 +389,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         ));
     }
 
-    std::fs::create_dir_all(&options.output).map_err(|e| Error::io(&options.output, e))?;
+    check_output_folder(&options.output)?;
     let last_dir = options.output.join("last");
     let best_dir = options.output.join("best");
     let resume_from = match &options.resume {
@@ -384,6 +438,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         }
     }
     model.set_precision(precision);
+    check_free_space(&options.output, model.num_parameters())?;
 
     let mut opt = FlatAdam::new(
         model.varstore(),
@@ -498,6 +553,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         let mut loss_count = 0usize;
         let mut lr = options.lr;
         let mut data_wait = 0.0;
+        let mut nonfinite_skipped = 0usize;
         let mut batches = loader.enumerate();
         loop {
             let waited = Instant::now();
@@ -537,46 +593,53 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
                 let txt = l2_normalize(&m.text_features(&ids, &mask, true));
                 clip_loss(&img, &txt, m.logit_scale())
             };
-            opt.zero_grad();
-            let scaled = precision == Precision::Fp16;
-            if scaled {
-                loss.f_mul_scalar(state.loss_scale)?.f_backward()?;
+            // The loss is read back every step on the CPU (free) and every `read_every` steps
+            // on a GPU (a read waits for the GPU), or every step when non-finite losses are to
+            // be skipped. A non-finite loss seen before the update never reaches the weights.
+            let read_now = (i + 1) % read_every == 0 || i + 1 == steps || options.skip_nonfinite;
+            let loss_value = if read_now {
+                Some(loss.f_double_value(&[])?)
             } else {
-                loss.f_backward()?;
-            }
-            let finite = if scaled {
-                opt.unscale_grads(state.loss_scale)?
-            } else {
-                true
+                None
             };
-            if finite {
-                opt.step(lr)?;
-                let mut scale = model.model().logit_scale().shallow_clone();
-                clamp_logit_scale(&mut scale);
-            } else {
-                state.loss_scale /= 2.0;
-            }
-            state.global_step += 1;
-            pairs_seen += batch.kept.len();
-            let loss_d = loss.detach();
-            loss_sum = loss_sum.f_add(&loss_d)?;
-            loss_count += 1;
-            let loss_value = if (i + 1) % read_every == 0 || i + 1 == steps {
-                let v = loss_d.f_double_value(&[])?;
-                if !v.is_finite() {
+            if let Some(v) = loss_value.filter(|v| !v.is_finite()) {
+                if !options.skip_nonfinite {
                     return Err(Error::invalid(format!(
                         "the loss became {v} at step {} (epoch {}): training is unstable; \
-                         lower the learning rate or use precision=\"fp32\"/\"bf16\". The last \
-                         completed epoch's checkpoint is in {}",
-                        state.global_step,
+                         lower the learning rate or use precision=\"fp32\"/\"bf16\" (or pass \
+                         skip_nonfinite=True to skip such batches). The last completed \
+                         epoch's checkpoint is in {}",
+                        state.global_step + 1,
                         epoch + 1,
                         last_dir.display()
                     )));
                 }
-                Some(v)
+                nonfinite_skipped += 1;
             } else {
-                None
-            };
+                opt.zero_grad();
+                let scaled = precision == Precision::Fp16;
+                if scaled {
+                    loss.f_mul_scalar(state.loss_scale)?.f_backward()?;
+                } else {
+                    loss.f_backward()?;
+                }
+                let finite = if scaled {
+                    opt.unscale_grads(state.loss_scale)?
+                } else {
+                    true
+                };
+                if finite {
+                    opt.step(lr)?;
+                    let mut scale = model.model().logit_scale().shallow_clone();
+                    clamp_logit_scale(&mut scale);
+                } else {
+                    state.loss_scale /= 2.0;
+                }
+                pairs_seen += batch.kept.len();
+                loss_sum = loss_sum.f_add(&loss.detach())?;
+                loss_count += 1;
+            }
+            state.global_step += 1;
             let info = StepInfo {
                 epoch,
                 step_in_epoch: i + 1,
@@ -617,8 +680,18 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
             val.as_ref(),
             skipped.len(),
         )?;
+        if !train_loss.is_finite() && loss_count > 0 {
+            // Steps between two reads on a GPU: caught here, before anything is saved.
+            return Err(Error::invalid(format!(
+                "the loss became non-finite during epoch {}; nothing of this epoch was saved, the \
+                 last completed epoch's checkpoint is in {}",
+                epoch + 1,
+                last_dir.display()
+            )));
+        }
         let record = EpochRecord {
             data_wait_seconds: data_wait,
+            nonfinite_skipped,
             ..record
         };
         state.history.push(record.clone());
@@ -714,6 +787,7 @@ fn epoch_record(
         seconds,
         pairs_per_second: pairs as f64 / seconds.max(1e-9),
         data_wait_seconds: 0.0,
+        nonfinite_skipped: 0,
         val_loss: val.map(|v| v.loss),
         val_i2t_r1: val.map(|v| v.i2t_r1),
         val_i2t_r5: val.map(|v| v.i2t_r5),
