@@ -60,6 +60,10 @@ pub enum Error {
     #[error("{0}")]
     Device(String),
 
+    /// The user asked to stop (Ctrl-C) during a long operation.
+    #[error("interrupted")]
+    Interrupted,
+
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

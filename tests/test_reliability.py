@@ -166,3 +166,20 @@ def test_memory_stays_flat_over_5000_predicts(nano_ckpt):
     assert proc.returncode == 0, err
     warm, end = map(float, out.split())
     assert end - warm < 20, (warm, end)
+
+
+def test_ctrl_c_stops_a_long_embedding_promptly(nano_ckpt):
+    code = f"""
+        import liteclip
+        model = liteclip.LiteClip.load({str(nano_ckpt)!r}, device="cpu")
+        print("ready", flush=True)
+        model.encode_image([{str(CAT)!r}] * 20000)
+    """
+    proc = python(code)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    start = time.time()
+    proc.wait(timeout=60)
+    assert time.time() - start < 10
+    assert "KeyboardInterrupt" in proc.stderr.read()

@@ -6,7 +6,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyDict, PyTuple, PyType};
@@ -146,8 +148,15 @@ pub fn to_py_err(py: Python<'_>, error: Error) -> PyErr {
         Error::InvalidArgument(_) => PyValueError::new_err(message),
         Error::InvalidType(_) => PyTypeError::new_err(message),
         Error::Device(_) => new_err(&t.device, py, message),
+        Error::Interrupted => PyKeyboardInterrupt::new_err(message),
         Error::Torch(_) => new_err(&t.base, py, message),
     }
+}
+
+/// Called between chunks of long work running without the GIL: runs Python's signal handlers
+/// and turns a pending Ctrl-C into [`Error::Interrupted`], so the work stops promptly.
+pub fn check_interrupt() -> crate::Result<()> {
+    Python::with_gil(|py| py.check_signals()).map_err(|_| Error::Interrupted)
 }
 
 /// Runs core work with the GIL released, turning errors into exceptions and panics into a

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::convert::{extract_images, extract_texts, to_numpy_2d, Images};
-use super::errors::{run_released, IntoPyResult};
+use super::errors::{check_interrupt, run_released, IntoPyResult};
 use crate::config::LiteClipConfig;
 use crate::device::{device_name, parse_device};
 use crate::error::Result;
@@ -31,17 +31,36 @@ impl std::ops::Deref for SharedModel {
     }
 }
 
+/// Long inputs are embedded in chunks, with a check for Ctrl-C between chunks.
+const IMAGES_PER_CHECK: usize = 64;
+const TEXTS_PER_CHECK: usize = 4096;
+
 fn embed_images(model: &LiteClip, images: Images) -> Result<tch::Tensor> {
     match images {
         Images::One(image) => model.encode_images(&[image]),
-        Images::Many(list) => model.encode_images(&list),
+        Images::Many(list) => {
+            let mut parts = Vec::new();
+            for chunk in list.chunks(IMAGES_PER_CHECK) {
+                check_interrupt()?;
+                parts.push(model.encode_images(chunk)?);
+            }
+            Ok(tch::Tensor::f_cat(&parts, 0)?)
+        }
         Images::Pixels { tensor, .. } => model.encode_pixels(&tensor),
     }
 }
 
 fn embed_texts(model: &LiteClip, texts: &[String]) -> Result<tch::Tensor> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    model.encode_texts(&refs)
+    if refs.len() <= TEXTS_PER_CHECK {
+        return model.encode_texts(&refs);
+    }
+    let mut parts = Vec::new();
+    for chunk in refs.chunks(TEXTS_PER_CHECK) {
+        check_interrupt()?;
+        parts.push(model.encode_texts(chunk)?);
+    }
+    Ok(tch::Tensor::f_cat(&parts, 0)?)
 }
 
 /// A numpy array, or with `as_tensor` a torch tensor over the same memory (no copy).
