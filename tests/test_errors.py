@@ -139,3 +139,49 @@ def test_bad_device_and_config():
     if not liteclip.cuda_is_available():
         with pytest.raises(liteclip.DeviceError, match="CUDA is not available"):
             liteclip.LiteClip("liteclip-nano", device="cuda")
+
+
+def test_odd_but_valid_labels_work(pipe):
+    labels = ["", "a cat", "ünïcödé 東京 🚀", "word " * 2000, "a cat"]
+    ranking = pipe.predict(str(CAT), labels, top_k=10)
+    assert len(ranking) == len(labels)
+    assert abs(sum(p for _, p in ranking) - 1) < 1e-5
+    many = [f"label {i}" for i in range(1000)]
+    assert len(pipe.predict(str(CAT), many, top_k=3)) == 3
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (30, 4000, 3), (4000, 30, 3), (7, 5)])
+def test_tiny_and_extreme_images_work(pipe, shape):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    assert len(pipe.predict(image, LABELS)) == 2
+
+
+def test_cli_bad_input_exit_codes(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "liteclip", *map(str, args)], capture_output=True, text=True
+        )
+
+    missing = tmp_path / "missing"
+    cases = [
+        (run("predict", CAT, "one label", "--checkpoint", missing), 1, "missing"),
+        (run("train", tmp_path, "--optimizer", "sgd"), 2, "invalid choice"),
+        (run("train", tmp_path, "--output", tmp_path / "o"), 1, "captions"),
+        (run("evaluate", missing), 1, "missing"),
+        (run("embed", missing, "--checkpoint", missing), 1, "missing"),
+        (run("predict", CAT, "a", "b", "--top-k", "x"), 2, "invalid int"),
+    ]
+    for result, code, text in cases:
+        assert result.returncode == code, result.stderr
+        assert text in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_panic_in_rust_becomes_a_liteclip_error():
+    from liteclip import _liteclip
+
+    with pytest.raises(liteclip.LiteClipError, match="internal error"):
+        _liteclip._panic_for_tests()

@@ -448,6 +448,8 @@ pub fn unpickle(data: &[u8]) -> std::result::Result<Value, String> {
 /// Reads a `torch.save` zip file: the unpickled root object and a way to materialise tensors.
 pub struct TorchFile {
     archive: zip::ZipArchive<Cursor<Vec<u8>>>,
+    /// Size of the whole file: no entry can hold more, whatever its header claims.
+    file_len: u64,
     prefix: String,
     pub root: Value,
     storages: HashMap<String, Tensor>,
@@ -456,6 +458,7 @@ pub struct TorchFile {
 impl TorchFile {
     pub fn open(path: &Path, bytes: Vec<u8>) -> Result<Self> {
         let bad = |m: String| Error::checkpoint(path, m);
+        let file_len = bytes.len() as u64;
         let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
             .map_err(|e| bad(format!("not a readable torch.save zip file: {e}")))?;
         let pkl_name = archive
@@ -468,7 +471,7 @@ impl TorchFile {
             let mut entry = archive
                 .by_name(name)
                 .map_err(|e| bad(format!("cannot read {name}: {e}")))?;
-            let mut buf = Vec::with_capacity(entry.size().min(1 << 30) as usize);
+            let mut buf = Vec::with_capacity(entry.size().min(file_len) as usize);
             entry
                 .read_to_end(&mut buf)
                 .map_err(|e| bad(format!("cannot read {name}: {e}")))?;
@@ -483,6 +486,7 @@ impl TorchFile {
         let root = unpickle(&pkl).map_err(|e| bad(format!("cannot unpickle data.pkl: {e}")))?;
         Ok(TorchFile {
             archive,
+            file_len,
             prefix,
             root,
             storages: HashMap::new(),
@@ -503,7 +507,7 @@ impl TorchFile {
                 .ok()
                 .and_then(|n| n.checked_mul(elem))
                 .ok_or_else(|| bad(format!("storage {name} has an invalid size")))?;
-            if entry.size() < want as u64 {
+            if entry.size() < want as u64 || want as u64 > self.file_len {
                 return Err(bad(format!(
                     "storage {name} holds {} bytes, {want} expected (truncated file?)",
                     entry.size()

@@ -107,6 +107,15 @@ fn cuda_is_available() -> bool {
     tch::Cuda::is_available()
 }
 
+/// Panics on purpose inside core work, so tests can check that the boundary turns a panic into
+/// a `LiteClipError` (never a `PanicException`).
+#[pyfunction]
+fn _panic_for_tests(py: Python<'_>) -> PyResult<()> {
+    run_released(py, || -> crate::Result<()> {
+        panic!("deliberate panic for the tests")
+    })
+}
+
 #[pymodule]
 #[pyo3(name = "_liteclip")]
 fn liteclip_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -118,6 +127,7 @@ fn liteclip_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_max_image_pixels, m)?)?;
     m.add_function(wrap_pyfunction!(set_max_image_pixels, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_is_available, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add("DEFAULT_MAX_IMAGE_PIXELS", img::DEFAULT_MAX_IMAGE_PIXELS)?;
     m.add_function(wrap_pyfunction!(training::train_model, m)?)?;
     m.add_function(wrap_pyfunction!(training::evaluate_model, m)?)?;
