@@ -72,9 +72,49 @@ struct Unpickler<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    /// Value nodes that copies (DUP, memo) may still create. Python's pickle shares objects;
+    /// we copy them, so a few hundred bytes of DUP/APPENDS would otherwise nest copies of
+    /// copies into gigabytes (found by fuzzing).
+    copy_budget: usize,
+}
+
+/// Node weight of a value (strings and bytes by length), counted only up to `limit`.
+fn weight(v: &Value, limit: usize) -> usize {
+    let mut total = 0usize;
+    let mut pending = vec![v];
+    while let Some(v) = pending.pop() {
+        total += 1 + match v {
+            Value::Str(s) | Value::Global(s, _) | Value::Opaque(s) => s.len() / 16,
+            Value::Bytes(b) => b.len() / 16,
+            Value::Tuple(items) | Value::List(items) => {
+                pending.extend(items.iter());
+                0
+            }
+            Value::Dict(items) => {
+                pending.extend(items.iter().flat_map(|(k, v)| [k, v]));
+                0
+            }
+            Value::Tensor(t) => t.size.len() + t.stride.len(),
+            _ => 0,
+        };
+        if total > limit {
+            break;
+        }
+    }
+    total
 }
 
 type PResult<T> = std::result::Result<T, String>;
+
+/// A copy of `v`, charged to `budget`.
+fn charged_copy(budget: &mut usize, v: &Value) -> PResult<Value> {
+    let w = weight(v, *budget);
+    if w > *budget {
+        return Err("pickle copies too much data (a self-replicating structure?)".into());
+    }
+    *budget -= w;
+    Ok(v.clone())
+}
 
 impl<'a> Unpickler<'a> {
     fn new(data: &'a [u8]) -> Self {
@@ -84,6 +124,7 @@ impl<'a> Unpickler<'a> {
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
+            copy_budget: (data.len() * 64).max(1 << 22),
         }
     }
 
@@ -151,11 +192,8 @@ impl<'a> Unpickler<'a> {
     }
 
     fn memo_put(&mut self, key: u32) -> PResult<()> {
-        let v = self
-            .stack
-            .last()
-            .ok_or("pickle memo of empty stack")?
-            .clone();
+        let top = self.stack.last().ok_or("pickle memo of empty stack")?;
+        let v = charged_copy(&mut self.copy_budget, top)?;
         self.memo.insert(key, v);
         Ok(())
     }
@@ -164,8 +202,8 @@ impl<'a> Unpickler<'a> {
         let v = self
             .memo
             .get(&key)
-            .cloned()
             .ok_or_else(|| format!("pickle memo key {key} missing"))?;
+        let v = charged_copy(&mut self.copy_budget, v)?;
         self.stack.push(v);
         Ok(())
     }
@@ -359,7 +397,11 @@ impl<'a> Unpickler<'a> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let v = self.top()?.clone();
+                    let top = self
+                        .stack
+                        .last()
+                        .ok_or_else(|| "pickle stack underflow".to_string())?;
+                    let v = charged_copy(&mut self.copy_budget, top)?;
                     self.stack.push(v);
                 }
                 other => {
@@ -527,6 +569,12 @@ impl TorchFile {
             && t.size.iter().all(|&s| s >= 0)
             && t.stride.iter().all(|&s| s >= 0)
             && {
+                // A saved tensor never holds more elements than its storage; a larger view
+                // (stride 0) would make `contiguous` allocate without bound.
+                let numel = t.size.iter().try_fold(1i64, |acc, &s| acc.checked_mul(s));
+                numel.is_some_and(|n| n <= t.storage.numel.max(0))
+            }
+            && {
                 let numel: i64 = t.size.iter().product();
                 let last = t
                     .size
@@ -590,5 +638,19 @@ mod tests {
         ] {
             assert!(unpickle(data).is_err());
         }
+    }
+
+    #[test]
+    fn self_replicating_pickles_are_refused_not_expanded() {
+        // EMPTY_LIST, then (DUP, APPEND) 60 times: each round nests a copy of the list in
+        // itself, 2^60 nodes in all if copies were free.
+        let mut data = b"]".to_vec();
+        data.extend(b"2a".repeat(60));
+        data.push(b'.');
+        let err = unpickle(&data).unwrap_err();
+        assert!(err.to_string().contains("copies too much"), "{err}");
+        // The fuzzer's out-of-memory input (DUP, MARK, APPENDS and dicts).
+        let found = include_bytes!("../../fuzz/regressions/checkpoint/oom-dup-appends.pkl");
+        assert!(unpickle(found).is_err());
     }
 }
