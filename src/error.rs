@@ -60,6 +60,10 @@ pub enum Error {
     #[error("{0}")]
     Device(String),
 
+    /// A data-parallel peer failed or could not be reached.
+    #[error("{0}")]
+    Distributed(String),
+
     /// The user asked to stop (Ctrl-C) during a long operation.
     #[error("interrupted")]
     Interrupted,

@@ -21,6 +21,52 @@ pub fn clip_loss(image_emb: &Tensor, text_emb: &Tensor, logit_scale: &Tensor) ->
     (ce(&per_image) + ce(&per_image.tr())) / 2.0
 }
 
+/// The part of the CLIP loss of a batch of `N` pairs spread over several processes that
+/// falls to `rows` of its rows: `(sum of the image->text cross-entropies of those rows + sum of
+/// their text->image ones) / 2N`, so that the shares of disjoint rows covering the batch sum to
+/// [`clip_loss`]. `real` (`[N]`, 0 or 1) marks padding rows, which take part in nothing: their
+/// logits are masked out as columns, their cross-entropies weigh zero, and `N` counts only real
+/// pairs. The embeddings are the gathered `[N, D]` L2-normalised float matrices.
+pub fn clip_loss_share(
+    image_emb: &Tensor,
+    text_emb: &Tensor,
+    real: &Tensor,
+    logit_scale: &Tensor,
+    first_row: i64,
+    rows: i64,
+) -> tch::Result<Tensor> {
+    let padding = real.f_eq(0.0)?;
+    // Zeroed, not just masked: a padding row's NaN would otherwise reach the real rows'
+    // gradients through the matrix product (0 * NaN).
+    let image_emb = image_emb.f_masked_fill(&padding.f_unsqueeze(1)?, 0.0)?;
+    let text_emb = text_emb.f_masked_fill(&padding.f_unsqueeze(1)?, 0.0)?;
+    let scale = logit_scale.f_exp()?.f_to_kind(Kind::Float)?;
+    let targets = Tensor::f_arange_start(
+        first_row,
+        first_row + rows,
+        (Kind::Int64, image_emb.device()),
+    )?;
+    let weights = real.f_narrow(0, first_row, rows)?.f_to_kind(Kind::Float)?;
+    let column_padding = padding.f_unsqueeze(0)?;
+    // Rows of one modality against every column of the other; padding columns get a logit
+    // that no softmax sees (finite, so padding rows stay finite and weigh exactly zero).
+    let summed_ce = |rows_of: &Tensor, columns_of: &Tensor| -> tch::Result<Tensor> {
+        let logits = rows_of
+            .f_narrow(0, first_row, rows)?
+            .f_matmul(&columns_of.f_tr()?)?
+            .f_mul(&scale)?
+            .f_masked_fill(&column_padding, -1e9)?;
+        logits
+            .f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, -100, 0.0)?
+            .f_mul(&weights)?
+            .f_sum(Kind::Float)
+    };
+    let pairs = real.f_sum(Kind::Float)?.f_clamp_min(1.0)?;
+    summed_ce(&image_emb, &text_emb)?
+        .f_add(&summed_ce(&text_emb, &image_emb)?)?
+        .f_div(&pairs.f_mul_scalar(2.0)?)
+}
+
 /// Keeps `exp(logit_scale)` in `[1, MAX_LOGIT_SCALE]` (the CLIP paper clamps it at 100).
 pub fn clamp_logit_scale(logit_scale: &mut Tensor) {
     tch::no_grad(|| {

@@ -37,6 +37,9 @@ class ConfigError(LiteClipError, ValueError):
 class DeviceError(LiteClipError, RuntimeError):
     """A device was asked for that this machine does not have."""
 
+class DistributedError(LiteClipError, RuntimeError):
+    """A data-parallel training rank died, stopped answering, or was set up wrongly."""
+
 class LiteClip:
     """A liteclip model on a device (see the module docs)."""
 
@@ -146,6 +149,8 @@ def train_model(
     prefetch: int = 4,
     max_steps_per_epoch: int | None = None,
     skip_nonfinite: bool = False,
+    collectives: Any = None,
+    local_loss: bool = False,
 ) -> dict[str, Any]: ...
 def evaluate_model(
     checkpoint: str | os.PathLike[str],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -59,8 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         "OUTPUT/metrics.jsonl.",
     )
     train.add_argument(
-        "data", help="Flickr8k-layout folder (Images/ + captions.txt) or a CSV of image,caption"
+        "data",
+        nargs="?",
+        help="Flickr8k-layout folder (Images/ + captions.txt) or a CSV of image,caption",
     )
+    train.add_argument("--data", dest="data_option", metavar="DATA", help="the same as DATA")
     train.add_argument(
         "--output", default="runs/liteclip", help="run folder (default: %(default)s)"
     )
@@ -68,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         "--model", default="liteclip", help='"liteclip", "liteclip-nano" or a config JSON path'
     )
     train.add_argument("--epochs", type=int, default=5)
-    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument(
+        "--batch-size", type=int, default=64, help="pairs per step (per process under torchrun)"
+    )
     train.add_argument("--lr", type=float, default=2e-4)
     train.add_argument("--optimizer", default="adam", choices=["adam", "adamw"])
     train.add_argument("--weight-decay", type=float, default=0.0)
@@ -104,6 +110,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--augment", action="store_true", help="random resized crops")
     train.add_argument("--max-steps-per-epoch", type=int, default=None)
+    train.add_argument(
+        "--distributed",
+        default="auto",
+        choices=["auto", "yes", "no"],
+        help="data-parallel over torch.distributed (auto: when torchrun started several processes)",
+    )
+    train.add_argument(
+        "--local-loss",
+        action="store_true",
+        help="distributed: each rank computes its own rows of the loss (same gradient, less work)",
+    )
     _add_columns(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -227,8 +244,12 @@ def _train(args: argparse.Namespace) -> int:
         augment=args.augment,
         max_steps_per_epoch=args.max_steps_per_epoch,
         progress=not (args.no_progress or args.json),
+        distributed={"auto": "auto", "yes": True, "no": False}[args.distributed],
+        local_loss=args.local_loss,
         **columns,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return EXIT_OK  # under torchrun, rank 0 reports for all
     if args.json:
         print(json.dumps(asdict(result)))
     else:
@@ -373,7 +394,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        if (args.data is None) == (args.data_option is None):
+            parser.error("train needs the data set once: DATA or --data DATA")
+        args.data = args.data or args.data_option
     commands = {
         "predict": _predict,
         "train": _train,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from . import _liteclip
+from .distributed import ProcessGroup, rank_device, requested
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -133,6 +134,9 @@ def train(
     prefetch: int = 4,
     max_steps_per_epoch: int | None = None,
     skip_nonfinite: bool = False,
+    distributed: bool | str = "auto",
+    local_loss: bool = False,
+    distributed_timeout: float = 600.0,
 ) -> TrainResult:
     """Trains a liteclip model contrastively on captioned images.
 
@@ -173,12 +177,37 @@ def train(
         skip_nonfinite: a batch whose loss is NaN or infinite is skipped and counted (in the
             history's ``nonfinite_skipped``) instead of stopping the run with an error. Either
             way no non-finite update reaches the weights that are saved.
+        distributed: data-parallel training over ``torch.distributed`` in a process that
+            torchrun started (``torchrun --nproc_per_node=N -m liteclip train ...``, or several
+            machines with torchrun's ``--nnodes``/``--node_rank``/``--master_addr``). ``"auto"``
+            (the default) turns it on when ``WORLD_SIZE > 1``. ``batch_size`` is then *per
+            process*: each step trains on one global contrastive batch of
+            ``WORLD_SIZE * batch_size`` pairs (embeddings are all-gathered and the gradient flows
+            back to every rank, as one process with the whole batch would compute), and each
+            epoch's global batches are those of one process with that batch size. Each process
+            uses ``cuda:LOCAL_RANK`` on a GPU machine (NCCL) or the CPU (gloo). Rank 0 alone
+            validates (over the whole validation set, in batches of the global size), prints and
+            writes ``output``; every rank returns the same history. All ranks must see ``data``
+            and, to resume, ``output`` at the same path.
+        local_loss: with ``distributed``, each rank computes only its own rows of the
+            similarity matrix against all columns (open_clip's ``--local-loss``): the same
+            gradient for a ``WORLD_SIZE`` times smaller loss computation.
+        distributed_timeout: seconds a collective may wait before failing, when liteclip joins
+            the process group itself. A rank that dies is named in the others' error
+            (``DistributedError``) within ``LITECLIP_HEARTBEAT_TIMEOUT`` seconds (30 by default).
 
     Returns:
         A :class:`TrainResult`. Images that cannot be decoded are skipped and counted, not
         fatal. Ctrl-C stops at the next step; the last completed epoch's checkpoint stays.
     """
+    group = None
+    if requested(distributed):
+        device = rank_device(device)
+        group = ProcessGroup(device, distributed_timeout)
+        # One progress display per run, not one per process.
+        progress = progress and group.rank == 0
     reporter = _Progress(progress)
+    succeeded = False
     try:
         raw = _liteclip.train_model(
             data,
@@ -208,9 +237,14 @@ def train(
             prefetch=prefetch,
             max_steps_per_epoch=max_steps_per_epoch,
             skip_nonfinite=skip_nonfinite,
+            collectives=group,
+            local_loss=local_loss,
         )
+        succeeded = True
     finally:
         reporter.close()
+        if group is not None:
+            group.close(succeeded)
     raw["skipped_images"] = [tuple(x) for x in raw["skipped_images"]]
     return TrainResult(**raw)
 

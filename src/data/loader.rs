@@ -70,6 +70,26 @@ pub struct Loader {
 impl Loader {
     /// Starts preparing `batches` (indices into `dataset`) in the background.
     pub fn start(dataset: Arc<Dataset>, batches: Vec<Vec<Sample>>, config: LoaderConfig) -> Self {
+        let mut position = 0u64;
+        let positioned = batches
+            .into_iter()
+            .map(|batch| {
+                let first = position;
+                position += batch.len() as u64;
+                (first, batch)
+            })
+            .collect();
+        Self::start_at(dataset, positioned, config)
+    }
+
+    /// Like [`Loader::start`], each batch with the epoch position of its first sample given
+    /// (augmentation draws are keyed by position): a data-parallel rank loads slices of the
+    /// epoch's global batches.
+    pub fn start_at(
+        dataset: Arc<Dataset>,
+        batches: Vec<(u64, Vec<Sample>)>,
+        config: LoaderConfig,
+    ) -> Self {
         let (tx, rx) = sync_channel(config.prefetch.max(1));
         let expected = batches.len();
         let stop = Arc::new(AtomicBool::new(false));
@@ -77,13 +97,10 @@ impl Loader {
         let worker = std::thread::Builder::new()
             .name("liteclip-loader".into())
             .spawn(move || {
-                let mut position = 0u64;
-                for (index, batch) in batches.into_iter().enumerate() {
+                for (index, (first, batch)) in batches.into_iter().enumerate() {
                     if stop_flag.load(Ordering::Relaxed) {
                         break;
                     }
-                    let first = position;
-                    position += batch.len() as u64;
                     let prepared = prepare(&dataset, index, batch, first, &config);
                     if tx.send(prepared).is_err() {
                         break; // the consumer is gone

@@ -21,6 +21,7 @@ struct ExceptionTypes {
     checkpoint: Py<PyType>,
     config: Py<PyType>,
     device: Py<PyType>,
+    distributed: Py<PyType>,
 }
 
 static TYPES: GILOnceCell<ExceptionTypes> = GILOnceCell::new();
@@ -84,6 +85,11 @@ fn types(py: Python<'_>) -> PyResult<&ExceptionTypes> {
                 &runtime_error,
                 "A device was asked for that this machine does not have.",
             )?,
+            distributed: sub(
+                "DistributedError",
+                &runtime_error,
+                "A data-parallel training rank died, stopped answering, or was set up wrongly.",
+            )?,
             base,
         })
     })
@@ -92,7 +98,14 @@ fn types(py: Python<'_>) -> PyResult<&ExceptionTypes> {
 /// Adds the exception classes to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let t = types(m.py())?;
-    for cls in [&t.base, &t.image, &t.checkpoint, &t.config, &t.device] {
+    for cls in [
+        &t.base,
+        &t.image,
+        &t.checkpoint,
+        &t.config,
+        &t.device,
+        &t.distributed,
+    ] {
         let cls = cls.bind(m.py());
         m.add(cls.name()?, cls)?;
     }
@@ -148,6 +161,7 @@ pub fn to_py_err(py: Python<'_>, error: Error) -> PyErr {
         Error::InvalidArgument(_) => PyValueError::new_err(message),
         Error::InvalidType(_) => PyTypeError::new_err(message),
         Error::Device(_) => new_err(&t.device, py, message),
+        Error::Distributed(_) => new_err(&t.distributed, py, message),
         Error::Interrupted => PyKeyboardInterrupt::new_err(message),
         Error::Torch(_) => new_err(&t.base, py, message),
     }

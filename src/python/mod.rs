@@ -2,6 +2,7 @@
 //! convert results and errors back. No model logic lives here.
 
 mod convert;
+mod distributed;
 mod errors;
 mod model;
 mod pipeline;

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use serde::Serialize;
 
+use super::distributed::PyCollectives;
 use super::errors::{run_released, IntoPyResult};
 use crate::data::synthetic::{self, Layout};
 use crate::data::CsvOptions;
@@ -138,7 +139,8 @@ fn csv_options(
     val_fraction = 0.2, seed = 0, device = "auto", precision = "auto", init = None,
     image_weights = None, text_weights = None, early_stopping_patience = Some(2),
     augment = false, resume = None, image_column = "image", caption_column = "caption",
-    images_dir = None, prefetch = 4, max_steps_per_epoch = None, skip_nonfinite = false
+    images_dir = None, prefetch = 4, max_steps_per_epoch = None, skip_nonfinite = false,
+    collectives = None, local_loss = false
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn train_model<'py>(
@@ -170,6 +172,8 @@ pub fn train_model<'py>(
     prefetch: usize,
     max_steps_per_epoch: Option<usize>,
     skip_nonfinite: bool,
+    collectives: Option<PyObject>,
+    local_loss: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let resume = match resume {
         None => Resume::No,
@@ -214,16 +218,31 @@ pub fn train_model<'py>(
         prefetch,
         max_steps_per_epoch,
         skip_nonfinite,
+        local_loss,
     };
+    let collectives = collectives
+        .map(|group| PyCollectives::new(py, group))
+        .transpose()?;
     let mut observer = PyObserver {
         target: observer,
         error: None,
     };
     let (result, callback_error) = {
         let observer_ref = &mut observer;
-        let result = run_released(py, move || train::train(&options, observer_ref));
+        let comm = collectives.as_ref();
+        let result = run_released(py, move || match comm {
+            Some(comm) => train::train_distributed(&options, observer_ref, comm),
+            None => train::train(&options, observer_ref),
+        });
         (result, observer.error.take())
     };
+    // A failed collective's own exception (it names the lost rank) wins over the core's
+    // summary of it.
+    if let Some(error) = collectives.as_ref().and_then(PyCollectives::take_error) {
+        if result.is_err() {
+            return Err(error);
+        }
+    }
     if let Some(error) = callback_error {
         return Err(error);
     }

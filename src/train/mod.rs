@@ -14,6 +14,7 @@
 //! (Dropout draws from libtorch's generator, which is per process and reseeded every step: two
 //! runs training at the same time in one process are not repeatable.)
 
+pub mod distributed;
 pub mod optim;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ use crate::liteclip::{to_device_async, token_tensors, LiteClip};
 use crate::loss::{clamp_logit_scale, clip_loss};
 use crate::model::{l2_normalize, Precision};
 use crate::rng::Rng;
+use distributed::{backward_global_batch, shard_batches, Collectives, LossForm};
 use optim::{AdamConfig, FlatAdam, OptimizerKind, Schedule};
 
 /// Where training resumes from.
@@ -83,6 +85,9 @@ pub struct TrainOptions {
     pub max_steps_per_epoch: Option<usize>,
     /// Skip (and count) batches whose loss is NaN or infinite instead of stopping.
     pub skip_nonfinite: bool,
+    /// Data-parallel runs: each rank computes only its own rows of the global loss (open_clip's
+    /// `--local-loss`); the gradient is the same.
+    pub local_loss: bool,
 }
 
 impl Default for TrainOptions {
@@ -112,6 +117,7 @@ impl Default for TrainOptions {
             prefetch: 4,
             max_steps_per_epoch: None,
             skip_nonfinite: false,
+            local_loss: false,
         }
     }
 }
@@ -225,9 +231,19 @@ fn precision_for(name: &str, device: Device) -> Result<Precision> {
     }
 }
 
-/// The seed of the dropout masks of a step: a function of the run's seed and the step only.
-fn step_seed(seed: u64, step: i64) -> i64 {
+/// The seed of the dropout masks of a step: a function of the run's seed, the step and the
+/// data-parallel rank only (rank 0 draws as a single process does).
+fn step_seed(seed: u64, step: i64, rank: usize) -> i64 {
+    let seed = seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (Rng::derive(seed, 0x4452_4f50, step as u64).next_u64() >> 1) as i64
+}
+
+/// What rank 0 tells the other ranks after an epoch (it alone validates and saves).
+#[derive(Serialize, Deserialize)]
+struct EpochOutcome {
+    state: TrainState,
+    best_saved: bool,
+    stop: bool,
 }
 
 fn validate(options: &TrainOptions) -> Result<()> {
@@ -360,7 +376,30 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 
 /// Trains a model as `options` say, reporting to `observer`.
 pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<TrainResult> {
+    run(options, observer, None)
+}
+
+/// Trains as one rank of a data-parallel group: `options.batch_size` pairs per rank, one
+/// global contrastive batch of `world_size * batch_size` (see [`distributed`]). Every rank
+/// must call this with the same options; rank 0 alone validates and writes the output folder.
+pub fn train_distributed(
+    options: &TrainOptions,
+    observer: &mut dyn Observer,
+    comm: &dyn Collectives,
+) -> Result<TrainResult> {
+    run(options, observer, Some(comm))
+}
+
+fn run(
+    options: &TrainOptions,
+    observer: &mut dyn Observer,
+    comm: Option<&dyn Collectives>,
+) -> Result<TrainResult> {
     validate(options)?;
+    let (rank, world) = comm.map_or((0, 1), |c| (c.rank(), c.world_size()));
+    let main = rank == 0;
+    // The batches of one process with the global batch size, sliced by rank below.
+    let global_batch = options.batch_size * world;
     let device = parse_device(&options.device)?;
     let precision = precision_for(&options.precision, device)?;
     let channels_last = device.is_cuda();
@@ -389,7 +428,9 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         ));
     }
 
-    check_output_folder(&options.output)?;
+    if main {
+        check_output_folder(&options.output)?;
+    }
     let last_dir = options.output.join("last");
     let best_dir = options.output.join("best");
     let resume_from = match &options.resume {
@@ -438,7 +479,9 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         }
     }
     model.set_precision(precision);
-    check_free_space(&options.output, model.num_parameters())?;
+    if main {
+        check_free_space(&options.output, model.num_parameters())?;
+    }
 
     let mut opt = FlatAdam::new(
         model.varstore(),
@@ -500,11 +543,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         ImageTransform::Center
     };
     let steps_per_epoch = {
-        let n = make_batches(
-            epoch_samples(&train_set, options.seed, 0),
-            options.batch_size,
-        )
-        .len();
+        let n = make_batches(epoch_samples(&train_set, options.seed, 0), global_batch).len();
         options.max_steps_per_epoch.map_or(n, |m| n.min(m))
     };
     let total_steps = (steps_per_epoch * options.epochs) as i64;
@@ -516,6 +555,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
     let mut best_checkpoint = existing_checkpoint(&best_dir);
     let read_every = if device.is_cuda() { 10 } else { 1 };
     let normalizer = Normalizer::new(device)?;
+    let loss_form = LossForm::from_local_loss(options.local_loss);
 
     for epoch in state.epochs_completed..options.epochs {
         if options
@@ -527,15 +567,17 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         }
         let mut batches = make_batches(
             epoch_samples(&train_set, options.seed, epoch as u64),
-            options.batch_size,
+            global_batch,
         );
         batches.truncate(steps_per_epoch);
         let steps = batches.len();
+        let global_sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        let batches = shard_batches(batches, rank, world);
         if observer.epoch_start(epoch, options.epochs, steps) == Flow::Stop {
             interrupted = true;
             break;
         }
-        let loader = Loader::start(
+        let loader = Loader::start_at(
             train_set.clone(),
             batches,
             LoaderConfig {
@@ -549,6 +591,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         );
         let started = Instant::now();
         let mut pairs_seen = 0usize;
+        let mut global_pairs_sum = Tensor::f_zeros([], (Kind::Float, device))?;
         let mut loss_sum = Tensor::f_zeros([], (Kind::Float, device))?;
         let mut loss_count = 0usize;
         let mut lr = options.lr;
@@ -567,7 +610,8 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
                     skipped.push((path, why));
                 }
             }
-            if batch.kept.len() < 2 {
+            let kept = batch.kept.len();
+            if comm.is_none() && kept < 2 {
                 continue; // nothing to contrast
             }
             lr = options.schedule.lr(
@@ -576,26 +620,67 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
                 options.warmup_steps,
                 total_steps,
             );
-            tch::manual_seed(step_seed(options.seed, state.global_step));
-            let indices: Vec<usize> = batch
+            tch::manual_seed(step_seed(options.seed, state.global_step, rank));
+            // Data-parallel ranks pad their slice to `batch_size` rows, as the collectives need
+            // the same shape on every rank; padding rows are masked out of the loss.
+            let rows = if comm.is_some() {
+                options.batch_size
+            } else {
+                kept
+            };
+            let mut indices: Vec<usize> = batch
                 .kept
                 .iter()
                 .map(|s| offsets[s.entry as usize] + s.caption as usize)
                 .collect();
+            indices.resize(rows, 0);
             let (ids, mask) = token_tensors(&captions.batch(&indices), device)?;
-            let pixels =
+            let mut pixels =
                 normalizer.apply(&to_device_async(&batch.pixels, device, batch.pinned)?)?;
+            if rows > kept {
+                let mut shape = pixels.size();
+                shape[0] = (rows - kept) as i64;
+                let padding = Tensor::f_zeros(&shape, (pixels.kind(), pixels.device()))?;
+                pixels = Tensor::f_cat(&[pixels.shallow_clone(), padding], 0)?;
+            }
+            let scaled = precision == Precision::Fp16;
+            let loss_scale = if scaled { state.loss_scale } else { 1.0 };
 
-            let loss = {
+            opt.zero_grad();
+            let (loss, global_pairs) = {
                 let _precision = precision.enter(channels_last);
                 let m = model.model();
                 let img = l2_normalize(&m.image_features(&pixels, true));
                 let txt = l2_normalize(&m.text_features(&ids, &mask, true));
-                clip_loss(&img, &txt, m.logit_scale())
+                match comm {
+                    None => (clip_loss(&img, &txt, m.logit_scale()), None),
+                    // Forward and backward of the global batch in one go: the loss is only
+                    // known after the ranks have exchanged embeddings.
+                    Some(comm) => {
+                        let real = Tensor::f_cat(
+                            &[
+                                Tensor::f_ones([kept as i64], (Kind::Float, device))?,
+                                Tensor::f_zeros([(rows - kept) as i64], (Kind::Float, device))?,
+                            ],
+                            0,
+                        )?;
+                        let step = backward_global_batch(
+                            &img,
+                            &txt,
+                            &real,
+                            m.logit_scale(),
+                            loss_form,
+                            loss_scale,
+                            comm,
+                        )?;
+                        (step.loss, Some(step.pairs))
+                    }
+                }
             };
             // The loss is read back every step on the CPU (free) and every `read_every` steps
             // on a GPU (a read waits for the GPU), or every step when non-finite losses are to
-            // be skipped. A non-finite loss seen before the update never reaches the weights.
+            // be skipped. A non-finite loss seen before the update never reaches the weights
+            // (data-parallel ranks all see the same global loss, so they all stop or skip).
             let read_now = (i + 1) % read_every == 0 || i + 1 == steps || options.skip_nonfinite;
             let loss_value = if read_now {
                 Some(loss.f_double_value(&[])?)
@@ -616,12 +701,11 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
                 }
                 nonfinite_skipped += 1;
             } else {
-                opt.zero_grad();
-                let scaled = precision == Precision::Fp16;
-                if scaled {
-                    loss.f_mul_scalar(state.loss_scale)?.f_backward()?;
-                } else {
-                    loss.f_backward()?;
+                match comm {
+                    None if scaled => loss.f_mul_scalar(loss_scale)?.f_backward()?,
+                    None => loss.f_backward()?,
+                    // One collective call for every parameter's gradient.
+                    Some(comm) => comm.all_reduce_sum(&opt.gradients()?)?,
                 }
                 let finite = if scaled {
                     opt.unscale_grads(state.loss_scale)?
@@ -635,7 +719,10 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
                 } else {
                     state.loss_scale /= 2.0;
                 }
-                pairs_seen += batch.kept.len();
+                match &global_pairs {
+                    Some(p) => global_pairs_sum = global_pairs_sum.f_add(p)?,
+                    None => pairs_seen += kept,
+                }
                 loss_sum = loss_sum.f_add(&loss.detach())?;
                 loss_count += 1;
             }
@@ -647,8 +734,15 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
                 global_step: state.global_step,
                 loss: loss_value,
                 lr,
-                pairs: batch.kept.len(),
-                pairs_per_second: pairs_seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                // Per-step figures count the global batch (padding aside, read only per epoch).
+                pairs: if comm.is_some() {
+                    global_sizes[i]
+                } else {
+                    kept
+                },
+                pairs_per_second: (pairs_seen + comm.map_or(0, |_| global_sizes[..=i].iter().sum()))
+                    as f64
+                    / started.elapsed().as_secs_f64().max(1e-9),
             };
             if observer.step(&info) == Flow::Stop {
                 interrupted = true;
@@ -664,22 +758,9 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         } else {
             f64::NAN
         };
-        let val = if val_set.entries.is_empty() {
-            None
-        } else {
-            Some(retrieval(&model, &val_set, options.batch_size)?)
-        };
-        let record = epoch_record(
-            epoch,
-            &state,
-            train_loss,
-            lr,
-            &model,
-            seconds,
-            pairs_seen,
-            val.as_ref(),
-            skipped.len(),
-        )?;
+        if comm.is_some() {
+            pairs_seen = global_pairs_sum.f_double_value(&[])?.round() as usize;
+        }
         if !train_loss.is_finite() && loss_count > 0 {
             // Steps between two reads on a GPU: caught here, before anything is saved.
             return Err(Error::invalid(format!(
@@ -689,54 +770,87 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
                 last_dir.display()
             )));
         }
-        let record = EpochRecord {
-            data_wait_seconds: data_wait,
-            nonfinite_skipped,
-            ..record
-        };
-        state.history.push(record.clone());
-        state.epochs_completed = epoch + 1;
-        let improved = match (&val, state.best_val_loss) {
-            (Some(v), Some(best)) => v.loss < best,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if let Some(v) = &val {
-            if improved {
-                state.best_val_loss = Some(v.loss);
-                state.bad_epochs = 0;
-                save_folder(&best_dir, |dir| {
-                    model.save(dir)?;
-                    write_json(&dir.join(DATA_INFO_FILE), &data_info)
-                })?;
-                best_checkpoint = Some(best_dir.clone());
+        // Rank 0 validates (over the whole validation set, once), saves and decides; the other
+        // ranks wait for its outcome, so that every rank goes on with the same state.
+        let outcome = if main {
+            let val = if val_set.entries.is_empty() {
+                None
             } else {
-                state.bad_epochs += 1;
+                // In batches of the global batch size: the validation loss's negatives are
+                // those of a training batch, so runs with the same global batch compare.
+                Some(retrieval(&model, &val_set, global_batch)?)
+            };
+            let record = EpochRecord {
+                data_wait_seconds: data_wait,
+                nonfinite_skipped,
+                ..epoch_record(
+                    epoch,
+                    &state,
+                    train_loss,
+                    lr,
+                    &model,
+                    seconds,
+                    pairs_seen,
+                    val.as_ref(),
+                    skipped.len(),
+                )?
+            };
+            state.history.push(record.clone());
+            state.epochs_completed = epoch + 1;
+            let improved = match (&val, state.best_val_loss) {
+                (Some(v), Some(best)) => v.loss < best,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if let Some(v) = &val {
+                if improved {
+                    state.best_val_loss = Some(v.loss);
+                    state.bad_epochs = 0;
+                    save_folder(&best_dir, |dir| {
+                        model.save(dir)?;
+                        write_json(&dir.join(DATA_INFO_FILE), &data_info)
+                    })?;
+                } else {
+                    state.bad_epochs += 1;
+                }
             }
+            save_last(&last_dir, &model, &opt, &state, &data_info)?;
+            write_metrics(&options.output, &state.history)?;
+            let stop = observer.epoch_end(&record) == Flow::Stop;
+            Some(EpochOutcome {
+                state: state.clone(),
+                best_saved: improved,
+                stop,
+            })
+        } else {
+            None
+        };
+        let outcome = match comm {
+            Some(comm) => {
+                let text = match &outcome {
+                    Some(o) => Some(serde_json::to_string(o).map_err(|e| {
+                        Error::invalid(format!("cannot serialise the epoch's outcome: {e}"))
+                    })?),
+                    None => None,
+                };
+                let text = comm.broadcast_from_main(text)?;
+                let received: EpochOutcome = serde_json::from_str(&text).map_err(|e| {
+                    Error::invalid(format!("rank 0 sent an unreadable epoch outcome: {e}"))
+                })?;
+                if !main {
+                    state = received.state.clone();
+                    if let Some(record) = state.history.last() {
+                        let _ = observer.epoch_end(record);
+                    }
+                }
+                received
+            }
+            None => outcome.ok_or_else(|| Error::invalid("no epoch outcome"))?,
+        };
+        if outcome.best_saved {
+            best_checkpoint = Some(best_dir.clone());
         }
-        save_folder(&last_dir, |dir| {
-            model.save(dir)?;
-            write_json(&dir.join(DATA_INFO_FILE), &data_info)?;
-            let opt_state = opt.state();
-            write_atomically(&dir.join(OPTIMIZER_FILE), |tmp| {
-                let cpu: Vec<(String, Tensor)> = opt_state
-                    .iter()
-                    .map(|(k, t)| Ok((k.clone(), t.f_to_device(Device::Cpu)?)))
-                    .collect::<Result<_>>()?;
-                Tensor::write_safetensors(&cpu, tmp).map_err(Error::from)
-            })?;
-            write_json(&dir.join(STATE_FILE), &state)
-        })?;
-        let lines: Vec<String> = state
-            .history
-            .iter()
-            .map(|r| serde_json::to_string(r).unwrap_or_default())
-            .collect();
-        let metrics_path = options.output.join(METRICS_FILE);
-        write_atomically(&metrics_path, |tmp| {
-            std::fs::write(tmp, lines.join("\n") + "\n").map_err(|e| Error::io(tmp, e))
-        })?;
-        if observer.epoch_end(&record) == Flow::Stop {
+        if outcome.stop {
             interrupted = true;
             break;
         }
@@ -763,6 +877,41 @@ pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
         val_images: val_set.num_images(),
         device: crate::device::device_name(device),
         precision: precision.name().into(),
+    })
+}
+
+/// Saves `last/`: the model, the optimizer's state and the training state, as one unit.
+fn save_last(
+    last_dir: &Path,
+    model: &LiteClip,
+    opt: &FlatAdam,
+    state: &TrainState,
+    data_info: &DataInfo,
+) -> Result<()> {
+    save_folder(last_dir, |dir| {
+        model.save(dir)?;
+        write_json(&dir.join(DATA_INFO_FILE), data_info)?;
+        let opt_state = opt.state();
+        write_atomically(&dir.join(OPTIMIZER_FILE), |tmp| {
+            let cpu: Vec<(String, Tensor)> = opt_state
+                .iter()
+                .map(|(k, t)| Ok((k.clone(), t.f_to_device(Device::Cpu)?)))
+                .collect::<Result<_>>()?;
+            Tensor::write_safetensors(&cpu, tmp).map_err(Error::from)
+        })?;
+        write_json(&dir.join(STATE_FILE), state)
+    })
+}
+
+/// Rewrites `metrics.jsonl` (one line per epoch) atomically.
+fn write_metrics(output: &Path, history: &[EpochRecord]) -> Result<()> {
+    let lines: Vec<String> = history
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap_or_default())
+        .collect();
+    let path = output.join(METRICS_FILE);
+    write_atomically(&path, |tmp| {
+        std::fs::write(tmp, lines.join("\n") + "\n").map_err(|e| Error::io(tmp, e))
     })
 }
 
@@ -886,6 +1035,74 @@ mod tests {
             let result = train(&opts, &mut Silent).unwrap();
             assert_eq!(result.precision, precision);
             assert!(result.history[0].train_loss.is_finite(), "{precision}");
+        }
+    }
+
+    /// The global-batch property: ranks with batch B end with the weights of one process with
+    /// batch 2B on the same data order (dropout off: its masks cannot match across layouts).
+    #[test]
+    fn two_ranks_with_batch_b_train_like_one_process_with_batch_2b() {
+        let _rng = crate::torch_rng_lock();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("shapes");
+        generate(&data, 48, 0, 40, Layout::Captions).unwrap();
+        let start = tmp.path().join("start");
+        let mut config = LiteClipConfig::nano();
+        config.head_dropout = 0.0;
+        config.text.hidden_dropout = 0.0;
+        config.text.attention_dropout = 0.0;
+        LiteClip::new(config, Device::Cpu)
+            .unwrap()
+            .save(&start)
+            .unwrap();
+        let base = |out: &Path, batch_size: usize| TrainOptions {
+            batch_size,
+            init: Some(start.clone()),
+            augment: true,
+            weight_decay: 0.05,
+            ..options(&data, out)
+        };
+        let single = tmp.path().join("single");
+        let single_history = train(&base(&single, 16), &mut Silent).unwrap().history;
+        let expected = weights(&single.join("last"));
+        for local_loss in [false, true] {
+            let out = tmp.path().join(format!("ranks-local-{local_loss}"));
+            let opts = TrainOptions {
+                local_loss,
+                ..base(&out, 8)
+            };
+            let results: Vec<TrainResult> = std::thread::scope(|s| {
+                let handles: Vec<_> = distributed::tests::ThreadGroup::new(2)
+                    .into_iter()
+                    .map(|group| {
+                        let opts = &opts;
+                        s.spawn(move || train_distributed(opts, &mut Silent, &group).unwrap())
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            // Every rank ends with the same history (rank 0's validation included).
+            assert_eq!(results[0].history.len(), 2);
+            assert_eq!(results[0].history, results[1].history);
+            for (a, b) in results[0].history.iter().zip(&single_history) {
+                let (ta, tb) = (a.train_loss, b.train_loss);
+                assert!((ta - tb).abs() < 1e-5 * tb, "train loss {ta} vs {tb}");
+                let (va, vb) = (a.val_loss.unwrap(), b.val_loss.unwrap());
+                assert!((va - vb).abs() < 1e-5 * vb, "validation loss {va} vs {vb}");
+            }
+            // fp32 tolerance after 8 Adam steps of 1e-3: Adam turns the rounding noise of
+            // gradients that are zero in exact arithmetic (attention key biases) into steps of
+            // up to lr, so weights agree to 1e-4 while a wrong gradient moves them by ~1e-3.
+            // Weight decay (L2, added to the gradient) makes a wrongly scaled gradient show.
+            let got = weights(&out.join("last"));
+            assert_eq!(got.len(), expected.len());
+            for ((k, a), (_, b)) in got.iter().zip(&expected) {
+                let diff = (a - b).abs().max().double_value(&[]);
+                assert!(
+                    diff < 1e-4,
+                    "{k} differs by {diff} (local_loss {local_loss})"
+                );
+            }
         }
     }
 

@@ -145,6 +145,15 @@ impl FlatAdam {
         Ok(())
     }
 
+    /// The flat buffer holding every parameter's gradient (bound on first use), for summing
+    /// over data-parallel ranks in one collective call. Call after a backward pass.
+    pub fn gradients(&mut self) -> Result<Tensor> {
+        if !self.grads_bound {
+            self.bind_grads()?;
+        }
+        Ok(self.grad.shallow_clone())
+    }
+
     /// Divides the gradients by a loss scale (fp16 training) and tells whether they are all
     /// finite; a step with non-finite gradients must be skipped.
     pub fn unscale_grads(&mut self, scale: f64) -> Result<bool> {
