@@ -4,9 +4,7 @@ train like one with batch 2B, shards are disjoint, resume works, and a dead rank
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +16,7 @@ import torch
 
 import liteclip
 from liteclip import datasets
+from liteclip.distributed import start_local_ranks
 
 WORKER = textwrap.dedent(
     """
@@ -30,39 +29,10 @@ WORKER = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(world: int, kwargs: dict, extra_env: dict | None = None) -> list[subprocess.Popen]:
     """Starts `world` ranks as torchrun would (the env:// variables), each running train()."""
-    port = free_port()
-    procs = []
-    for rank in range(world):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(world),
-            LOCAL_WORLD_SIZE=str(world),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            OMP_NUM_THREADS="1",
-            PYTHONUNBUFFERED="1",
-            **(extra_env or {}),
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER, json.dumps(kwargs)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-        )
-    return procs
+    env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    return start_local_ranks(world, [sys.executable, "-c", WORKER, json.dumps(kwargs)], env)
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[dict]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import datetime
 import itertools
 import os
+import socket
+import subprocess
 import threading
 import time
 from typing import Any
@@ -51,6 +53,46 @@ def rank_device(device: str) -> str:
     if device in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return device
+
+
+def local_rank_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """The variables torchrun gives rank ``rank`` of ``world_size`` processes on this machine,
+    for starting ranks without torchrun (tests, benchmarks, notebooks); ``port`` is the
+    rendezvous port, the same for all."""
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_WORLD_SIZE": str(world_size),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for the rendezvous of local ranks."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_local_ranks(
+    world_size: int, command: list[str], env: dict[str, str] | None = None
+) -> list[subprocess.Popen]:
+    """Starts ``command`` as ranks 0..world_size-1 on this machine, the way torchrun would but
+    without its supervision (tests, benchmarks): text-mode pipes for stdout and stderr, the
+    environment plus ``env`` plus the rank's variables."""
+    port = free_port()
+    return [
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {}), **local_rank_environment(rank, world_size, port)},
+        )
+        for rank in range(world_size)
+    ]
 
 
 class ProcessGroup:

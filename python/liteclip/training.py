@@ -240,7 +240,8 @@ def train(
             collectives=group,
             local_loss=local_loss,
         )
-        succeeded = True
+        # An interrupted rank may leave while others are mid-step: no closing barrier then.
+        succeeded = not raw["interrupted"]
     finally:
         reporter.close()
         if group is not None:
