@@ -122,8 +122,10 @@ impl Default for TrainOptions {
     }
 }
 
-/// One line of the history (and of `metrics.jsonl`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One line of the history (and of `metrics.jsonl`). Fields missing from a state file written
+/// by an older liteclip read as zero/none, so such runs still resume.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct EpochRecord {
     pub epoch: usize,
     pub step: i64,
@@ -135,7 +137,6 @@ pub struct EpochRecord {
     /// Seconds the training loop waited for the data loader (the device idles meanwhile).
     pub data_wait_seconds: f64,
     /// Batches skipped because their loss was not finite (with `skip_nonfinite`).
-    #[serde(default)]
     pub nonfinite_skipped: usize,
     pub val_loss: Option<f64>,
     pub val_i2t_r1: Option<f64>,
@@ -1104,6 +1105,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn history_written_by_an_older_version_still_reads() {
+        // A line of a train_state.json from before data_wait_seconds and nonfinite_skipped.
+        let old = r#"{"epoch": 1, "step": 125, "train_loss": 3.67, "lr": 0.00198,
+            "logit_scale": 13.6, "seconds": 13.2, "pairs_per_second": 606.0, "val_loss": 2.83,
+            "val_i2t_r1": 0.17, "val_i2t_r5": 0.18, "val_i2t_r10": 0.26, "val_t2i_r1": 0.02,
+            "val_t2i_r5": 0.10, "val_t2i_r10": 0.18, "skipped_images": 0}"#;
+        let record: EpochRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((record.epoch, record.step), (1, 125));
+        assert_eq!(record.val_loss, Some(2.83));
+        assert_eq!(
+            (record.data_wait_seconds, record.nonfinite_skipped),
+            (0.0, 0)
+        );
     }
 
     #[test]
