@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from common import (
+    PRECISIONS,
     compare,
     image_folder,
     print_table,
     reference,
-    reference_model,
-    saved_checkpoint,
+    reference_and_liteclip,
     write_json,
 )
 from PIL import Image
@@ -52,14 +50,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     paths = [str(p) for p in image_folder(args.n)]
-    ref = reference_model("liteclip", args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = saved_checkpoint(ref, Path(tmp))
-        ref.to(args.device)
-        models = {
-            p: liteclip.LiteClip.load(ckpt, device=args.device, precision=p)
-            for p in ["fp32", "bf16"]
-        }
+    ref, models = reference_and_liteclip(args.device, liteclip.LiteClip.load)
     workers = os.cpu_count() or 1
     rows = []
     for batch in args.batch:
@@ -69,7 +60,7 @@ def main() -> None:
         def ref_embed(loader=loader):
             return torch.cat([ref.encode_image(x.to(args.device)).cpu() for x in loader])
 
-        for p in ["fp32", "bf16"]:
+        for p in PRECISIONS:
 
             def ours(p=p, batch=batch):
                 return [

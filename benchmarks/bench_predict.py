@@ -10,17 +10,15 @@ similarities). liteclip: `ZeroShotPipeline.predict` in fp32 (exact parity) and i
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import torch
 from common import (
     PHOTOS,
+    PRECISIONS,
     compare,
     print_table,
     reference,
-    reference_model,
-    saved_checkpoint,
+    reference_and_liteclip,
     write_json,
 )
 
@@ -36,14 +34,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     image = str(next(p for p in PHOTOS if "cat" in p.name))
-    ref = reference_model("liteclip", args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = saved_checkpoint(ref, Path(tmp))
-        ref.to(args.device)
-        pipes = {
-            p: liteclip.ZeroShotPipeline(ckpt, device=args.device, precision=p)
-            for p in ["fp32", "bf16"]
-        }
+    ref, pipes = reference_and_liteclip(args.device, liteclip.ZeroShotPipeline)
 
     tf = reference.image_transform()
 
@@ -66,7 +57,7 @@ def main() -> None:
             warmup=2,
             device=args.device,
         )
-        for p in ["fp32", "bf16"]
+        for p in PRECISIONS
     ]
     print_table(f"predict latency ({args.device}), reference fp32", rows)
     write_json(args.json, "predict", rows, device=args.device)

@@ -10,18 +10,16 @@ tokens, eager BertModel, mean pooling, projection head) in batches of 256. litec
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 from common import (
+    PRECISIONS,
     captions,
     compare,
     print_table,
     reference,
-    reference_model,
-    saved_checkpoint,
+    reference_and_liteclip,
     write_json,
 )
 
@@ -36,14 +34,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     texts = captions(args.n)
-    ref = reference_model("liteclip", args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = saved_checkpoint(ref, Path(tmp))
-        ref.to(args.device)
-        models = {
-            p: liteclip.LiteClip.load(ckpt, device=args.device, precision=p)
-            for p in ["fp32", "bf16"]
-        }
+    ref, models = reference_and_liteclip(args.device, liteclip.LiteClip.load)
 
     @torch.no_grad()
     def ref_encode():
@@ -70,7 +61,7 @@ def main() -> None:
             items=args.n,
             device=args.device,
         )
-        for p in ["fp32", "bf16"]
+        for p in PRECISIONS
     ]
     print_table(f"text embedding ({args.device}), reference fp32 padded to 128", rows, "captions/s")
     print(f"fp32 embeddings vs reference: max abs difference {max_diff:.2e}")

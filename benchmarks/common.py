@@ -14,6 +14,7 @@ import platform
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -123,6 +124,20 @@ def reference_model(preset: str = "liteclip", device: str = "cpu") -> reference.
 
 def saved_checkpoint(model: reference.CLIP, folder: Path) -> Path:
     return reference.save_original_checkpoint(model.cpu(), folder / "liteclip2.pt")
+
+
+PRECISIONS = ["fp32", "bf16"]
+
+
+def reference_and_liteclip(device: str, load: Callable) -> tuple[reference.CLIP, dict]:
+    """The full-size reference model on `device`, and `load(checkpoint, device=, precision=)`
+    (``LiteClip.load`` or ``ZeroShotPipeline``) of the same weights for each precision."""
+    ref = reference_model("liteclip", device)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = saved_checkpoint(ref, Path(tmp))
+        ref.to(device)
+        models = {p: load(ckpt, device=device, precision=p) for p in PRECISIONS}
+    return ref, models
 
 
 # Sizes of the mixed folder: mostly Flickr-like photos, some phone-camera sized ones.
