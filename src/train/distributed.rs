@@ -150,7 +150,6 @@ pub fn backward_global_batch(
             g_image.grad().f_reshape([-1])?,
             g_text.grad().f_reshape([-1])?,
             share.detach().f_reshape([1])?,
-            g_real.f_sum(Kind::Float)?.f_reshape([1])?,
         ],
         0,
     )?;
@@ -168,8 +167,8 @@ pub fn backward_global_batch(
     surrogate.f_backward()?;
     Ok(GlobalStep {
         loss: reduced.f_select(0, 2 * n)?,
-        // Every rank added the same count.
-        pairs: reduced.f_select(0, 2 * n + 1)?.f_div_scalar(world as f64)?,
+        // The gathered mask is the same on every rank: no collective needed.
+        pairs: g_real.f_sum(Kind::Float)?,
     })
 }
 
