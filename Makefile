@@ -13,27 +13,37 @@ export LIBTORCH_USE_PYTORCH := 1
 TORCH := torch==2.11.0
 RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock build.rs
 
-.PHONY: demo test lint rust-test py-test develop clean-venv
+.PHONY: demo test test-fast lint rust-test py-test py-test-fast develop clean-venv
 
 ## The main job: generate the built-in data set, train liteclip-nano on the CPU (a few
 ## minutes), evaluate retrieval, and zero-shot classify new images with an unseen prompt.
 demo: $(VENV)/.built
 	$(PYTHON) -m liteclip demo --output runs/demo
 
-## The whole test suite: lints, Rust tests, Python tests.
+## The whole test suite: lints, Rust tests, Python tests (the slow ones included).
 test: lint rust-test py-test
+
+## The inner loop (under 3 minutes on 2 cores once built): Rust tests and every Python test not
+## marked `slow` (notebooks, the wheel, SIGKILL and Ctrl-C loops, the 5,000-predict soak,
+## multi-rank training).
+test-fast: rust-test py-test-fast
 
 lint: $(VENV)/.built
 	cargo fmt --check
 	cargo clippy --release --all-targets --features python -- -D warnings
 	$(VENV)/bin/ruff check python tests benchmarks
 	$(VENV)/bin/ruff format --check python tests benchmarks
+	# The stub against the built module (names, signatures, classes).
+	$(PYTHON) -m mypy.stubtest liteclip._liteclip
 
 rust-test: $(VENV)/.built
 	cargo test --release
 
 py-test: $(VENV)/.built
 	$(PYTHON) -m pytest
+
+py-test-fast: $(VENV)/.built
+	$(PYTHON) -m pytest -m "not slow"
 
 develop: $(VENV)/.built
 

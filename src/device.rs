@@ -1,51 +1,77 @@
 //! Device names as users write them: "auto", "cpu", "cuda", "cuda:N".
 
+use serde::{Deserialize, Serialize};
 use tch::{Cuda, Device};
 
 use crate::error::{Error, Result};
 
-/// Parses a device name. "auto" picks the first GPU when CUDA is available, else the CPU; asking
-/// for a GPU that is not there is an error rather than a silent fallback.
-pub fn parse_device(name: &str) -> Result<Device> {
-    let name = name.trim().to_ascii_lowercase();
-    let cuda_count = || {
-        if Cuda::is_available() {
-            Cuda::device_count()
+/// A device as a user names it, before looking at the machine: "auto", "cpu", "cuda" or
+/// "cuda:N". [`DeviceSpec::resolve`] turns it into a device that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    /// The first GPU when CUDA is available, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    pub fn parse(name: &str) -> Result<Self> {
+        let name = name.trim().to_ascii_lowercase();
+        match name.as_str() {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(index)) => Ok(DeviceSpec::Cuda(index)),
+                _ => Err(Error::invalid(format!(
+                    "unknown device {name:?}: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""
+                ))),
+            },
+        }
+    }
+
+    /// The device on this machine; asking for a GPU that is not there is an error rather than
+    /// a silent fallback.
+    pub fn resolve(self) -> Result<Device> {
+        let n = if Cuda::is_available() {
+            Cuda::device_count() as usize
         } else {
             0
-        }
-    };
-    let cuda = |index: usize| {
-        let n = cuda_count() as usize;
-        if index < n {
-            Ok(Device::Cuda(index))
-        } else if n == 0 {
-            Err(Error::Device(format!(
-                "device {name:?} asked for, but CUDA is not available on this machine \
-                 (no GPU, or torch without CUDA); use device=\"cpu\" or \"auto\""
-            )))
-        } else {
-            Err(Error::Device(format!(
-                "device {name:?} asked for, but only {n} CUDA device(s) exist (cuda:0..cuda:{})",
-                n - 1
-            )))
-        }
-    };
-    match name.as_str() {
-        "auto" => Ok(if cuda_count() > 0 {
-            Device::Cuda(0)
-        } else {
-            Device::Cpu
-        }),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" | "gpu" => cuda(0),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(index)) => cuda(index),
-            _ => Err(Error::invalid(format!(
-                "unknown device {name:?}: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""
+        };
+        match self {
+            DeviceSpec::Auto if n > 0 => Ok(Device::Cuda(0)),
+            DeviceSpec::Auto | DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(index) if index < n => Ok(Device::Cuda(index)),
+            DeviceSpec::Cuda(_) if n == 0 => Err(Error::Device(format!(
+                "device {:?} asked for, but CUDA is not available on this machine \
+                 (no GPU, or torch without CUDA); use device=\"cpu\" or \"auto\"",
+                self.name()
             ))),
-        },
+            DeviceSpec::Cuda(_) => Err(Error::Device(format!(
+                "device {:?} asked for, but only {n} CUDA device(s) exist (cuda:0..cuda:{})",
+                self.name(),
+                n - 1
+            ))),
+        }
     }
+
+    pub fn name(self) -> String {
+        match self {
+            DeviceSpec::Auto => "auto".into(),
+            DeviceSpec::Cpu => "cpu".into(),
+            DeviceSpec::Cuda(i) => format!("cuda:{i}"),
+        }
+    }
+}
+
+crate::serde_by_name!(DeviceSpec);
+
+/// Parses and resolves a device name (see [`DeviceSpec`]).
+pub fn parse_device(name: &str) -> Result<Device> {
+    DeviceSpec::parse(name)?.resolve()
 }
 
 /// The name users see for a device, the inverse of [`parse_device`].

@@ -64,6 +64,10 @@ pub enum Error {
     #[error("{0}")]
     Distributed(String),
 
+    /// Training diverged: the loss became NaN or infinite.
+    #[error("{0}")]
+    NonFiniteLoss(String),
+
     /// The user asked to stop (Ctrl-C) during a long operation.
     #[error("interrupted")]
     Interrupted,

@@ -4,19 +4,22 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::loader::{ImageTransform, Loader, LoaderConfig};
 use crate::data::{
     epoch_samples, make_batches, CsvOptions, DataInfo, Dataset, Entry, ImageFolder, Sample,
 };
+use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::image::Normalizer;
 use crate::liteclip::to_device_async;
 use crate::liteclip::LiteClip;
 use crate::loss::clip_loss;
+use crate::model::Precision;
 use crate::text::TokenizedCaptions;
+use crate::train::from_json_named;
 
 /// Retrieval metrics: R@K is the share of queries whose first correct answer ranks in the top
 /// K. An image's correct answers are all of its captions (Flickr8k has five).
@@ -103,6 +106,50 @@ pub fn embed_entries(
     })
 }
 
+/// 0-based ranks of the right answers in an `(images, captions)` similarity matrix, where
+/// `owner[c]` is the image (row) of caption c. Image->text: the rank of the image's
+/// best-scoring own caption among all captions. Text->image: the rank of the caption's image
+/// among all images. A rank counts the answers scoring strictly higher (ties favour the right
+/// answer). Returns `(i2t, t2i)`, int64.
+pub fn retrieval_ranks(sims: &Tensor, owner: &[i64]) -> Result<(Tensor, Tensor)> {
+    let owner_t = Tensor::f_from_slice(owner)?;
+    let t2i = sims.f_tr()?; // (captions, images)
+    let own = t2i.f_gather(1, &owner_t.f_unsqueeze(1)?, false)?;
+    let t2i_ranks =
+        t2i.f_gt_tensor(&own)?
+            .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)?;
+    let n_img = sims.size()[0];
+    let is_own = Tensor::f_arange(n_img, (Kind::Int64, Device::Cpu))?
+        .f_unsqueeze(1)?
+        .f_eq_tensor(&owner_t.f_unsqueeze(0)?)?;
+    let best_own = sims
+        .f_masked_fill(&is_own.f_logical_not()?, f64::NEG_INFINITY)?
+        .f_amax([1i64].as_slice(), true)?;
+    let i2t_ranks =
+        sims.f_gt_tensor(&best_own)?
+            .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)?;
+    Ok((i2t_ranks, t2i_ranks))
+}
+
+/// Share of queries whose right answer ranks in the top `k` (0-based ranks below `k`).
+pub fn recall_at(ranks: &Tensor, k: i64) -> Result<f64> {
+    Ok(ranks
+        .f_lt(k)?
+        .f_to_kind(Kind::Float)?
+        .f_mean(Kind::Float)?
+        .f_double_value(&[])?)
+}
+
+/// The median rank, 1-based as retrieval papers report it; of an even count, the lower of the
+/// two middle ranks.
+pub fn median_rank(ranks: &Tensor) -> Result<f64> {
+    Ok(ranks
+        .f_to_kind(Kind::Float)?
+        .f_median()?
+        .f_double_value(&[])?
+        + 1.0)
+}
+
 /// Image->text and text->image retrieval over a captioned data set, and its contrastive loss
 /// in batches of `batch_size` (the validation loss of training).
 pub fn retrieval(
@@ -137,42 +184,7 @@ pub fn retrieval(
     }
     let text_emb = model.encode_texts(&texts)?;
     let sims = image_emb.f_matmul(&text_emb.f_tr()?)?; // (images, captions)
-    let owner_t = Tensor::f_from_slice(&owner)?;
-
-    // text -> image: rank of the caption's own image among all images.
-    let t2i = sims.f_tr()?; // (captions, images)
-    let own = t2i.f_gather(1, &owner_t.f_unsqueeze(1)?, false)?;
-    let t2i_ranks =
-        t2i.f_gt_tensor(&own)?
-            .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)?;
-
-    // image -> text: rank of the image's best-scoring caption among all captions.
-    let n_img = kept.len() as i64;
-    let is_own = Tensor::f_arange(n_img, (Kind::Int64, Device::Cpu))?
-        .f_unsqueeze(1)?
-        .f_eq_tensor(&owner_t.f_unsqueeze(0)?)?;
-    let best_own = sims
-        .f_masked_fill(&is_own.f_logical_not()?, f64::NEG_INFINITY)?
-        .f_amax([1i64].as_slice(), true)?;
-    let i2t_ranks =
-        sims.f_gt_tensor(&best_own)?
-            .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)?;
-
-    let recall = |ranks: &Tensor, k: i64| -> Result<f64> {
-        Ok(ranks
-            .f_lt(k)?
-            .f_to_kind(Kind::Float)?
-            .f_mean(Kind::Float)?
-            .f_double_value(&[])?)
-    };
-    let median = |ranks: &Tensor| -> Result<f64> {
-        // 1-based, as retrieval papers report it.
-        Ok(ranks
-            .f_to_kind(Kind::Float)?
-            .f_median()?
-            .f_double_value(&[])?
-            + 1.0)
-    };
+    let (i2t_ranks, t2i_ranks) = retrieval_ranks(&sims, &owner)?;
 
     // Contrastive loss over the same pairs a training epoch would see (fixed order).
     let kept_set =
@@ -194,14 +206,14 @@ pub fn retrieval(
     let loss = losses.iter().map(|(l, n)| l * *n as f64).sum::<f64>() / total.max(1) as f64;
 
     Ok(RetrievalMetrics {
-        i2t_r1: recall(&i2t_ranks, 1)?,
-        i2t_r5: recall(&i2t_ranks, 5)?,
-        i2t_r10: recall(&i2t_ranks, 10)?,
-        t2i_r1: recall(&t2i_ranks, 1)?,
-        t2i_r5: recall(&t2i_ranks, 5)?,
-        t2i_r10: recall(&t2i_ranks, 10)?,
-        i2t_median_rank: median(&i2t_ranks)?,
-        t2i_median_rank: median(&t2i_ranks)?,
+        i2t_r1: recall_at(&i2t_ranks, 1)?,
+        i2t_r5: recall_at(&i2t_ranks, 5)?,
+        i2t_r10: recall_at(&i2t_ranks, 10)?,
+        t2i_r1: recall_at(&t2i_ranks, 1)?,
+        t2i_r5: recall_at(&t2i_ranks, 5)?,
+        t2i_r10: recall_at(&t2i_ranks, 10)?,
+        i2t_median_rank: median_rank(&i2t_ranks)?,
+        t2i_median_rank: median_rank(&t2i_ranks)?,
         loss,
         images: kept.len(),
         captions: texts.len(),
@@ -373,7 +385,8 @@ pub fn tokenize_captions(
 }
 
 /// Which images of a captioned data set to evaluate on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Split {
     /// The validation images of the split a training run made (same fraction and seed).
     Val,
@@ -381,7 +394,11 @@ pub enum Split {
     All,
 }
 
+crate::serde_by_name!(Split);
+
 impl Split {
+    pub const NAMES: [&'static str; 3] = ["val", "train", "all"];
+
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "val" => Ok(Split::Val),
@@ -392,35 +409,109 @@ impl Split {
             ))),
         }
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Val => "val",
+            Split::Train => "train",
+            Split::All => "all",
+        }
+    }
 }
 
-/// An evaluation to run on a checkpoint.
-#[derive(Debug, Clone)]
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Task {
-    /// Retrieval on a captioned data set. Options left `None` come from the checkpoint's
-    /// record of its training data (see [`DataInfo`]), then from the defaults.
-    Retrieval {
-        split: Split,
-        image_column: Option<String>,
-        caption_column: Option<String>,
-        images_dir: Option<PathBuf>,
-        val_fraction: Option<f64>,
-        seed: Option<u64>,
-    },
-    /// Zero-shot classification of a labelled image folder with these prompt templates.
-    ZeroShot { templates: Vec<String> },
+    /// Image-text retrieval on a captioned data set.
+    Retrieval,
+    /// Zero-shot classification of a folder with one sub-folder of images per class.
+    ZeroShot,
 }
+
+crate::serde_by_name!(Task);
 
 impl Task {
-    pub fn parse_name(name: &str) -> Result<&'static str> {
+    pub fn parse(name: &str) -> Result<Self> {
         match name {
-            "retrieval" => Ok("retrieval"),
-            "zero-shot" | "zero_shot" => Ok("zero-shot"),
+            "retrieval" => Ok(Task::Retrieval),
+            "zero-shot" | "zero_shot" => Ok(Task::ZeroShot),
             other => Err(Error::invalid(format!(
                 "task must be \"retrieval\" or \"zero-shot\", got {other:?}"
             ))),
         }
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Retrieval => "retrieval",
+            Task::ZeroShot => "zero-shot",
+        }
+    }
+}
+
+/// Everything `liteclip.evaluate` takes, with its defaults (defined here only). Retrieval
+/// options left `None` come from the checkpoint's record of its training data (see
+/// [`DataInfo`]), then from the training defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalOptions {
+    pub checkpoint: PathBuf,
+    /// The data set; for retrieval, by default the one the checkpoint's run trained on.
+    pub data: Option<PathBuf>,
+    pub split: Split,
+    pub task: Task,
+    /// Zero-shot prompt templates (`None`: one, "a photo of a {}."; `["ensemble"]`: 18).
+    pub templates: Option<Vec<String>>,
+    pub batch_size: usize,
+    pub device: DeviceSpec,
+    pub precision: Precision,
+    pub val_fraction: Option<f64>,
+    pub seed: Option<u64>,
+    pub image_column: Option<String>,
+    pub caption_column: Option<String>,
+    pub images_dir: Option<PathBuf>,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            checkpoint: PathBuf::new(),
+            data: None,
+            split: Split::Val,
+            task: Task::Retrieval,
+            templates: None,
+            batch_size: 64,
+            device: DeviceSpec::Auto,
+            precision: Precision::Fp32,
+            val_fraction: None,
+            seed: None,
+            image_column: None,
+            caption_column: None,
+            images_dir: None,
+        }
+    }
+}
+
+impl EvalOptions {
+    /// Reads options from a JSON object (see [`crate::train::TrainOptions::from_json`]).
+    pub fn from_json(text: &str) -> Result<Self> {
+        let options: EvalOptions = from_json_named(text)?;
+        if options.batch_size == 0 {
+            return Err(Error::invalid("batch_size must be at least 1"));
+        }
+        if options.checkpoint.as_os_str().is_empty() {
+            return Err(Error::invalid("checkpoint is required"));
+        }
+        Ok(options)
+    }
+}
+
+/// Loads the checkpoint and evaluates it as `options` say.
+pub fn evaluate_checkpoint(options: &EvalOptions) -> Result<Report> {
+    let mut model = LiteClip::load(&options.checkpoint, options.device.resolve()?, None)?;
+    model.set_precision(options.precision);
+    evaluate(&model, options)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -430,42 +521,38 @@ pub enum Report {
     ZeroShot(ZeroShotMetrics),
 }
 
-/// Evaluates a loaded model on `data` (for retrieval, by default the data set its training
-/// run recorded beside `checkpoint`).
-pub fn evaluate(
-    model: &LiteClip,
-    checkpoint: &std::path::Path,
-    data: Option<PathBuf>,
-    task: &Task,
-    batch_size: usize,
-) -> Result<Report> {
-    let info = DataInfo::read(checkpoint);
-    let data = data
+/// Evaluates a loaded model as `options` say (its `checkpoint` is where the record of the
+/// training data is looked for).
+pub fn evaluate(model: &LiteClip, options: &EvalOptions) -> Result<Report> {
+    let info = DataInfo::read(&options.checkpoint);
+    let data = options
+        .data
+        .clone()
         .or_else(|| info.as_ref().map(|i| i.data.clone()))
         .ok_or_else(|| {
             Error::invalid("data= is needed: this checkpoint does not record its data set")
         })?;
-    match task {
-        Task::Retrieval {
-            split,
-            image_column,
-            caption_column,
-            images_dir,
-            val_fraction,
-            seed,
-        } => {
+    match options.task {
+        Task::Retrieval => {
             let defaults = info.as_ref().map(DataInfo::csv_options).unwrap_or_default();
             let csv = CsvOptions {
-                image_column: image_column.clone().unwrap_or(defaults.image_column),
-                caption_column: caption_column.clone().unwrap_or(defaults.caption_column),
-                images_dir: images_dir.clone().or(defaults.images_dir),
+                image_column: options
+                    .image_column
+                    .clone()
+                    .unwrap_or(defaults.image_column),
+                caption_column: options
+                    .caption_column
+                    .clone()
+                    .unwrap_or(defaults.caption_column),
+                images_dir: options.images_dir.clone().or(defaults.images_dir),
             };
             let dataset = Dataset::open(&data, &csv)?;
-            let fraction = val_fraction
+            let fraction = options
+                .val_fraction
                 .or(info.as_ref().map(|i| i.val_fraction))
                 .unwrap_or(0.2);
-            let seed = seed.or(info.as_ref().map(|i| i.seed)).unwrap_or(0);
-            let chosen = match split {
+            let seed = options.seed.or(info.as_ref().map(|i| i.seed)).unwrap_or(0);
+            let chosen = match options.split {
                 Split::All => dataset,
                 Split::Val => dataset.split(fraction, seed)?.1,
                 Split::Train => dataset.split(fraction, seed)?.0,
@@ -473,17 +560,69 @@ pub fn evaluate(
             Ok(Report::Retrieval(retrieval(
                 model,
                 &chosen,
-                batch_size.max(2),
+                options.batch_size.max(2),
             )?))
         }
-        Task::ZeroShot { templates } => {
+        Task::ZeroShot => {
             let folder = ImageFolder::open(&data)?;
+            let templates = resolve_templates(options.templates.clone());
             Ok(Report::ZeroShot(zero_shot(
                 model,
                 &folder,
-                templates,
-                batch_size.max(1),
+                &templates,
+                options.batch_size.max(1),
             )?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 3 images, 4 captions: captions 0 and 1 are image 0's, caption 2 image 1's, caption 3
+    /// image 2's. Every expected rank is worked out by hand from the matrix.
+    #[test]
+    fn ranks_recalls_and_medians_follow_their_definitions() {
+        #[rustfmt::skip]
+        let sims = Tensor::from_slice(&[
+            // c0   c1   c2   c3
+            0.9f32, 0.1, 0.5, 0.2, // image 0: own best c0 scores highest: rank 0
+            0.3, 0.8, 0.4, 0.1,    // image 1: own c2 (0.4), beaten by c1: rank 1
+            0.2, 0.6, 0.7, 0.5,    // image 2: own c3 (0.5), beaten by c1, c2: rank 2
+        ])
+        .view([3, 4]);
+        let (i2t, t2i) = retrieval_ranks(&sims, &[0, 0, 1, 2]).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&i2t).unwrap(), [0, 1, 2]);
+        // Columns: c0 [.9 .3 .2] own image 0: 0; c1 [.1 .8 .6] own 0: 2; c2 [.5 .4 .7] own 1:
+        // 2; c3 [.2 .1 .5] own 2: 0.
+        assert_eq!(Vec::<i64>::try_from(&t2i).unwrap(), [0, 2, 2, 0]);
+        assert!((recall_at(&i2t, 1).unwrap() - 1.0 / 3.0).abs() < 1e-6);
+        assert!((recall_at(&i2t, 2).unwrap() - 2.0 / 3.0).abs() < 1e-6);
+        assert_eq!(recall_at(&i2t, 5).unwrap(), 1.0);
+        assert_eq!(recall_at(&t2i, 1).unwrap(), 0.5);
+        assert_eq!(recall_at(&t2i, 3).unwrap(), 1.0);
+        assert_eq!(median_rank(&i2t).unwrap(), 2.0);
+        // [0, 0, 2, 2]: the lower middle rank, 1-based.
+        assert_eq!(median_rank(&t2i).unwrap(), 1.0);
+    }
+
+    #[test]
+    fn a_tie_counts_for_the_right_answer() {
+        let sims = Tensor::from_slice(&[0.5f32, 0.5, 0.5, 0.5]).view([2, 2]);
+        let (i2t, t2i) = retrieval_ranks(&sims, &[0, 1]).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&i2t).unwrap(), [0, 0]);
+        assert_eq!(Vec::<i64>::try_from(&t2i).unwrap(), [0, 0]);
+    }
+
+    #[test]
+    fn options_read_from_json_with_defaults() {
+        let o = EvalOptions::from_json(r#"{"checkpoint": "c", "task": "zero-shot"}"#).unwrap();
+        assert_eq!(o.task, Task::ZeroShot);
+        assert_eq!(o.split, Split::Val);
+        assert!(matches!(
+            EvalOptions::from_json(r#"{"checkpoint": "c", "split": "test"}"#),
+            Err(Error::InvalidArgument(m)) if m.starts_with("split:")
+        ));
     }
 }

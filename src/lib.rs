@@ -12,12 +12,35 @@
 //! ranks labels. The core knows nothing of Python: the PyO3 bindings live in `python/`, behind
 //! the `python` feature.
 
+/// Lets serde read and write an enum by the name users type (`"adamw"`, `"bf16"`): implements
+/// `TryFrom<String>` through the type's `parse` and `From<T> for String` through its `name`, for
+/// `#[serde(try_from = "String", into = "String")]`.
+macro_rules! serde_by_name {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = $crate::error::Error;
+            fn try_from(name: String) -> $crate::error::Result<Self> {
+                <$t>::parse(&name)
+            }
+        }
+        impl From<$t> for String {
+            fn from(value: $t) -> String {
+                value.name().to_string()
+            }
+        }
+    };
+}
+pub(crate) use serde_by_name;
+
+pub mod cancel;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod embed;
 pub mod error;
 pub mod eval;
+pub mod fsio;
 pub mod image;
 pub mod liteclip;
 pub mod loss;

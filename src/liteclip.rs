@@ -5,6 +5,7 @@ use std::path::Path;
 
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::cancel;
 use crate::checkpoint;
 use crate::config::LiteClipConfig;
 use crate::error::{Error, Result};
@@ -16,6 +17,13 @@ use crate::text::{Padding, TextTokenizer, TokenBatch, TokenizedCaptions};
 /// enough for the kernels to be efficient.
 const IMAGE_CHUNK: usize = 64;
 const TEXT_CHUNK: usize = 256;
+
+/// Images to embed: inputs still to decode and transform, or a batch already preprocessed
+/// into `(N, 3, S, S)` floats.
+pub enum Images {
+    Inputs(Vec<ImageInput>),
+    Pixels(Tensor),
+}
 
 pub struct LiteClip {
     config: LiteClipConfig,
@@ -68,6 +76,24 @@ impl LiteClip {
     /// Saves in liteclip's own format (a folder with `config.json` and `model.safetensors`).
     pub fn save(&self, dir: &Path) -> Result<()> {
         checkpoint::save(dir, &self.config, &self.vs)
+    }
+
+    /// Writes the weights as the original liteCLIP released them (`torch.save` of an ordered
+    /// state dict, loadable by its PyTorch `CLIP` module), atomically. Only the original
+    /// architecture (the `liteclip` preset) has that layout.
+    pub fn export_pt(&self, path: &Path) -> Result<()> {
+        let (c, original) = (&self.config, LiteClipConfig::liteclip());
+        if c.image != original.image || c.text != original.text || c.embed_dim != original.embed_dim
+        {
+            return Err(Error::Config(
+                "export_pt writes the original liteCLIP layout, which only the \"liteclip\" \
+                 architecture has (convnext_tiny + bert-mini + 256-d); use save() for this model"
+                    .into(),
+            ));
+        }
+        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        checkpoint::torch_save::write_state_dict(path, &named)
     }
 
     /// Sets the arithmetic of inference passes; weights stay fp32.
@@ -129,12 +155,32 @@ impl LiteClip {
     }
 
     /// L2-normalised embeddings `(N, embed_dim)` of images, on the CPU.
+    pub fn encode(&self, images: &Images) -> Result<Tensor> {
+        match images {
+            Images::Inputs(list) => self.encode_images(list),
+            Images::Pixels(pixels) => self.encode_pixels(pixels),
+        }
+    }
+
+    /// L2-normalised embeddings `(N, embed_dim)` of images, on the CPU. Long lists are decoded
+    /// and embedded in chunks, polling [`cancel::check`] between them.
     pub fn encode_images(&self, images: &[ImageInput]) -> Result<Tensor> {
         let mut parts = Vec::new();
         for chunk in images.chunks(IMAGE_CHUNK) {
+            cancel::check()?;
             parts.push(self.encode_pixels(&self.preprocess(chunk)?)?);
         }
         self.concat(parts)
+    }
+
+    /// The `(N, M)` logits between N images and M texts: `exp(logit_scale)` times the cosine
+    /// similarities, as liteCLIP's `logits_per_image` (the transpose is `logits_per_text`).
+    pub fn similarity(&self, images: &Images, texts: &[&str]) -> Result<Tensor> {
+        let image_emb = self.encode(images)?;
+        let text_emb = self.encode_texts(texts)?;
+        Ok(image_emb
+            .f_matmul(&text_emb.f_tr()?)?
+            .f_mul_scalar(self.logit_scale()?)?)
     }
 
     /// L2-normalised embeddings of an already preprocessed `(N, 3, S, S)` float batch, on the CPU.
@@ -152,6 +198,7 @@ impl LiteClip {
         }
         let mut parts = Vec::new();
         for chunk in pixels.split(IMAGE_CHUNK as i64, 0) {
+            cancel::check()?;
             let x = chunk.f_to_device(self.device())?.f_to_kind(Kind::Float)?;
             let _precision = self.enter_precision();
             let emb = tch::no_grad(|| self.model.encode_image(&x));
@@ -171,6 +218,7 @@ impl LiteClip {
         order.sort_by_key(|&i| tokens.token_count(i));
         let mut parts = Vec::new();
         for chunk in order.chunks(TEXT_CHUNK) {
+            cancel::check()?;
             let (ids, mask) = token_tensors(&tokens.batch(chunk), self.device())?;
             let _precision = self.enter_precision();
             let emb = tch::no_grad(|| self.model.encode_text(&ids, &mask));

@@ -8,8 +8,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::eval::fill_template;
-use crate::image::ImageInput;
-use crate::liteclip::LiteClip;
+use crate::liteclip::{Images, LiteClip};
 
 /// `(label, probability)` pairs, most probable first.
 pub type Ranking = Vec<(String, f64)>;
@@ -81,49 +80,16 @@ impl Candidates {
 /// Ranks the candidates for every image; at most `top_k` pairs per image.
 pub fn zero_shot(
     model: &LiteClip,
-    images: &[ImageInput],
+    images: &Images,
     candidates: &Candidates,
     top_k: usize,
     cache: &LabelCache,
 ) -> Result<Vec<Ranking>> {
     check_labels(&candidates.labels, top_k)?;
-    rank_candidates(
-        model,
-        &model.encode_images(images)?,
-        candidates,
-        top_k,
-        cache,
-    )
-}
-
-/// [`zero_shot`] for images already preprocessed into a `(N, 3, S, S)` batch.
-pub fn zero_shot_pixels(
-    model: &LiteClip,
-    pixels: &Tensor,
-    candidates: &Candidates,
-    top_k: usize,
-    cache: &LabelCache,
-) -> Result<Vec<Ranking>> {
-    check_labels(&candidates.labels, top_k)?;
-    rank_candidates(
-        model,
-        &model.encode_pixels(pixels)?,
-        candidates,
-        top_k,
-        cache,
-    )
-}
-
-fn rank_candidates(
-    model: &LiteClip,
-    image_emb: &Tensor,
-    candidates: &Candidates,
-    top_k: usize,
-    cache: &LabelCache,
-) -> Result<Vec<Ranking>> {
+    let image_emb = model.encode(images)?;
     let text_emb = cache.embeddings(model, &candidates.prompts)?;
     rank(
-        image_emb,
+        &image_emb,
         &text_emb,
         model.logit_scale()?,
         &candidates.labels,
@@ -160,4 +126,47 @@ pub fn rank(
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Probabilities are a softmax over labels of `scale * cosine`, worked out here in f64;
+    /// the ranking is most probable first, ties in label order, cut at `top_k`.
+    #[test]
+    fn ranking_is_the_softmax_of_scaled_similarities() {
+        let img = Tensor::from_slice(&[1.0f32, 0.0, 0.6, 0.8]).view([2, 2]);
+        // Labels a and c have the same embedding: a tie.
+        let txt = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0, 1.0, 0.0]).view([3, 2]);
+        let scale = 3.0;
+        let got = rank(&img, &txt, scale, &labels(&["a", "b", "c"]), 2).unwrap();
+        let softmax = |logits: [f64; 3]| {
+            let z: f64 = logits.iter().map(|l| l.exp()).sum();
+            logits.map(|l| l.exp() / z)
+        };
+        // Image 0 = (1, 0): cosines a 1, b 0, c 1.
+        let p0 = softmax([scale, 0.0, scale]);
+        assert_eq!(got[0].len(), 2);
+        assert_eq!((got[0][0].0.as_str(), got[0][1].0.as_str()), ("a", "c"));
+        assert!((got[0][0].1 - p0[0]).abs() < 1e-6 && (got[0][1].1 - p0[2]).abs() < 1e-6);
+        // Image 1 = (0.6, 0.8): cosines a 0.6, b 0.8, c 0.6.
+        let p1 = softmax([0.6 * scale, 0.8 * scale, 0.6 * scale]);
+        assert_eq!((got[1][0].0.as_str(), got[1][1].0.as_str()), ("b", "a"));
+        assert!((got[1][0].1 - p1[1]).abs() < 1e-6 && (got[1][1].1 - p1[0]).abs() < 1e-6);
+        // All labels: the probabilities sum to one.
+        let all = rank(&img, &txt, scale, &labels(&["a", "b", "c"]), 10).unwrap();
+        assert!((all[1].iter().map(|(_, p)| p).sum::<f64>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn fewer_than_two_labels_or_no_top_k_are_refused() {
+        assert!(check_labels(&labels(&["a"]), 1).is_err());
+        assert!(check_labels(&labels(&["a", "b"]), 0).is_err());
+        assert!(check_labels(&labels(&["a", "b"]), 1).is_ok());
+    }
 }

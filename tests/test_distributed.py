@@ -99,6 +99,7 @@ def assert_same_weights(a: Path, b: Path, tolerance: float = 1e-4) -> None:
     assert worst[0] < tolerance, f"{worst[1]} differs by {worst[0]}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("local_loss", [False, True])
 def test_two_ranks_with_batch_b_end_with_the_weights_of_one_process_with_batch_2b(
     data, start, tmp_path, local_loss
@@ -114,6 +115,7 @@ def test_two_ranks_with_batch_b_end_with_the_weights_of_one_process_with_batch_2
     assert_same_weights(tmp_path / "ddp" / "last", tmp_path / "single" / "last")
 
 
+@pytest.mark.slow
 def test_a_wrong_global_batch_is_detected(data, start, tmp_path):
     """The comparison above can fail: two ranks of B do not match one process of B."""
     liteclip.train(**common(data, start, tmp_path / "single", 8, distributed=False))
@@ -122,6 +124,7 @@ def test_a_wrong_global_batch_is_detected(data, start, tmp_path):
         assert_same_weights(tmp_path / "ddp" / "last", tmp_path / "single" / "last")
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_and_a_distributed_run_resumes_like_an_unbroken_one(
     data, start, tmp_path
 ):
@@ -136,6 +139,7 @@ def test_only_rank_0_writes_and_a_distributed_run_resumes_like_an_unbroken_one(
     assert_same_weights(broken / "last", unbroken / "last", tolerance=1e-6)
 
 
+@pytest.mark.slow
 def test_killing_a_rank_stops_the_others_with_an_error_naming_it(data, start, tmp_path):
     kwargs = common(data, start, tmp_path / "run", 8, distributed=True, epochs=50)
     kwargs["max_steps_per_epoch"] = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -185,3 +187,20 @@ def test_a_panic_in_rust_becomes_a_liteclip_error():
 
     with pytest.raises(liteclip.LiteClipError, match="internal error"):
         _liteclip._panic_for_tests()
+
+
+def test_every_exception_from_rust_goes_through_the_one_map():
+    """Bindings raise only through src/python/errors.rs, so each core error has one class."""
+    bindings = Path(__file__).resolve().parents[1] / "src" / "python"
+    for path in bindings.glob("*.rs"):
+        if path.name != "errors.rs":
+            text = path.read_text()
+            assert "new_err(" not in text and "PyErr::new" not in text, path.name
+
+
+def test_error_classes_by_kind():
+    assert issubclass(liteclip.NonFiniteLossError, liteclip.LiteClipError)
+    assert issubclass(liteclip.NonFiniteLossError, FloatingPointError)
+    assert issubclass(liteclip.TorchError, liteclip.LiteClipError)
+    assert issubclass(liteclip.TorchError, RuntimeError)
+    assert issubclass(liteclip.DistributedError, liteclip.LiteClipError)

@@ -12,6 +12,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["inference.ipynb", "training.ipynb"])
 def test_notebook_runs(name, tmp_path):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)

@@ -46,6 +46,7 @@ def trained(shapes, tmp_path_factory):
     return result, out
 
 
+@pytest.mark.slow  # trains liteclip-nano for 6 epochs (about a minute)
 def test_loss_falls_and_the_model_learns(trained, shapes):
     result, out = trained
     history = result.history
@@ -76,6 +77,7 @@ def test_loss_falls_and_the_model_learns(trained, shapes):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow  # trains liteclip-nano for 6 epochs (about a minute)
 def test_checkpoint_works_in_the_pipeline(trained, shapes):
     result, _ = trained
     _, test_dir = shapes
@@ -230,6 +232,7 @@ def test_export_pt_loads_into_the_original_module(tmp_path):
         liteclip.LiteClip("liteclip-nano", device="cpu").export_pt(tmp_path / "nano.pt")
 
 
+@pytest.mark.slow  # trains liteclip-nano for 6 epochs (about a minute)
 def test_zero_shot_template_ensemble(trained, shapes):
     result, _ = trained
     _, test_dir = shapes

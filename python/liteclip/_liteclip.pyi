@@ -4,19 +4,49 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, final, overload
 
 import numpy as np
 import numpy.typing as npt
+import torch
+from typing_extensions import Self
+
+__all__ = [
+    "__version__",
+    "LiteClip",
+    "ZeroShotPipeline",
+    "preprocess",
+    "tokenize",
+    "get_max_image_pixels",
+    "set_max_image_pixels",
+    "cuda_is_available",
+    "_panic_for_tests",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "train_model",
+    "evaluate_model",
+    "train_defaults",
+    "evaluate_defaults",
+    "make_shapes",
+    "SHAPES_INFO",
+    "OPTION_CHOICES",
+    "LiteClipError",
+    "ImageDecodeError",
+    "CheckpointError",
+    "ConfigError",
+    "DeviceError",
+    "DistributedError",
+    "NonFiniteLossError",
+    "TorchError",
+]
 
 __version__: str
 DEFAULT_MAX_IMAGE_PIXELS: int
 
 # One image: a path, encoded bytes, a PIL.Image, or a uint8 array (H, W), (H, W, 3), (H, W, 4).
-Image: TypeAlias = str | os.PathLike[str] | bytes | npt.NDArray[np.uint8] | Any
+_Image: TypeAlias = str | os.PathLike[str] | bytes | npt.NDArray[np.uint8] | Any
 # One image, a list of them, or float32 (3, S, S) / (N, 3, S, S) preprocessed pixels.
-Images: TypeAlias = Image | Sequence[Image] | npt.NDArray[np.floating]
-Ranking: TypeAlias = list[tuple[str, float]]
+_Images: TypeAlias = _Image | Sequence[_Image] | npt.NDArray[np.floating]
+_Ranking: TypeAlias = list[tuple[str, float]]
 
 class LiteClipError(Exception):
     """Base class of every error liteclip raises on its own account."""
@@ -38,18 +68,28 @@ class DeviceError(LiteClipError, RuntimeError):
     """A device was asked for that this machine does not have."""
 
 class DistributedError(LiteClipError, RuntimeError):
-    """A data-parallel training rank died, stopped answering, or was set up wrongly."""
+    """A data-parallel training rank died, stopped answering, sent something unreadable, or
+    was set up wrongly."""
 
+class NonFiniteLossError(LiteClipError, FloatingPointError):
+    """Training diverged: the loss became NaN or infinite."""
+
+class TorchError(LiteClipError, RuntimeError):
+    """libtorch reported a failure (out of memory, a CUDA error, ...)."""
+
+_Embeddings: TypeAlias = npt.NDArray[np.float32]
+
+@final
 class LiteClip:
     """A liteclip model on a device (see the module docs)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         config: str = "liteclip",
         device: str = "auto",
         seed: int | None = None,
         precision: str = "fp32",
-    ) -> None: ...
+    ) -> Self: ...
     @staticmethod
     def load(
         path: str | os.PathLike[str],
@@ -60,11 +100,34 @@ class LiteClip:
     @property
     def precision(self) -> str: ...
     def save(self, path: str | os.PathLike[str]) -> None: ...
-    def encode_image(self, images: Images, as_tensor: bool = False) -> Any: ...
-    def encode_text(self, texts: str | Sequence[str], as_tensor: bool = False) -> Any: ...
+    @overload
+    def encode_image(self, images: _Images, as_tensor: Literal[False] = False) -> _Embeddings: ...
+    @overload
+    def encode_image(self, images: _Images, as_tensor: Literal[True]) -> torch.Tensor: ...
+    @overload
+    def encode_text(
+        self, texts: str | Sequence[str], as_tensor: Literal[False] = False
+    ) -> _Embeddings: ...
+    @overload
+    def encode_text(self, texts: str | Sequence[str], as_tensor: Literal[True]) -> torch.Tensor: ...
+    @overload
     def similarity(
-        self, images: Images, texts: str | Sequence[str], as_tensor: bool = False
-    ) -> Any: ...
+        self, images: _Images, texts: str | Sequence[str], as_tensor: Literal[False] = False
+    ) -> _Embeddings: ...
+    @overload
+    def similarity(
+        self, images: _Images, texts: str | Sequence[str], as_tensor: Literal[True]
+    ) -> torch.Tensor: ...
+    def embed_folder(
+        self, folder: str | os.PathLike[str], batch_size: int = 64
+    ) -> tuple[list[str], _Embeddings, list[tuple[str, str]]]: ...
+    def embed_to_file(
+        self,
+        source: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        batch_size: int = 64,
+        checkpoint: str | None = None,
+    ) -> dict[str, Any]: ...
     def parameter_shapes(self) -> dict[str, list[int]]: ...
     def state_dict(self) -> dict[str, npt.NDArray[np.float32]]: ...
     def export_pt(self, path: str | os.PathLike[str]) -> None: ...
@@ -81,27 +144,28 @@ class LiteClip:
     @property
     def num_parameters(self) -> int: ...
 
+@final
 class ZeroShotPipeline:
     """Zero-shot image classification with a liteclip model."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         checkpoint: str | os.PathLike[str] | LiteClip | None = None,
         device: str = "auto",
         precision: str = "fp32",
-    ) -> None: ...
+    ) -> Self: ...
     def predict(
         self,
-        image: Images,
+        image: _Images,
         labels: Sequence[str],
         top_k: int = 5,
         hypothesis_template: str | None = None,
-    ) -> Ranking | list[Ranking]: ...
+    ) -> _Ranking | list[_Ranking]: ...
     @property
     def model(self) -> LiteClip: ...
 
 def preprocess(
-    image: Image | Sequence[Image], image_size: int = 224
+    image: _Image | Sequence[_Image], image_size: int = 224
 ) -> npt.NDArray[np.float32]: ...
 def tokenize(
     texts: str | Sequence[str],
@@ -111,8 +175,10 @@ def tokenize(
 def get_max_image_pixels() -> int: ...
 def set_max_image_pixels(limit: int) -> None: ...
 def cuda_is_available() -> bool: ...
+def _panic_for_tests() -> None: ...
 
 SHAPES_INFO: dict[str, Any]
+OPTION_CHOICES: dict[str, dict[str, list[str]]]
 
 def make_shapes(
     path: str | os.PathLike[str],
@@ -122,48 +188,8 @@ def make_shapes(
     layout: str = "captions",
 ) -> str: ...
 def train_model(
-    data: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    observer: Any,
-    model: str = "liteclip",
-    epochs: int = 5,
-    batch_size: int = 64,
-    lr: float = 2e-4,
-    optimizer: str = "adam",
-    weight_decay: float = 0.0,
-    warmup_steps: int = 0,
-    schedule: str = "constant",
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    device: str = "auto",
-    precision: str = "auto",
-    init: str | os.PathLike[str] | None = None,
-    image_weights: str | os.PathLike[str] | None = None,
-    text_weights: str | os.PathLike[str] | None = None,
-    early_stopping_patience: int | None = 2,
-    augment: bool = False,
-    resume: bool | str | os.PathLike[str] | None = None,
-    image_column: str = "image",
-    caption_column: str = "caption",
-    images_dir: str | os.PathLike[str] | None = None,
-    prefetch: int = 4,
-    max_steps_per_epoch: int | None = None,
-    skip_nonfinite: bool = False,
-    collectives: Any = None,
-    local_loss: bool = False,
+    options: dict[str, Any], observer: Any, collectives: Any = None
 ) -> dict[str, Any]: ...
-def evaluate_model(
-    checkpoint: str | os.PathLike[str],
-    data: str | os.PathLike[str] | None = None,
-    split: str = "val",
-    task: str = "retrieval",
-    templates: list[str] | None = None,
-    batch_size: int = 64,
-    device: str = "auto",
-    precision: str = "fp32",
-    val_fraction: float | None = None,
-    seed: int | None = None,
-    image_column: str | None = None,
-    caption_column: str | None = None,
-    images_dir: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]: ...
+def train_defaults() -> dict[str, Any]: ...
+def evaluate_model(options: dict[str, Any]) -> dict[str, Any]: ...
+def evaluate_defaults() -> dict[str, Any]: ...

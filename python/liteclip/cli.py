@@ -1,13 +1,100 @@
-"""The `liteclip` command line. Parsing and printing only: the work is done by the package."""
+"""The `liteclip` command line. Parsing and printing only: the work is done by the package.
+
+The options of `train` and `evaluate` are made from the signatures and docstrings of
+`liteclip.train` and `liteclip.evaluate` (whose defaults the core defines), so a flag cannot
+drift from the API: each keyword argument becomes `--name-with-dashes`, with its default and
+the help text of its docstring.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
+import re
 import sys
+from typing import Any, Callable
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+#: Shorter spellings kept for flags the command line has always had.
+_ALIASES = {"early_stopping_patience": ["--patience"]}
+
+
+def _argument_docs(function: Callable) -> dict[str, str]:
+    """`name: text` entries of a Google-style docstring's Args section, one line each."""
+    doc = inspect.getdoc(function) or ""
+    section = doc.split("Args:", 1)[1].split("\n\n", 1)[0] if "Args:" in doc else ""
+    docs: dict[str, str] = {}
+    for match in re.finditer(r"^    (\w+): (.*?)(?=^    \w+: |\Z)", section, re.M | re.S):
+        text = " ".join(match.group(2).split()).replace("``", "")
+        docs[match.group(1)] = text.replace("%", "%%")
+    return docs
+
+
+def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`kind`, or None for the word "none"."""
+
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _flag_type(parameter: inspect.Parameter) -> Callable[[str], Any]:
+    """The parser of a flag's value, from the argument's default or its annotation."""
+    annotation = str(parameter.annotation)
+    kind: Callable[[str], Any] = str
+    if parameter.default is not None:
+        kind = type(parameter.default)
+    else:
+        for name, number in (("int", int), ("float", float)):
+            if re.search(rf"\b{name}\b", annotation):
+                kind = number
+    return _optional(kind) if "None" in annotation else kind
+
+
+def add_api_options(
+    parser: argparse.ArgumentParser, function: Callable, skip: tuple[str, ...] = ()
+) -> list[str]:
+    """Adds a flag for every keyword argument of `function` not in `skip`; returns their names.
+
+    Booleans become `--flag` / `--no-flag`; arguments whose default is None take the word
+    `none` too; enumerated options offer the core's own list of values. Each flag's
+    destination is the argument's own name.
+    """
+    from ._liteclip import OPTION_CHOICES
+
+    choices = OPTION_CHOICES.get(function.__name__, {})
+    docs = _argument_docs(function)
+    names = []
+    for p in inspect.signature(function).parameters.values():
+        if p.default is inspect.Parameter.empty or p.name in skip:
+            continue
+        flags = ["--" + p.name.replace("_", "-"), *_ALIASES.get(p.name, [])]
+        help_text = docs.get(p.name, "")
+        if isinstance(p.default, bool):
+            parser.add_argument(
+                *flags,
+                dest=p.name,
+                action=argparse.BooleanOptionalAction,
+                default=p.default,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                *flags,
+                dest=p.name,
+                type=_flag_type(p),
+                default=p.default,
+                choices=choices.get(p.name),
+                metavar=None if p.name in choices else p.name.upper(),
+                help=f"{help_text} (default: {p.default})",
+            )
+        names.append(p.name)
+    return names
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -16,13 +103,22 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_columns(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image-column", default=None, help="CSV column of image paths")
-    parser.add_argument("--caption-column", default=None, help="CSV column of captions")
-    parser.add_argument("--images-dir", default=None, help="folder the image paths are relative to")
+def _add_precision(parser: argparse.ArgumentParser) -> None:
+    from ._liteclip import OPTION_CHOICES
+
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=OPTION_CHOICES["evaluate"]["precision"],
+        help='"fp32" (exact), "bf16" (faster on CPUs and GPUs with bf16 units) or "fp16" '
+        "(default: fp32)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .training import evaluate as evaluate_api
+    from .training import train as train_api
+
     parser = argparse.ArgumentParser(
         prog="liteclip",
         description="liteclip: a small CLIP computed in Rust on libtorch.",
@@ -43,21 +139,21 @@ def _parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     _add_device(predict)
-    predict.add_argument(
-        "--precision",
-        default="fp32",
-        choices=["fp32", "bf16"],
-        help="fp32 (exact) or bf16 (faster on CPUs and GPUs with bf16 units)",
-    )
+    _add_precision(predict)
     predict.add_argument("--top-k", type=int, default=5, help="labels to show (default: 5)")
+    predict.add_argument(
+        "--template",
+        default=None,
+        help='text embedded for each label, with {} for the label (e.g. "a photo of a {}")',
+    )
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     train = sub.add_parser(
         "train",
         help="train a model on captioned images",
-        description="Train a liteclip model contrastively on captioned images (see "
-        "help(liteclip.train) for every option). Writes OUTPUT/best, OUTPUT/last and "
-        "OUTPUT/metrics.jsonl.",
+        description="Train a liteclip model contrastively on captioned images. Writes "
+        "OUTPUT/best, OUTPUT/last and OUTPUT/metrics.jsonl. Every option of liteclip.train is a "
+        "flag here, with the same default.",
     )
     train.add_argument(
         "data",
@@ -65,40 +161,8 @@ def _parser() -> argparse.ArgumentParser:
         help="Flickr8k-layout folder (Images/ + captions.txt) or a CSV of image,caption",
     )
     train.add_argument("--data", dest="data_option", metavar="DATA", help="the same as DATA")
-    train.add_argument(
-        "--output", default="runs/liteclip", help="run folder (default: %(default)s)"
-    )
-    train.add_argument(
-        "--model", default="liteclip", help='"liteclip", "liteclip-nano" or a config JSON path'
-    )
-    train.add_argument("--epochs", type=int, default=5)
-    train.add_argument(
-        "--batch-size", type=int, default=64, help="pairs per step (per process under torchrun)"
-    )
-    train.add_argument("--lr", type=float, default=2e-4)
-    train.add_argument("--optimizer", default="adam", choices=["adam", "adamw"])
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--warmup-steps", type=int, default=0)
-    train.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
-    train.add_argument(
-        "--val-fraction", type=float, default=0.2, help="share of images held out (by image)"
-    )
-    train.add_argument("--seed", type=int, default=0)
-    _add_device(train)
-    train.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto: fp32 on CPU, bf16 on CUDA",
-    )
-    train.add_argument("--init", default=None, help="start from this checkpoint")
-    train.add_argument("--image-weights", default=None, help="timm ConvNeXt weights file")
-    train.add_argument("--text-weights", default=None, help="Hugging Face BERT folder or file")
-    train.add_argument(
-        "--patience",
-        type=int,
-        default=2,
-        help="early stopping patience in epochs (0 disables it; default: 2)",
+    train.set_defaults(
+        api_options=add_api_options(train, train_api, skip=("resume", "distributed"))
     )
     train.add_argument(
         "--resume",
@@ -108,21 +172,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="continue the run in OUTPUT (or from CHECKPOINT, a run's last/ folder)",
     )
-    train.add_argument("--augment", action="store_true", help="random resized crops")
-    train.add_argument("--max-steps-per-epoch", type=int, default=None)
     train.add_argument(
         "--distributed",
         default="auto",
         choices=["auto", "yes", "no"],
         help="data-parallel over torch.distributed (auto: when torchrun started several processes)",
     )
-    train.add_argument(
-        "--local-loss",
-        action="store_true",
-        help="distributed: each rank computes its own rows of the loss (same gradient, less work)",
-    )
-    _add_columns(train)
-    train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
 
     evaluate = sub.add_parser(
@@ -130,26 +185,23 @@ def _parser() -> argparse.ArgumentParser:
         help="retrieval metrics on captioned data, or zero-shot accuracy on a class folder",
         description="Evaluate a checkpoint: image-text retrieval (R@1/5/10, loss) on a "
         "captioned data set, or zero-shot classification on a folder with one sub-folder "
-        "per class (--zero-shot).",
+        "per class (--zero-shot). Every option of liteclip.evaluate is a flag here.",
     )
     evaluate.add_argument("checkpoint", help="checkpoint folder or file")
+    evaluate.set_defaults(api_options=add_api_options(evaluate, evaluate_api, skip=("templates",)))
     evaluate.add_argument(
-        "--data", default=None, help="captioned data set (default: the one the run trained on)"
-    )
-    evaluate.add_argument("--split", default="val", choices=["val", "train", "all"])
-    evaluate.add_argument(
-        "--zero-shot", metavar="FOLDER", default=None, help="class-per-sub-folder image folder"
+        "--zero-shot",
+        metavar="FOLDER",
+        default=None,
+        help="class-per-sub-folder image folder (the same as --task zero-shot --data FOLDER)",
     )
     evaluate.add_argument(
         "--template",
         action="append",
         default=None,
-        help='prompt template with {} for the class name (repeatable; default "a photo of a {}.")',
+        help='prompt template with {} for the class name (repeatable; "ensemble" for 18 '
+        'built-in prompts; default "a photo of a {}.")',
     )
-    evaluate.add_argument("--batch-size", type=int, default=64)
-    _add_device(evaluate)
-    evaluate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    _add_columns(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print JSON")
 
     embed = sub.add_parser(
@@ -164,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--output", default="embeddings.npy", help="(default: %(default)s)")
     embed.add_argument("--batch-size", type=int, default=64)
     _add_device(embed)
-    embed.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    _add_precision(embed)
     embed.add_argument("--json", action="store_true", help="print a JSON summary")
 
     search = sub.add_parser(
@@ -179,6 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--image", action="store_true", help="the query is an image file")
     search.add_argument("--top-k", type=int, default=5)
     _add_device(search)
+    _add_precision(search)
     search.add_argument("--json", action="store_true", help="print JSON")
 
     demo = sub.add_parser(
@@ -198,7 +251,9 @@ def _predict(args: argparse.Namespace) -> int:
     from . import ZeroShotPipeline
 
     pipeline = ZeroShotPipeline(args.checkpoint, device=args.device, precision=args.precision)
-    ranking = pipeline.predict(args.image, args.labels, top_k=args.top_k)
+    ranking = pipeline.predict(
+        args.image, args.labels, top_k=args.top_k, hypothesis_template=args.template
+    )
     if args.json:
         print(json.dumps([{"label": label, "probability": p} for label, p in ranking]))
     else:
@@ -207,12 +262,24 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _columns(args: argparse.Namespace) -> dict:
-    return {
-        "image_column": args.image_column,
-        "caption_column": args.caption_column,
-        "images_dir": args.images_dir,
-    }
+def train_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `liteclip.train` that a parsed `liteclip train` stands for."""
+    kwargs = {name: getattr(args, name) for name in args.api_options}
+    kwargs["resume"] = args.resume
+    kwargs["distributed"] = {"auto": "auto", "yes": True, "no": False}[args.distributed]
+    if args.json:
+        kwargs["progress"] = False
+    return kwargs
+
+
+def evaluate_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `liteclip.evaluate` that a parsed `liteclip evaluate` stands
+    for."""
+    kwargs = {name: getattr(args, name) for name in args.api_options}
+    kwargs["templates"] = args.template
+    if args.zero_shot:
+        kwargs.update(data=args.zero_shot, task="zero-shot")
+    return kwargs
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -220,34 +287,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from .training import train
 
-    columns = {k: v for k, v in _columns(args).items() if v is not None}
-    result = train(
-        args.data,
-        args.output,
-        model=args.model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        schedule=args.schedule,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-        init=args.init,
-        image_weights=args.image_weights,
-        text_weights=args.text_weights,
-        early_stopping_patience=args.patience or None,
-        resume=args.resume,
-        augment=args.augment,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-        progress=not (args.no_progress or args.json),
-        distributed={"auto": "auto", "yes": True, "no": False}[args.distributed],
-        local_loss=args.local_loss,
-        **columns,
-    )
+    result = train(args.data, **train_arguments(args))
     if int(os.environ.get("RANK", "0")) != 0:
         return EXIT_OK  # under torchrun, rank 0 reports for all
     if args.json:
@@ -261,29 +301,10 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .training import evaluate
 
-    if args.zero_shot:
-        metrics = evaluate(
-            args.checkpoint,
-            args.zero_shot,
-            task="zero-shot",
-            templates=args.template,
-            batch_size=args.batch_size,
-            device=args.device,
-            precision=args.precision,
-        )
-    else:
-        metrics = evaluate(
-            args.checkpoint,
-            args.data,
-            split=args.split,
-            batch_size=args.batch_size,
-            device=args.device,
-            precision=args.precision,
-            **_columns(args),
-        )
+    metrics = evaluate(args.checkpoint, **evaluate_arguments(args))
     if args.json:
         print(json.dumps(metrics))
-    elif args.zero_shot:
+    elif "top1" in metrics:
         print(
             f"top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
             f"({metrics['images']} images)"
@@ -297,56 +318,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm", ".pgm"}
-
-
 def _embed(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from . import LiteClip
 
-    import numpy as np
-
-    from . import ImageDecodeError, LiteClip
-
-    source = Path(args.source)
-    if not source.exists():
-        raise FileNotFoundError(2, "No such file or directory", str(source))
     model = LiteClip.load(args.checkpoint, device=args.device, precision=args.precision)
-    skipped: list[tuple[str, str]] = []
-    if source.is_dir():
-        kind = "images"
-        items = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        rows, kept = [], []
-        for i in range(0, len(items), args.batch_size):
-            chunk = items[i : i + args.batch_size]
-            try:
-                rows.append(model.encode_image(chunk))
-                kept += chunk
-            except (ImageDecodeError, OSError):  # find the bad ones, keep the rest
-                for item in chunk:
-                    try:
-                        rows.append(model.encode_image(item))
-                        kept.append(item)
-                    except (ImageDecodeError, OSError) as error:
-                        skipped.append((item, str(error)))
-        items = kept
-        embeddings = np.concatenate(rows) if rows else np.zeros((0, model.embed_dim), "float32")
-    else:
-        kind = "texts"
-        items = [line.strip() for line in source.read_text().splitlines() if line.strip()]
-        embeddings = (
-            model.encode_text(items) if items else np.zeros((0, model.embed_dim), "float32")
-        )
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    np.save(output, embeddings)
-    index = {"kind": kind, "checkpoint": str(args.checkpoint), "items": items}
-    output.with_suffix(".json").write_text(json.dumps(index, indent=1))
-    summary = {"output": str(output), "kind": kind, "rows": len(items), "skipped": skipped}
+    summary = model.embed_to_file(
+        args.source, args.output, batch_size=args.batch_size, checkpoint=str(args.checkpoint)
+    )
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"embedded {len(items)} {kind} into {output} (index {output.with_suffix('.json')})")
-        for item, why in skipped:
+        print(
+            f"embedded {summary['rows']} {summary['kind']} into {summary['output']} "
+            f"(index {summary['index']})"
+        )
+        for item, why in summary["skipped"]:
             print(f"skipped {item}: {why}", file=sys.stderr)
     return EXIT_OK
 
@@ -368,7 +354,7 @@ def _search(args: argparse.Namespace) -> int:
         )
     if args.top_k < 1:
         raise ValueError("--top-k must be at least 1")
-    model = LiteClip.load(args.checkpoint, device=args.device)
+    model = LiteClip.load(args.checkpoint, device=args.device, precision=args.precision)
     query = model.encode_image(args.query) if args.image else model.encode_text(args.query)
     if query.shape[1] != embeddings.shape[1]:
         raise ValueError(
@@ -394,6 +380,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import LiteClipError
+
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "train":
@@ -413,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"liteclip {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, TypeError, RuntimeError) as error:
+    except (LiteClipError, OSError, ValueError, TypeError, RuntimeError) as error:
         print(f"liteclip {args.command}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
 

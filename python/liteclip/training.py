@@ -33,6 +33,11 @@ class TrainResult:
         interrupted: the run was stopped (Ctrl-C) before its last epoch.
         skipped_images: ``(path, reason)`` of images that could not be decoded.
         malformed_rows, missing_images: rows of the captions file that were skipped.
+        train_images, val_images: images on each side of the split.
+        device, precision: where and in what arithmetic the run trained.
+
+    The fields are those of the Rust core's result (``src/train/report.rs``); a test keeps the
+    two in step.
     """
 
     best_checkpoint: str | None
@@ -47,6 +52,11 @@ class TrainResult:
     val_images: int = 0
     device: str = "cpu"
     precision: str = "fp32"
+
+    @classmethod
+    def _from_core(cls, raw: dict[str, Any]) -> TrainResult:
+        raw["skipped_images"] = [tuple(x) for x in raw["skipped_images"]]
+        return cls(**raw)
 
 
 class _Progress:
@@ -172,6 +182,9 @@ def train(
             unbroken run); a path continues from that checkpoint folder. Without it, an
             existing run in ``output`` is an error rather than overwritten.
         augment: random resized crops (scale 0.5-1) instead of the center crop.
+        image_column: CSV column of image paths.
+        caption_column: CSV column of captions.
+        images_dir: folder the CSV's image paths are relative to.
         prefetch: batches decoded ahead of the device, on worker threads.
         max_steps_per_epoch: cap on steps per epoch (quick trials, benchmarks).
         skip_nonfinite: a batch whose loss is NaN or infinite is skipped and counted (in the
@@ -200,54 +213,30 @@ def train(
         A :class:`TrainResult`. Images that cannot be decoded are skipped and counted, not
         fatal. Ctrl-C stops at the next step; the last completed epoch's checkpoint stays.
     """
+    # Every argument but the three below is a core option, passed on as it is: the core holds
+    # the defaults and checks the values (tests/test_options.py keeps this signature in step).
+    options = {k: v for k, v in locals().items() if k not in _PYTHON_ONLY}
     group = None
     if requested(distributed):
-        device = rank_device(device)
-        group = ProcessGroup(device, distributed_timeout)
+        options["device"] = rank_device(device)
+        group = ProcessGroup(options["device"], distributed_timeout)
         # One progress display per run, not one per process.
         progress = progress and group.rank == 0
     reporter = _Progress(progress)
     succeeded = False
     try:
-        raw = _liteclip.train_model(
-            data,
-            output,
-            reporter,
-            model=str(model),
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            schedule=schedule,
-            val_fraction=val_fraction,
-            seed=seed,
-            device=device,
-            precision=precision,
-            init=init,
-            image_weights=image_weights,
-            text_weights=text_weights,
-            early_stopping_patience=early_stopping_patience,
-            augment=augment,
-            resume=resume if isinstance(resume, bool) else os.fspath(resume),
-            image_column=image_column,
-            caption_column=caption_column,
-            images_dir=images_dir,
-            prefetch=prefetch,
-            max_steps_per_epoch=max_steps_per_epoch,
-            skip_nonfinite=skip_nonfinite,
-            collectives=group,
-            local_loss=local_loss,
-        )
+        raw = _liteclip.train_model(options, reporter, collectives=group)
         # An interrupted rank may leave while others are mid-step: no closing barrier then.
         succeeded = not raw["interrupted"]
     finally:
         reporter.close()
         if group is not None:
             group.close(succeeded)
-    raw["skipped_images"] = [tuple(x) for x in raw["skipped_images"]]
-    return TrainResult(**raw)
+    return TrainResult._from_core(raw)
+
+
+#: Arguments of `train` that the Python layer handles itself (display, process group).
+_PYTHON_ONLY = ("progress", "distributed", "distributed_timeout")
 
 
 def evaluate(
@@ -269,30 +258,34 @@ def evaluate(
 
     ``task="retrieval"`` (on a captioned data set, as ``train`` reads them): image->text and
     text->image recall at 1, 5 and 10 (all captions of an image count as correct), median
-    ranks, and the contrastive ``loss``. ``split`` is ``"val"`` or ``"train"`` (the split a
-    training run made: its data path, ``val_fraction`` and ``seed`` are read from the
-    checkpoint when not given) or ``"all"``.
+    ranks, and the contrastive ``loss``.
 
     ``task="zero-shot"`` (on a folder with one sub-folder of images per class): ``top1``,
-    ``top5``, ``per_class`` accuracy and a ``confusion`` matrix (``confusion[true][predicted]``);
-    each class is described by ``templates``: one (``"a photo of a {}."`` by default), a list
-    (their embeddings are averaged per class, as CLIP does), or ``"ensemble"`` for a built-in
-    set of 18 prompts in the manner of CLIP's ImageNet templates.
+    ``top5``, ``per_class`` accuracy and a ``confusion`` matrix (``confusion[true][predicted]``).
+
+    Args:
+        checkpoint: a checkpoint folder or file (any form ``LiteClip.load`` reads).
+        data: the data set: captioned (retrieval; by default the one the checkpoint's training
+            run used) or a class-per-sub-folder image folder (zero-shot).
+        split: ``"val"`` or ``"train"`` (the split a training run made: its ``val_fraction``
+            and ``seed`` are read from the checkpoint when not given) or ``"all"``.
+        task: ``"retrieval"`` or ``"zero-shot"``.
+        templates: zero-shot prompts with ``{}`` for the class name: one (``"a photo of a
+            {}."`` by default), a list (their embeddings are averaged per class, as CLIP does),
+            or ``"ensemble"`` for a built-in set of 18 prompts in the manner of CLIP's ImageNet
+            templates.
+        batch_size: images per forward pass (retrieval: also the loss's batch).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        val_fraction: retrieval: the held-out share of the split (default: the run's).
+        seed: retrieval: the seed of the split (default: the run's).
+        image_column: retrieval: CSV column of image paths (default: the run's).
+        caption_column: retrieval: CSV column of captions (default: the run's).
+        images_dir: retrieval: folder the image paths are relative to (default: the run's).
+
+    Returns:
+        A dict of metrics (see above), with ``images`` (and ``captions``) counted.
     """
     if isinstance(templates, str):
         templates = [templates]
-    return _liteclip.evaluate_model(
-        checkpoint,
-        data=data,
-        split=split,
-        task=task,
-        templates=templates,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        val_fraction=val_fraction,
-        seed=seed,
-        image_column=image_column,
-        caption_column=caption_column,
-        images_dir=images_dir,
-    )
+    return _liteclip.evaluate_model(dict(locals()))

@@ -13,16 +13,16 @@
 
 pub mod backbones;
 pub mod torch_pickle;
+pub mod torch_save;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tch::{nn, Tensor};
 
 use crate::config::{BertConfig, ConvNextConfig, LiteClipConfig};
 use crate::error::{Error, Result, ShapeMismatch};
+use crate::fsio;
 use torch_pickle::{TorchFile, Value};
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -378,9 +378,8 @@ fn check_finite(vars: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
     ))
 }
 
-/// Writes `vs` and `config` as a liteclip checkpoint folder. Each file is written to a temporary
-/// name, flushed to disk and renamed into place, so a crash never leaves a half-written file
-/// under the final name.
+/// Writes `vs` and `config` as a liteclip checkpoint folder, each file atomically (see
+/// [`crate::fsio`]), so a crash never leaves a half-written file under the final name.
 pub fn save(dir: &Path, config: &LiteClipConfig, vs: &nn::VarStore) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut named: Vec<(String, Tensor)> = vs
@@ -389,36 +388,8 @@ pub fn save(dir: &Path, config: &LiteClipConfig, vs: &nn::VarStore) -> Result<()
         .map(|(k, v)| Ok((k, v.f_to_device(tch::Device::Cpu)?.f_contiguous()?)))
         .collect::<Result<_>>()?;
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    write_atomically(&dir.join(WEIGHTS_FILE), |tmp| {
+    fsio::write_atomically(&dir.join(WEIGHTS_FILE), |tmp| {
         Tensor::write_safetensors(&named, tmp).map_err(Error::from)
     })?;
-    let json = config.to_json();
-    write_atomically(&dir.join(CONFIG_FILE), |tmp| {
-        let mut f = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
-        f.write_all(json.as_bytes()).map_err(|e| Error::io(tmp, e))
-    })?;
-    // Make the renames themselves durable.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// Runs `write` on a temporary file beside `path`, syncs it, then renames it over `path`.
-pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = write(&tmp).and_then(|()| {
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    fsio::write_bytes(&dir.join(CONFIG_FILE), config.to_json().as_bytes())
 }

@@ -218,3 +218,51 @@ fn prepare(
         pinned: config.pin_memory.is_some(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synthetic::{generate, Layout};
+    use crate::data::{epoch_samples, make_batches, CsvOptions};
+
+    fn config(prefetch: usize) -> LoaderConfig {
+        LoaderConfig {
+            image_size: 16,
+            transform: ImageTransform::Center,
+            prefetch,
+            seed: 3,
+            epoch: 1,
+            pin_memory: None,
+        }
+    }
+
+    /// Batches are decoded ahead on worker threads, yet arrive in the planned order with the
+    /// planned samples; an unreadable image drops out of its batch only, and is reported.
+    #[test]
+    fn batches_arrive_in_plan_order_with_their_samples() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("d");
+        generate(&root, 20, 0, 16, Layout::Captions).unwrap();
+        let dataset = Arc::new(Dataset::open(&root, &CsvOptions::default()).unwrap());
+        let broken = dataset.entries[7].path.clone();
+        std::fs::write(&broken, b"not an image").unwrap();
+        let plan = make_batches(epoch_samples(&dataset, 3, 1), 6);
+        for prefetch in [1, 4] {
+            let got: Vec<ImageBatch> =
+                Loader::start(dataset.clone(), plan.clone(), config(prefetch))
+                    .map(|b| b.unwrap())
+                    .collect();
+            assert_eq!(got.len(), plan.len());
+            for (i, (batch, planned)) in got.iter().zip(&plan).enumerate() {
+                assert_eq!(batch.index, i);
+                let expected: Vec<Sample> =
+                    planned.iter().copied().filter(|s| s.entry != 7).collect();
+                assert_eq!(batch.kept, expected);
+                assert_eq!(batch.pixels.size(), [expected.len() as i64, 16, 16, 3]);
+                let failed = planned.len() - expected.len();
+                assert_eq!(batch.failed.len(), failed);
+                assert!(batch.failed.iter().all(|(p, _)| p == &broken));
+            }
+        }
+    }
+}

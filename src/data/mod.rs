@@ -274,6 +274,45 @@ pub const IMAGE_EXTENSIONS: [&str; 12] = [
     "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm", "pgm", "tga", "qoi",
 ];
 
+/// Whether a file is taken as an image by its extension (case-insensitive).
+pub fn is_image_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Every image file under `root`, recursively, sorted by path. Hidden files and folders
+/// (names starting with '.') are passed over, as are links to folders (no cycles).
+pub fn list_images(root: &Path) -> Result<Vec<PathBuf>> {
+    if !root.is_dir() {
+        return Err(Error::FileNotFound {
+            path: root.to_owned(),
+            hint: Some("expected a folder of images".into()),
+        });
+    }
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(path);
+            } else if is_image_path(&path) && path.is_file() {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// A labelled image folder (torchvision's ImageFolder layout): one sub-folder per class.
 #[derive(Debug, Clone, Default)]
 pub struct ImageFolder {
@@ -304,11 +343,7 @@ impl ImageFolder {
         for dir in read_dir(root)?.into_iter().filter(|p| p.is_dir()) {
             let files: Vec<PathBuf> = read_dir(&dir)?
                 .into_iter()
-                .filter(|p| {
-                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
-                    })
-                })
+                .filter(|p| is_image_path(p))
                 .collect();
             if files.is_empty() {
                 continue;

@@ -3,14 +3,13 @@
 //! `liteclip-nano` to a useful model on a CPU in minutes, and has classes (colour x shape) for
 //! zero-shot checks with prompt templates the model never saw in training.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 use rayon::prelude::*;
 
-use crate::checkpoint::write_atomically;
 use crate::error::{Error, Result};
+use crate::fsio::{self, write_atomically};
 use crate::rng::Rng;
 
 pub const COLORS: [(&str, [u8; 3]); 6] = [
@@ -166,10 +165,7 @@ pub fn generate(
                 .map(|(_, rows)| rows.as_str())
                 .collect::<String>();
         let captions = root.join("captions.txt");
-        write_atomically(&captions, |tmp| {
-            let mut f = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
-            f.write_all(csv.as_bytes()).map_err(|e| Error::io(tmp, e))
-        })?;
+        fsio::write_bytes(&captions, csv.as_bytes())?;
     }
     Ok(written.into_iter().map(|(path, _)| path).collect())
 }

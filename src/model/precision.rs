@@ -12,7 +12,8 @@ use tch::{Kind, Tensor};
 use crate::error::{Error, Result};
 
 /// The arithmetic of a forward (and backward) pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Precision {
     /// Full fp32 everywhere (no TF32): exact parity with the original.
     Fp32,
@@ -22,7 +23,12 @@ pub enum Precision {
     Fp16,
 }
 
+crate::serde_by_name!(Precision);
+
 impl Precision {
+    /// The names `parse` takes, for command-line choices.
+    pub const NAMES: [&'static str; 3] = ["fp32", "bf16", "fp16"];
+
     pub fn parse(name: &str) -> Result<Self> {
         match name.to_ascii_lowercase().as_str() {
             "fp32" | "float32" => Ok(Precision::Fp32),

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use tch::Tensor;
 
+use super::errors::IntoPyResult;
 use crate::error::Error;
 use crate::image::{decode::rgb_from_pixels, ImageInput};
 
@@ -22,6 +23,19 @@ pub enum Images {
     Many(Vec<ImageInput>),
     /// Already preprocessed floats, `(N, 3, S, S)`; `batched` is false for a single `(3, S, S)`.
     Pixels { tensor: Tensor, batched: bool },
+}
+
+impl Images {
+    /// The core's form, and whether the caller gave a batch (a list, or `(N, 3, S, S)` pixels)
+    /// and so expects one result per image rather than a single one.
+    pub fn into_core(self) -> (crate::liteclip::Images, bool) {
+        use crate::liteclip::Images as Core;
+        match self {
+            Images::One(image) => (Core::Inputs(vec![image]), false),
+            Images::Many(list) => (Core::Inputs(list), true),
+            Images::Pixels { tensor, batched } => (Core::Pixels(tensor), batched),
+        }
+    }
 }
 
 const IMAGE_KINDS: &str = "a path (str or os.PathLike), encoded bytes, a PIL.Image, a uint8 \
@@ -219,6 +233,11 @@ pub fn extract_texts(obj: &Bound<'_, PyAny>, what: &str) -> Result<Vec<String>, 
     Ok(out)
 }
 
+/// Borrowed views of owned strings, as the core's text functions take them.
+pub fn as_strs(texts: &[String]) -> Vec<&str> {
+    texts.iter().map(String::as_str).collect()
+}
+
 /// A 2-D float tensor (on the CPU) as a new numpy array.
 pub fn to_numpy_2d<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAny>> {
     let t = t.to_kind(tch::Kind::Float).contiguous();
@@ -226,6 +245,7 @@ pub fn to_numpy_2d<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAn
     let mut data = vec![0f32; t.numel()];
     let n = data.len();
     t.f_copy_data(&mut data, n)
-        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        .map_err(Error::from)
+        .py_err(py)?;
     Ok(PyArray1::from_vec(py, data).reshape(shape)?.into_any())
 }

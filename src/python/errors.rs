@@ -12,6 +12,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyDict, PyTuple, PyType};
+use serde::Serialize;
 
 use crate::error::{hint_suffix, Error};
 
@@ -22,6 +23,8 @@ struct ExceptionTypes {
     config: Py<PyType>,
     device: Py<PyType>,
     distributed: Py<PyType>,
+    non_finite: Py<PyType>,
+    torch: Py<PyType>,
 }
 
 static TYPES: GILOnceCell<ExceptionTypes> = GILOnceCell::new();
@@ -49,6 +52,7 @@ fn types(py: Python<'_>) -> PyResult<&ExceptionTypes> {
         let exception = builtins.getattr("Exception")?;
         let value_error = builtins.getattr("ValueError")?;
         let runtime_error = builtins.getattr("RuntimeError")?;
+        let floating_point_error = builtins.getattr("FloatingPointError")?;
         let base = make_type(
             py,
             "LiteClipError",
@@ -88,7 +92,21 @@ fn types(py: Python<'_>) -> PyResult<&ExceptionTypes> {
             distributed: sub(
                 "DistributedError",
                 &runtime_error,
-                "A data-parallel training rank died, stopped answering, or was set up wrongly.",
+                "A data-parallel training rank died, stopped answering, sent something \
+                 unreadable, or was set up wrongly.",
+            )?,
+            non_finite: sub(
+                "NonFiniteLossError",
+                &floating_point_error,
+                "Training diverged: the loss became NaN or infinite. The last completed \
+                 epoch's checkpoint is kept; lower the learning rate, change the precision, or \
+                 pass skip_nonfinite=True.",
+            )?,
+            torch: sub(
+                "TorchError",
+                &runtime_error,
+                "libtorch reported a failure (out of memory, a CUDA error, a kernel that \
+                 refused its inputs).",
             )?,
             base,
         })
@@ -105,6 +123,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         &t.config,
         &t.device,
         &t.distributed,
+        &t.non_finite,
+        &t.torch,
     ] {
         let cls = cls.bind(m.py());
         m.add(cls.name()?, cls)?;
@@ -163,14 +183,16 @@ pub fn to_py_err(py: Python<'_>, error: Error) -> PyErr {
         Error::Device(_) => new_err(&t.device, py, message),
         Error::Distributed(_) => new_err(&t.distributed, py, message),
         Error::Interrupted => PyKeyboardInterrupt::new_err(message),
-        Error::Torch(_) => new_err(&t.base, py, message),
+        Error::NonFiniteLoss(_) => new_err(&t.non_finite, py, message),
+        Error::Torch(_) => new_err(&t.torch, py, message),
     }
 }
 
-/// Called between chunks of long work running without the GIL: runs Python's signal handlers
-/// and turns a pending Ctrl-C into [`Error::Interrupted`], so the work stops promptly.
-pub fn check_interrupt() -> crate::Result<()> {
-    Python::with_gil(|py| py.check_signals()).map_err(|_| Error::Interrupted)
+/// The core's cancellation poll (see [`crate::cancel`]): runs Python's signal handlers, and a
+/// pending Ctrl-C stops the core's work at its next chunk with [`Error::Interrupted`], which
+/// becomes `KeyboardInterrupt` again here.
+pub fn ctrl_c_pressed() -> bool {
+    Python::with_gil(|py| py.check_signals()).is_err()
 }
 
 /// Runs core work with the GIL released, turning errors into exceptions and panics into a
@@ -212,4 +234,34 @@ impl<T> IntoPyResult<T> for crate::Result<T> {
     fn py_err(self, py: Python<'_>) -> PyResult<T> {
         self.map_err(|e| to_py_err(py, e))
     }
+}
+
+/// Any serialisable core value as Python objects (through JSON: plain dicts, lists, numbers).
+pub fn to_python<'py>(py: Python<'py>, value: &impl Serialize) -> PyResult<Bound<'py, PyAny>> {
+    let text = serde_json::to_string(value)
+        .map_err(|e| Error::invalid(format!("cannot convert a result: {e}")))
+        .py_err(py)?;
+    py.import("json")?.call_method1("loads", (text,))
+}
+
+/// A dict of keyword arguments as the JSON object the core's option structs read (paths through
+/// `os.fspath`). Non-finite floats are refused here, naming the argument: JSON cannot carry them.
+pub fn options_json(options: &Bound<'_, PyDict>) -> PyResult<String> {
+    let py = options.py();
+    for (key, value) in options.iter() {
+        if let Ok(x) = value.extract::<f64>() {
+            if !x.is_finite() && !value.is_instance_of::<pyo3::types::PyBool>() {
+                return Err(Error::invalid(format!(
+                    "{key} must be a finite number, got {x}"
+                )))
+                .py_err(py);
+            }
+        }
+    }
+    let fspath = py.import("os")?.getattr("fspath")?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("default", fspath)?;
+    py.import("json")?
+        .call_method("dumps", (options,), Some(&kwargs))?
+        .extract()
 }

@@ -11,11 +11,13 @@ mod training;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use convert::{extract_images, extract_texts, Images};
+use convert::{extract_images, extract_texts};
 use errors::{run_released, IntoPyResult};
 use numpy::{PyArray1, PyArrayMethods};
 
+use crate::error::Error;
 use crate::image::{self as img, preprocess_batch};
+use crate::liteclip;
 use crate::text::{Padding, TextTokenizer};
 
 /// Applies liteCLIP's image transform (resize shorter side with bicubic antialiasing, center
@@ -29,17 +31,15 @@ fn preprocess<'py>(
     image_size: u32,
 ) -> PyResult<Bound<'py, PyAny>> {
     if image_size == 0 {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "image_size must be positive",
-        ));
+        return Err(Error::invalid("image_size must be positive")).py_err(py);
     }
-    let (list, batched) = match extract_images(image).py_err(py)? {
-        Images::One(i) => (vec![i], false),
-        Images::Many(l) => (l, true),
-        Images::Pixels { .. } => {
-            return Err(pyo3::exceptions::PyTypeError::new_err(
-                "preprocess takes images, not float arrays (they are already preprocessed)",
+    let (list, batched) = match extract_images(image).py_err(py)?.into_core() {
+        (liteclip::Images::Inputs(list), batched) => (list, batched),
+        (liteclip::Images::Pixels(_), _) => {
+            return Err(Error::InvalidType(
+                "preprocess takes images, not float arrays (they are already preprocessed)".into(),
             ))
+            .py_err(py)
         }
     };
     let n = list.len();
@@ -132,8 +132,12 @@ fn liteclip_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_MAX_IMAGE_PIXELS", img::DEFAULT_MAX_IMAGE_PIXELS)?;
     m.add_function(wrap_pyfunction!(training::train_model, m)?)?;
     m.add_function(wrap_pyfunction!(training::evaluate_model, m)?)?;
+    m.add_function(wrap_pyfunction!(training::train_defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(training::evaluate_defaults, m)?)?;
     m.add_function(wrap_pyfunction!(training::make_shapes, m)?)?;
     training::add_dataset_constants(m)?;
+    training::add_option_choices(m)?;
     errors::register(m)?;
+    crate::cancel::install(errors::ctrl_c_pressed);
     Ok(())
 }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use numpy::PyArrayMethods;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 
-use super::convert::{extract_images, extract_texts, to_numpy_2d, Images};
-use super::errors::{check_interrupt, run_released, IntoPyResult};
+use super::convert::{as_strs, extract_images, extract_texts, to_numpy_2d};
+use super::errors::{run_released, to_python, IntoPyResult};
 use crate::config::LiteClipConfig;
 use crate::device::{device_name, parse_device};
 use crate::error::Result;
@@ -29,38 +29,6 @@ impl std::ops::Deref for SharedModel {
     fn deref(&self) -> &LiteClip {
         &self.0
     }
-}
-
-/// Long inputs are embedded in chunks, with a check for Ctrl-C between chunks.
-const IMAGES_PER_CHECK: usize = 64;
-const TEXTS_PER_CHECK: usize = 4096;
-
-fn embed_images(model: &LiteClip, images: Images) -> Result<tch::Tensor> {
-    match images {
-        Images::One(image) => model.encode_images(&[image]),
-        Images::Many(list) => {
-            let mut parts = Vec::new();
-            for chunk in list.chunks(IMAGES_PER_CHECK) {
-                check_interrupt()?;
-                parts.push(model.encode_images(chunk)?);
-            }
-            Ok(tch::Tensor::f_cat(&parts, 0)?)
-        }
-        Images::Pixels { tensor, .. } => model.encode_pixels(&tensor),
-    }
-}
-
-fn embed_texts(model: &LiteClip, texts: &[String]) -> Result<tch::Tensor> {
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    if refs.len() <= TEXTS_PER_CHECK {
-        return model.encode_texts(&refs);
-    }
-    let mut parts = Vec::new();
-    for chunk in refs.chunks(TEXTS_PER_CHECK) {
-        check_interrupt()?;
-        parts.push(model.encode_texts(chunk)?);
-    }
-    Ok(tch::Tensor::f_cat(&parts, 0)?)
 }
 
 /// A numpy array, or with `as_tensor` a torch tensor over the same memory (no copy).
@@ -178,9 +146,9 @@ impl PyLiteClip {
         images: &Bound<'py, PyAny>,
         as_tensor: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let images = extract_images(images).py_err(py)?;
+        let (images, _) = extract_images(images).py_err(py)?.into_core();
         let model = self.inner.clone();
-        let emb = run_released(py, move || embed_images(&model, images))?;
+        let emb = run_released(py, move || model.encode(&images))?;
         output(py, &emb, as_tensor)
     }
 
@@ -195,7 +163,7 @@ impl PyLiteClip {
     ) -> PyResult<Bound<'py, PyAny>> {
         let texts = extract_texts(texts, "texts").py_err(py)?;
         let model = self.inner.clone();
-        let emb = run_released(py, move || embed_texts(&model, &texts))?;
+        let emb = run_released(py, move || model.encode_texts(&as_strs(&texts)))?;
         output(py, &emb, as_tensor)
     }
 
@@ -209,16 +177,10 @@ impl PyLiteClip {
         texts: &Bound<'py, PyAny>,
         as_tensor: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let images = extract_images(images).py_err(py)?;
+        let (images, _) = extract_images(images).py_err(py)?.into_core();
         let texts = extract_texts(texts, "texts").py_err(py)?;
         let model = self.inner.clone();
-        let logits = run_released(py, move || {
-            let img = embed_images(&model, images)?;
-            let txt = embed_texts(&model, &texts)?;
-            Ok(img
-                .f_matmul(&txt.f_tr()?)?
-                .f_mul_scalar(model.logit_scale()?)?)
-        })?;
+        let logits = run_released(py, move || model.similarity(&images, &as_strs(&texts)))?;
         output(py, &logits, as_tensor)
     }
 
@@ -270,7 +232,8 @@ impl PyLiteClip {
             let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
             let flat = t.to_kind(tch::Kind::Float).contiguous().view([-1]);
             let data = Vec::<f32>::try_from(&flat)
-                .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+                .map_err(crate::error::Error::from)
+                .py_err(py)?;
             out.set_item(name, numpy::PyArray1::from_vec(py, data).reshape(shape)?)?;
         }
         Ok(out)
@@ -280,39 +243,47 @@ impl PyLiteClip {
     /// state dict, loadable by its PyTorch `CLIP` module. Only for the original architecture
     /// (the `liteclip` preset); the file is written atomically.
     fn export_pt(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        let c = self.inner.config();
-        let original = LiteClipConfig::liteclip();
-        if c.image != original.image || c.text != original.text || c.embed_dim != original.embed_dim
-        {
-            return Err(crate::error::Error::Config(
-                "export_pt writes the original liteCLIP layout, which only the \"liteclip\" \
-                 architecture has (convnext_tiny + bert-mini + 256-d); use save() for this model"
-                    .into(),
-            ))
-            .py_err(py);
-        }
-        let torch = py.import("torch")?;
-        let ordered = py.import("collections")?.getattr("OrderedDict")?.call0()?;
-        for (name, array) in self.state_dict(py)?.iter() {
-            ordered.set_item(name, torch.call_method1("from_numpy", (array,))?)?;
-        }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "liteclip.pt".into());
-        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| crate::error::Error::io(parent, e))
-                .py_err(py)?;
-        }
-        let saved = torch.call_method1("save", (ordered, tmp.clone()));
-        if let Err(e) = saved {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        py.import("os")?.call_method1("replace", (tmp, path))?;
-        Ok(())
+        let model = self.inner.clone();
+        run_released(py, move || model.export_pt(&path))
+    }
+
+    /// Embeds every image under `folder` (recursively; the extensions `liteclip` reads),
+    /// `batch_size` at a time. Returns `(paths, embeddings, skipped)`: the paths in sorted order
+    /// with one unit-length float32 row each, and `(path, reason)` for images that could not be
+    /// decoded (skipped, not fatal). Ctrl-C stops it between batches.
+    #[pyo3(signature = (folder, batch_size = 64))]
+    fn embed_folder<'py>(
+        &self,
+        py: Python<'py>,
+        folder: PathBuf,
+        batch_size: usize,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let model = self.inner.clone();
+        let found = run_released(py, move || {
+            crate::embed::embed_folder(&model, &folder, batch_size)
+        })?;
+        let embeddings = to_numpy_2d(py, &found.embeddings)?;
+        (found.paths, embeddings, found.skipped).into_pyobject(py)
+    }
+
+    /// Writes the embeddings of `source` (a folder of images, or a text file with one text per
+    /// line) to `output` (`.npy`) and its index (`.json` beside it): what `liteclip embed` does.
+    /// Returns a summary dict (`output`, `index`, `kind`, `rows`, `skipped`).
+    #[pyo3(signature = (source, output, batch_size = 64, checkpoint = None))]
+    fn embed_to_file<'py>(
+        &self,
+        py: Python<'py>,
+        source: PathBuf,
+        output: PathBuf,
+        batch_size: usize,
+        checkpoint: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let model = self.inner.clone();
+        let checkpoint = checkpoint.unwrap_or_default();
+        let report = run_released(py, move || {
+            crate::embed::embed_to_file(&model, &source, &output, batch_size, &checkpoint)
+        })?;
+        to_python(py, &report)
     }
 
     /// Names and shapes of all parameters, in the original liteCLIP layout.

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use super::convert::{extract_images, extract_texts, Images};
+use super::convert::{extract_images, extract_texts};
 use super::errors::{run_released, IntoPyResult};
 use super::model::{PyLiteClip, SharedModel};
 use crate::error::Error;
-use crate::pipeline::{zero_shot, zero_shot_pixels, Candidates, LabelCache, Ranking};
+use crate::pipeline::{zero_shot, Candidates, LabelCache, Ranking};
 
 /// Where the original liteCLIP README expects its released weights.
 const DEFAULT_CHECKPOINT: &str = "model/liteclip2.pt";
@@ -53,11 +53,14 @@ impl PyZeroShotPipeline {
             }
         }
         let path: PathBuf = match checkpoint {
-            Some(obj) => obj.extract().map_err(|_| {
-                pyo3::exceptions::PyTypeError::new_err(
-                    "checkpoint must be a path (str or os.PathLike) or a LiteClip",
-                )
-            })?,
+            Some(obj) => obj
+                .extract()
+                .map_err(|_| {
+                    Error::InvalidType(
+                        "checkpoint must be a path (str or os.PathLike) or a LiteClip".into(),
+                    )
+                })
+                .py_err(py)?,
             None => PathBuf::from(DEFAULT_CHECKPOINT),
         };
         if checkpoint.is_none() && !path.exists() {
@@ -93,7 +96,7 @@ impl PyZeroShotPipeline {
     ) -> PyResult<Bound<'py, PyAny>> {
         let labels = extract_texts(labels, "labels").py_err(py)?;
         let candidates = Candidates::new(labels, hypothesis_template);
-        let images = extract_images(image).py_err(py)?;
+        let (images, batched) = extract_images(image).py_err(py)?.into_core();
         if top_k < 1 {
             return Err(Error::invalid(format!(
                 "top_k must be at least 1, got {top_k}"
@@ -102,16 +105,8 @@ impl PyZeroShotPipeline {
         }
         let (model, cache) = (self.model.clone(), self.labels.clone());
         let top_k = top_k as usize;
-        let (rankings, batched) = run_released(py, move || match images {
-            Images::One(image) => Ok((
-                zero_shot(&model, &[image], &candidates, top_k, &cache)?,
-                false,
-            )),
-            Images::Many(list) => Ok((zero_shot(&model, &list, &candidates, top_k, &cache)?, true)),
-            Images::Pixels { tensor, batched } => Ok((
-                zero_shot_pixels(&model, &tensor, &candidates, top_k, &cache)?,
-                batched,
-            )),
+        let rankings = run_released(py, move || {
+            zero_shot(&model, &images, &candidates, top_k, &cache)
         })?;
         let to_list = |r: Ranking| PyList::new(py, r);
         if batched {

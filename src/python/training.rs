@@ -1,31 +1,18 @@
-//! `train`, `evaluate` and the built-in data set: argument conversion, progress callbacks into
-//! Python, and results back as plain dicts. The Python wrappers in `liteclip/training.py` carry
-//! the documentation.
+//! `train`, `evaluate` and the built-in data set. Options arrive as a dict of keyword arguments
+//! and become the core's option structs (which hold every default); results go back as plain
+//! dicts. The Python wrappers in `liteclip/training.py` carry the documentation.
 
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use serde::Serialize;
 
 use super::distributed::PyCollectives;
-use super::errors::{run_released, IntoPyResult};
+use super::errors::{options_json, run_released, to_python, IntoPyResult};
 use crate::data::synthetic::{self, Layout};
-use crate::data::CsvOptions;
-use crate::device::parse_device;
 use crate::error::Error;
-use crate::eval;
-use crate::liteclip::LiteClip;
-use crate::model::Precision;
-use crate::train::optim::{OptimizerKind, Schedule};
-use crate::train::{self, EpochRecord, Flow, Observer, Resume, StepInfo, TrainOptions};
-
-/// Any serialisable value as Python objects (through JSON: plain dicts, lists, numbers).
-fn to_python<'py>(py: Python<'py>, value: &impl Serialize) -> PyResult<Bound<'py, PyAny>> {
-    let text = serde_json::to_string(value)
-        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
-    py.import("json")?.call_method1("loads", (text,))
-}
+use crate::eval::{self, EvalOptions};
+use crate::train::{self, EpochRecord, Flow, Observer, StepInfo, TrainOptions};
 
 /// Forwards progress to a Python object with `epoch_start`, `step`, `epoch_end` and `message`
 /// methods, and stops training on Ctrl-C or when a callback raises (the error is re-raised once
@@ -60,18 +47,6 @@ impl PyObserver {
     }
 }
 
-#[derive(Serialize)]
-struct StepJson {
-    epoch: usize,
-    step: usize,
-    steps: usize,
-    global_step: i64,
-    loss: Option<f64>,
-    lr: f64,
-    pairs: usize,
-    pairs_per_second: f64,
-}
-
 impl Observer for PyObserver {
     fn epoch_start(&mut self, epoch: usize, epochs: usize, steps: usize) -> Flow {
         self.call("epoch_start", |py| {
@@ -80,17 +55,7 @@ impl Observer for PyObserver {
     }
 
     fn step(&mut self, info: &StepInfo) -> Flow {
-        let json = StepJson {
-            epoch: info.epoch,
-            step: info.step_in_epoch,
-            steps: info.steps_in_epoch,
-            global_step: info.global_step,
-            loss: info.loss,
-            lr: info.lr,
-            pairs: info.pairs,
-            pairs_per_second: info.pairs_per_second,
-        };
-        self.call("step", |py| to_python(py, &json))
+        self.call("step", |py| to_python(py, info))
     }
 
     fn epoch_end(&mut self, record: &EpochRecord) -> Flow {
@@ -103,123 +68,17 @@ impl Observer for PyObserver {
     }
 }
 
-#[derive(Serialize)]
-struct TrainResultJson {
-    best_checkpoint: Option<PathBuf>,
-    last_checkpoint: PathBuf,
-    history: Vec<EpochRecord>,
-    stopped_early: bool,
-    interrupted: bool,
-    skipped_images: Vec<(PathBuf, String)>,
-    malformed_rows: usize,
-    missing_images: usize,
-    train_images: usize,
-    val_images: usize,
-    device: String,
-    precision: String,
-}
-
-fn csv_options(
-    image_column: &str,
-    caption_column: &str,
-    images_dir: Option<PathBuf>,
-) -> CsvOptions {
-    CsvOptions {
-        image_column: image_column.to_owned(),
-        caption_column: caption_column.to_owned(),
-        images_dir,
-    }
-}
-
-/// The training entry point behind `liteclip.train` (see its docstring).
+/// The training entry point behind `liteclip.train`: `options` are its keyword arguments (see
+/// its docstring); `collectives` a `liteclip.distributed.ProcessGroup` for data-parallel runs.
 #[pyfunction]
-#[pyo3(signature = (
-    data, output, observer, model = "liteclip", epochs = 5, batch_size = 64, lr = 2e-4,
-    optimizer = "adam", weight_decay = 0.0, warmup_steps = 0, schedule = "constant",
-    val_fraction = 0.2, seed = 0, device = "auto", precision = "auto", init = None,
-    image_weights = None, text_weights = None, early_stopping_patience = Some(2),
-    augment = false, resume = None, image_column = "image", caption_column = "caption",
-    images_dir = None, prefetch = 4, max_steps_per_epoch = None, skip_nonfinite = false,
-    collectives = None, local_loss = false
-))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (options, observer, collectives = None))]
 pub fn train_model<'py>(
     py: Python<'py>,
-    data: PathBuf,
-    output: PathBuf,
+    options: &Bound<'py, PyDict>,
     observer: PyObject,
-    model: &str,
-    epochs: usize,
-    batch_size: usize,
-    lr: f64,
-    optimizer: &str,
-    weight_decay: f64,
-    warmup_steps: i64,
-    schedule: &str,
-    val_fraction: f64,
-    seed: u64,
-    device: &str,
-    precision: &str,
-    init: Option<PathBuf>,
-    image_weights: Option<PathBuf>,
-    text_weights: Option<PathBuf>,
-    early_stopping_patience: Option<usize>,
-    augment: bool,
-    resume: Option<&Bound<'py, PyAny>>,
-    image_column: &str,
-    caption_column: &str,
-    images_dir: Option<PathBuf>,
-    prefetch: usize,
-    max_steps_per_epoch: Option<usize>,
-    skip_nonfinite: bool,
     collectives: Option<PyObject>,
-    local_loss: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let resume = match resume {
-        None => Resume::No,
-        Some(v) if v.is_instance_of::<pyo3::types::PyBool>() => {
-            if v.extract::<bool>()? {
-                Resume::Latest
-            } else {
-                Resume::No
-            }
-        }
-        Some(v) => Resume::From(v.extract::<PathBuf>().map_err(|_| {
-            pyo3::exceptions::PyTypeError::new_err(
-                "resume must be True, False or a checkpoint path",
-            )
-        })?),
-    };
-    if precision != "auto" {
-        Precision::parse(precision).py_err(py)?;
-    }
-    let options = TrainOptions {
-        data,
-        csv: csv_options(image_column, caption_column, images_dir),
-        output,
-        model: model.to_owned(),
-        epochs,
-        batch_size,
-        lr,
-        optimizer: OptimizerKind::parse(optimizer).py_err(py)?,
-        weight_decay,
-        warmup_steps,
-        schedule: Schedule::parse(schedule).py_err(py)?,
-        val_fraction,
-        seed,
-        device: device.to_owned(),
-        precision: precision.to_owned(),
-        init,
-        image_weights,
-        text_weights,
-        early_stopping_patience,
-        augment,
-        resume,
-        prefetch,
-        max_steps_per_epoch,
-        skip_nonfinite,
-        local_loss,
-    };
+    let options = TrainOptions::from_json(&options_json(options)?).py_err(py)?;
     let collectives = collectives
         .map(|group| PyCollectives::new(py, group))
         .transpose()?;
@@ -246,69 +105,31 @@ pub fn train_model<'py>(
     if let Some(error) = callback_error {
         return Err(error);
     }
-    let r = result?;
-    let json = TrainResultJson {
-        best_checkpoint: r.best_checkpoint,
-        last_checkpoint: r.last_checkpoint,
-        history: r.history,
-        stopped_early: r.stopped_early,
-        interrupted: r.interrupted,
-        skipped_images: r.skipped_images,
-        malformed_rows: r.data_report.malformed_rows,
-        missing_images: r.data_report.missing_images,
-        train_images: r.train_images,
-        val_images: r.val_images,
-        device: r.device,
-        precision: r.precision,
-    };
-    to_python(py, &json)
+    to_python(py, &result?)
 }
 
-/// The evaluation entry point behind `liteclip.evaluate` (see its docstring).
+/// The default of every training option, as the core defines them (for the checks that keep
+/// `liteclip.train`, its stub and the command line in step).
 #[pyfunction]
-#[pyo3(signature = (
-    checkpoint, data = None, split = "val", task = "retrieval", templates = None,
-    batch_size = 64, device = "auto", precision = "fp32", val_fraction = None, seed = None,
-    image_column = None, caption_column = None, images_dir = None
-))]
-#[allow(clippy::too_many_arguments)]
+pub fn train_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    to_python(py, &TrainOptions::default())
+}
+
+/// The evaluation entry point behind `liteclip.evaluate`: `options` are its keyword arguments.
+#[pyfunction]
 pub fn evaluate_model<'py>(
     py: Python<'py>,
-    checkpoint: PathBuf,
-    data: Option<PathBuf>,
-    split: &str,
-    task: &str,
-    templates: Option<Vec<String>>,
-    batch_size: usize,
-    device: &str,
-    precision: &str,
-    val_fraction: Option<f64>,
-    seed: Option<u64>,
-    image_column: Option<String>,
-    caption_column: Option<String>,
-    images_dir: Option<PathBuf>,
+    options: &Bound<'py, PyDict>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let task = match eval::Task::parse_name(task).py_err(py)? {
-        "retrieval" => eval::Task::Retrieval {
-            split: eval::Split::parse(split).py_err(py)?,
-            image_column,
-            caption_column,
-            images_dir,
-            val_fraction,
-            seed,
-        },
-        _ => eval::Task::ZeroShot {
-            templates: eval::resolve_templates(templates),
-        },
-    };
-    let precision = Precision::parse(precision).py_err(py)?;
-    let device = device.to_owned();
-    let report = run_released(py, move || {
-        let mut model = LiteClip::load(&checkpoint, parse_device(&device)?, None)?;
-        model.set_precision(precision);
-        eval::evaluate(&model, &checkpoint, data, &task, batch_size)
-    })?;
+    let options = EvalOptions::from_json(&options_json(options)?).py_err(py)?;
+    let report = run_released(py, move || eval::evaluate_checkpoint(&options))?;
     to_python(py, &report)
+}
+
+/// The default of every evaluation option, as the core defines them.
+#[pyfunction]
+pub fn evaluate_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    to_python(py, &EvalOptions::default())
 }
 
 /// Generates the built-in coloured-shapes data set (see `liteclip.datasets.make_shapes`).
@@ -337,6 +158,28 @@ pub fn make_shapes(
         synthetic::generate(&root, n_images, seed, image_size, layout)
     })?;
     Ok(path)
+}
+
+/// The values each enumerated option takes, from the core's own lists (command-line choices).
+pub fn add_option_choices(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    use crate::eval::{Split, Task};
+    use crate::model::Precision;
+    use crate::train::optim::{OptimizerKind, Schedule};
+    let py = m.py();
+    let train = PyDict::new(py);
+    train.set_item("optimizer", OptimizerKind::NAMES.to_vec())?;
+    train.set_item("schedule", Schedule::NAMES.to_vec())?;
+    let mut precisions = vec!["auto"];
+    precisions.extend(Precision::NAMES);
+    train.set_item("precision", precisions)?;
+    let evaluate = PyDict::new(py);
+    evaluate.set_item("split", Split::NAMES.to_vec())?;
+    evaluate.set_item("task", [Task::Retrieval.name(), Task::ZeroShot.name()])?;
+    evaluate.set_item("precision", Precision::NAMES.to_vec())?;
+    let choices = PyDict::new(py);
+    choices.set_item("train", train)?;
+    choices.set_item("evaluate", evaluate)?;
+    m.add("OPTION_CHOICES", choices)
 }
 
 /// Constants of the built-in data set, for the Python `datasets` module.

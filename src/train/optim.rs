@@ -10,7 +10,8 @@ use tch::{nn, Kind, Tensor};
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum OptimizerKind {
     /// L2 penalty added to the gradient (`torch.optim.Adam(weight_decay=...)`).
     Adam,
@@ -18,7 +19,18 @@ pub enum OptimizerKind {
     AdamW,
 }
 
+crate::serde_by_name!(OptimizerKind);
+
 impl OptimizerKind {
+    pub const NAMES: [&'static str; 2] = ["adam", "adamw"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::AdamW => "adamw",
+        }
+    }
+
     pub fn parse(name: &str) -> Result<Self> {
         match name.to_ascii_lowercase().as_str() {
             "adam" => Ok(OptimizerKind::Adam),
@@ -240,13 +252,25 @@ impl FlatAdam {
 }
 
 /// Learning rate at a step: linear warm-up, then constant or cosine decay to zero.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Schedule {
     Constant,
     Cosine,
 }
 
+crate::serde_by_name!(Schedule);
+
 impl Schedule {
+    pub const NAMES: [&'static str; 2] = ["constant", "cosine"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Constant => "constant",
+            Schedule::Cosine => "cosine",
+        }
+    }
+
     pub fn parse(name: &str) -> Result<Self> {
         match name.to_ascii_lowercase().as_str() {
             "constant" => Ok(Schedule::Constant),

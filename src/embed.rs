@@ -1,0 +1,183 @@
+//! Embedding collections into files: every image under a folder (recursively) or every line
+//! of a text file, written as a `.npy` of unit-length float32 rows and, beside it, a JSON index
+//! saying what each row is. Images that cannot be decoded are skipped and reported, not fatal.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::data::list_images;
+use crate::error::{Error, Result};
+use crate::fsio;
+use crate::image::ImageInput;
+use crate::liteclip::LiteClip;
+
+/// What [`embed_to_file`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbedReport {
+    pub output: PathBuf,
+    pub index: PathBuf,
+    /// "images" or "texts".
+    pub kind: String,
+    pub rows: usize,
+    /// Images that could not be decoded, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// The JSON index beside an embedding file.
+#[derive(Serialize)]
+struct Index<'a> {
+    kind: &'a str,
+    checkpoint: &'a str,
+    items: Vec<String>,
+}
+
+/// Embeds `source` (a folder of images, or a text file with one text per line) with `model`,
+/// writing `output` (`.npy`) and its index (`output` with `.json`), both atomically.
+/// `checkpoint` is recorded in the index, to tell later which model made the rows.
+pub fn embed_to_file(
+    model: &LiteClip,
+    source: &Path,
+    output: &Path,
+    batch_size: usize,
+    checkpoint: &str,
+) -> Result<EmbedReport> {
+    if !source.exists() {
+        return Err(Error::FileNotFound {
+            path: source.to_owned(),
+            hint: Some("expected a folder of images or a text file".into()),
+        });
+    }
+    let (kind, items, embeddings, skipped) = if source.is_dir() {
+        let folder = embed_folder(model, source, batch_size)?;
+        let items = folder
+            .paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        ("images", items, folder.embeddings, folder.skipped)
+    } else {
+        let text = std::fs::read_to_string(source).map_err(|e| Error::io(source, e))?;
+        let items: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        (
+            "texts",
+            items.clone(),
+            model.encode_texts(&refs)?,
+            Vec::new(),
+        )
+    };
+    let index_path = output.with_extension("json");
+    write_npy(output, &embeddings)?;
+    let rows = items.len();
+    fsio::write_json(
+        &index_path,
+        &Index {
+            kind,
+            checkpoint,
+            items,
+        },
+    )?;
+    Ok(EmbedReport {
+        output: output.to_owned(),
+        index: index_path,
+        kind: kind.into(),
+        rows,
+        skipped,
+    })
+}
+
+/// The images of a folder and their embeddings.
+pub struct FolderEmbeddings {
+    /// The images embedded, in path order.
+    pub paths: Vec<PathBuf>,
+    /// One unit-length row per path, `(N, embed_dim)` float32 on the CPU.
+    pub embeddings: Tensor,
+    /// Images that could not be decoded, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Embeddings of every image under `root`, in path order, `batch_size` at a time. A batch with
+/// an undecodable image is retried image by image, so only that image is skipped.
+pub fn embed_folder(model: &LiteClip, root: &Path, batch_size: usize) -> Result<FolderEmbeddings> {
+    let paths = list_images(root)?;
+    let mut kept = Vec::with_capacity(paths.len());
+    let mut parts = Vec::new();
+    let mut skipped = Vec::new();
+    for chunk in paths.chunks(batch_size.max(1)) {
+        let inputs: Vec<ImageInput> = chunk.iter().cloned().map(ImageInput::Path).collect();
+        match model.encode_images(&inputs) {
+            Ok(rows) => {
+                parts.push(rows);
+                kept.extend_from_slice(chunk);
+            }
+            Err(e) if is_unreadable(&e) => {
+                for (path, input) in chunk.iter().zip(inputs) {
+                    match model.encode_images(&[input]) {
+                        Ok(row) => {
+                            parts.push(row);
+                            kept.push(path.clone());
+                        }
+                        Err(e) if is_unreadable(&e) => skipped.push((path.clone(), e.to_string())),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let embeddings = if parts.is_empty() {
+        Tensor::f_zeros(
+            [0, model.config().embed_dim],
+            (Kind::Float, tch::Device::Cpu),
+        )?
+    } else {
+        Tensor::f_cat(&parts, 0)?
+    };
+    Ok(FolderEmbeddings {
+        paths: kept,
+        embeddings,
+        skipped,
+    })
+}
+
+/// A problem with one input file (skip it), as opposed to one with the run (stop).
+fn is_unreadable(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::ImageDecode { .. } | Error::FileNotFound { .. } | Error::Io { .. }
+    )
+}
+
+/// Writes a 2-D float32 tensor as a NumPy `.npy` file (format 1.0, C order), atomically.
+pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
+    let t = t.f_to_kind(Kind::Float)?.f_contiguous()?;
+    let shape = t.size();
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // The magic, version and length take 10 bytes; the header ends in '\n' at a multiple of 64.
+    let total = (10 + header.len() + 1).div_ceil(64) * 64;
+    header.push_str(&" ".repeat(total - 10 - header.len() - 1));
+    header.push('\n');
+    let n = t.numel();
+    let mut values = vec![0f32; n];
+    t.f_copy_data(&mut values, n)?;
+    let mut bytes = Vec::with_capacity(total + 4 * n);
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    fsio::write_bytes(path, &bytes)
+}

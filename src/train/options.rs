@@ -1,0 +1,333 @@
+//! Every training option and its default, defined once.
+//!
+//! `TrainOptions` is what the trainer runs on and what the Python binding receives (as JSON, so
+//! the binding holds no copy of the defaults); the Python `train()` signature, its docstring,
+//! the stub and the `liteclip train` flags are checked against [`TrainOptions::default`] by
+//! tests (`tests/test_options.py`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::CsvOptions;
+use crate::device::DeviceSpec;
+use crate::error::{Error, Result};
+use crate::model::Precision;
+use crate::train::optim::{OptimizerKind, Schedule};
+
+/// Everything `liteclip.train` takes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainOptions {
+    /// A Flickr8k-layout folder or a CSV of image paths and captions.
+    pub data: PathBuf,
+    /// The run folder: `best/`, `last/`, `metrics.jsonl`.
+    pub output: PathBuf,
+    /// Preset name or config JSON path.
+    pub model: String,
+    pub epochs: usize,
+    /// Pairs per step (per rank when data-parallel).
+    pub batch_size: usize,
+    pub lr: f64,
+    pub optimizer: OptimizerKind,
+    pub weight_decay: f64,
+    pub warmup_steps: i64,
+    pub schedule: Schedule,
+    /// Share of images (not caption rows) held out for validation.
+    pub val_fraction: f64,
+    pub seed: u64,
+    pub device: DeviceSpec,
+    pub precision: PrecisionChoice,
+    /// Start from this checkpoint.
+    pub init: Option<PathBuf>,
+    /// timm ConvNeXt weights for the image tower.
+    pub image_weights: Option<PathBuf>,
+    /// Hugging Face BERT weights for the text tower.
+    pub text_weights: Option<PathBuf>,
+    /// Stop after this many epochs without a better validation loss (None: never).
+    pub early_stopping_patience: Option<usize>,
+    /// Random resized crops instead of the center crop.
+    pub augment: bool,
+    pub resume: Resume,
+    /// CSV column of image paths.
+    pub image_column: String,
+    /// CSV column of captions.
+    pub caption_column: String,
+    /// Folder the image paths are relative to.
+    pub images_dir: Option<PathBuf>,
+    /// Batches prepared ahead of the device.
+    pub prefetch: usize,
+    /// Cap on steps per epoch (quick runs, benchmarks); None: the whole epoch.
+    pub max_steps_per_epoch: Option<usize>,
+    /// Skip (and count) batches whose loss is NaN or infinite instead of stopping.
+    pub skip_nonfinite: bool,
+    /// Data-parallel runs: each rank computes only its own rows of the global loss (open_clip's
+    /// `--local-loss`); the gradient is the same.
+    pub local_loss: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        let csv = CsvOptions::default();
+        TrainOptions {
+            data: PathBuf::new(),
+            output: PathBuf::from("runs/liteclip"),
+            model: "liteclip".into(),
+            epochs: 5,
+            batch_size: 64,
+            lr: 2e-4,
+            optimizer: OptimizerKind::Adam,
+            weight_decay: 0.0,
+            warmup_steps: 0,
+            schedule: Schedule::Constant,
+            val_fraction: 0.2,
+            seed: 0,
+            device: DeviceSpec::Auto,
+            precision: PrecisionChoice::Auto,
+            init: None,
+            image_weights: None,
+            text_weights: None,
+            early_stopping_patience: Some(2),
+            augment: false,
+            resume: Resume::No,
+            image_column: csv.image_column,
+            caption_column: csv.caption_column,
+            images_dir: csv.images_dir,
+            prefetch: 4,
+            max_steps_per_epoch: None,
+            skip_nonfinite: false,
+            local_loss: false,
+        }
+    }
+}
+
+impl TrainOptions {
+    /// Reads options from a JSON object; options it does not name keep their defaults. A wrong
+    /// type is [`Error::InvalidType`], a bad value [`Error::InvalidArgument`], both naming the
+    /// option.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let options: TrainOptions = from_json_named(text)?;
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// The columns and folder of a CSV data set.
+    pub fn csv(&self) -> CsvOptions {
+        CsvOptions {
+            image_column: self.image_column.clone(),
+            caption_column: self.caption_column.clone(),
+            images_dir: self.images_dir.clone(),
+        }
+    }
+
+    /// Refuses values no run could use, before anything is read or built.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::invalid(m));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        if self.batch_size < 2 {
+            return bad(format!(
+                "batch_size must be at least 2 (a contrastive loss needs negatives), got {}",
+                self.batch_size
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("lr must be a positive number, got {}", self.lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight_decay must be >= 0, got {}",
+                self.weight_decay
+            ));
+        }
+        if self.warmup_steps < 0 {
+            return bad(format!(
+                "warmup_steps must be >= 0, got {}",
+                self.warmup_steps
+            ));
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return bad(format!(
+                "val_fraction must be in [0, 1), got {}",
+                self.val_fraction
+            ));
+        }
+        if self.early_stopping_patience == Some(0) {
+            return bad(
+                "early_stopping_patience must be at least 1 (or None to disable early stopping)"
+                    .into(),
+            );
+        }
+        if self.max_steps_per_epoch == Some(0) {
+            return bad("max_steps_per_epoch must be at least 1 (or None)".into());
+        }
+        if self.data.as_os_str().is_empty() {
+            return bad("data is required: a data set folder or a CSV of image,caption".into());
+        }
+        Ok(())
+    }
+}
+
+/// Deserialises a JSON object, naming the field at fault in the error.
+pub(crate) fn from_json_named<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        // serde_json appends " at line L column C": meaningless to a caller who passed keywords.
+        let message = message
+            .rsplit_once(" at line ")
+            .map_or(message.as_str(), |(m, _)| m)
+            .to_string();
+        let message = if field.is_empty() || field == "." {
+            message
+        } else {
+            format!("{field}: {message}")
+        };
+        if message.contains("invalid type") {
+            Error::InvalidType(message)
+        } else {
+            Error::invalid(message)
+        }
+    })
+}
+
+/// The arithmetic of training: "auto" is fp32 on the CPU and bf16 on CUDA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum PrecisionChoice {
+    #[default]
+    Auto,
+    Fixed(Precision),
+}
+
+crate::serde_by_name!(PrecisionChoice);
+
+impl PrecisionChoice {
+    pub fn parse(name: &str) -> Result<Self> {
+        if name.eq_ignore_ascii_case("auto") {
+            Ok(PrecisionChoice::Auto)
+        } else {
+            Precision::parse(name).map(PrecisionChoice::Fixed)
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PrecisionChoice::Auto => "auto",
+            PrecisionChoice::Fixed(p) => p.name(),
+        }
+    }
+
+    /// The precision on `device`.
+    pub fn on(self, device: tch::Device) -> Precision {
+        match self {
+            PrecisionChoice::Auto if device.is_cuda() => Precision::Bf16,
+            PrecisionChoice::Auto => Precision::Fp32,
+            PrecisionChoice::Fixed(p) => p,
+        }
+    }
+}
+
+/// Where training resumes from. In JSON: `false`, `true` or a checkpoint path.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(from = "ResumeRepr", into = "ResumeRepr")]
+pub enum Resume {
+    /// Start afresh (an existing `last/` in the output folder is an error, to protect it).
+    #[default]
+    No,
+    /// Continue from `<output>/last` if it exists, else start afresh.
+    Latest,
+    /// Continue from this `last/`-style checkpoint folder.
+    From(PathBuf),
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum ResumeRepr {
+    Flag(bool),
+    Path(PathBuf),
+}
+
+impl From<ResumeRepr> for Resume {
+    fn from(r: ResumeRepr) -> Self {
+        match r {
+            ResumeRepr::Flag(false) => Resume::No,
+            ResumeRepr::Flag(true) => Resume::Latest,
+            ResumeRepr::Path(p) => Resume::From(p),
+        }
+    }
+}
+
+impl From<Resume> for ResumeRepr {
+    fn from(r: Resume) -> Self {
+        match r {
+            Resume::No => ResumeRepr::Flag(false),
+            Resume::Latest => ResumeRepr::Flag(true),
+            Resume::From(p) => ResumeRepr::Path(p),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_fills_in_defaults_and_reads_typed_values() {
+        let o = TrainOptions::from_json(
+            r#"{"data": "d", "optimizer": "adamw", "device": "cpu", "precision": "bf16",
+                "resume": true, "early_stopping_patience": null}"#,
+        )
+        .unwrap();
+        let expected = TrainOptions {
+            data: "d".into(),
+            optimizer: OptimizerKind::AdamW,
+            device: DeviceSpec::Cpu,
+            precision: PrecisionChoice::Fixed(Precision::Bf16),
+            resume: Resume::Latest,
+            early_stopping_patience: None,
+            ..TrainOptions::default()
+        };
+        assert_eq!(o, expected);
+        let from = TrainOptions::from_json(r#"{"data": "d", "resume": "runs/a/last"}"#).unwrap();
+        assert_eq!(from.resume, Resume::From("runs/a/last".into()));
+    }
+
+    #[test]
+    fn defaults_survive_a_round_trip() {
+        let d = TrainOptions {
+            data: "x".into(),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&d).unwrap();
+        assert_eq!(TrainOptions::from_json(&text).unwrap(), d);
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let err = |text: &str| TrainOptions::from_json(text).unwrap_err();
+        match err(r#"{"data": "d", "epochs": "five"}"#) {
+            Error::InvalidType(m) => assert!(m.starts_with("epochs:"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        match err(r#"{"data": "d", "optimizer": "sgd"}"#) {
+            Error::InvalidArgument(m) => assert!(m.contains("optimizer") && m.contains("sgd")),
+            other => panic!("{other:?}"),
+        }
+        match err(r#"{"data": "d", "epoch": 3}"#) {
+            Error::InvalidArgument(m) => assert!(m.contains("epoch"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            err(r#"{"data": "d", "early_stopping_patience": 0}"#),
+            Error::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            err(r#"{"data": "d", "batch_size": -3}"#),
+            Error::InvalidArgument(_)
+        ));
+    }
+}

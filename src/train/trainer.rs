@@ -1,0 +1,581 @@
+//! The `Trainer`: set-up (data, run folder, model, optimizer, resumed state), the epoch loop,
+//! and the end of an epoch (validate, save, decide whether to go on). The step itself is in
+//! [`super::step`].
+//!
+//! One process is the one-rank case of data-parallel training ([`SingleProcess`]): every run
+//! takes the same path, and the collectives of a world of one cost nothing.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::distributed::{shard_batches, Collectives, SingleProcess};
+use super::optim::{AdamConfig, FlatAdam};
+use super::options::TrainOptions;
+use super::report::{EpochRecord, Flow, Observer, StepInfo, TrainResult};
+use super::run_dir::{read_state, RunDir, TrainState};
+use crate::checkpoint;
+use crate::config::LiteClipConfig;
+use crate::data::loader::{ImageTransform, Loader, LoaderConfig};
+use crate::data::{epoch_samples, make_batches, DataInfo, Dataset};
+use crate::error::{Error, Result};
+use crate::eval::{retrieval, tokenize_captions, RetrievalMetrics};
+use crate::image::Normalizer;
+use crate::liteclip::LiteClip;
+use crate::model::Precision;
+use crate::text::TokenizedCaptions;
+
+/// Trains a model as `options` say, reporting to `observer`.
+pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<TrainResult> {
+    train_distributed(options, observer, &SingleProcess)
+}
+
+/// Trains as one rank of a data-parallel group: `options.batch_size` pairs per rank, one
+/// global contrastive batch of `world_size * batch_size` (see [`super::distributed`]). Every
+/// rank must call this with the same options; rank 0 alone validates and writes the output
+/// folder.
+pub fn train_distributed(
+    options: &TrainOptions,
+    observer: &mut dyn Observer,
+    comm: &dyn Collectives,
+) -> Result<TrainResult> {
+    Trainer::new(options, observer, comm)?.run()
+}
+
+/// The training and validation sets of a run, and where they came from.
+struct TrainData {
+    train: Arc<Dataset>,
+    val: Dataset,
+    /// Recorded with each checkpoint, so evaluation finds the same split.
+    info: DataInfo,
+    malformed_rows: usize,
+    missing_images: usize,
+}
+
+pub(super) struct Trainer<'a> {
+    pub(super) options: &'a TrainOptions,
+    pub(super) comm: &'a dyn Collectives,
+    observer: &'a mut dyn Observer,
+    run_dir: RunDir,
+    pub(super) device: Device,
+    pub(super) precision: Precision,
+    pub(super) model: LiteClip,
+    pub(super) opt: FlatAdam,
+    pub(super) state: TrainState,
+    data: TrainData,
+    /// Every training caption, tokenized once; `offsets[entry]` is the first of an entry's.
+    pub(super) captions: TokenizedCaptions,
+    pub(super) offsets: Vec<usize>,
+    pub(super) normalizer: Normalizer,
+    steps_per_epoch: usize,
+    total_steps: i64,
+    skipped: SkippedImages,
+    best_checkpoint: Option<PathBuf>,
+}
+
+/// What rank 0 tells the other ranks after an epoch (it alone validates and saves).
+#[derive(Serialize, Deserialize)]
+struct EpochOutcome {
+    state: TrainState,
+    best_saved: bool,
+    stop: bool,
+}
+
+impl<'a> Trainer<'a> {
+    /// Everything before the first step. The data comes first, so that a bad data set fails
+    /// before a model is built; nothing is written until the output folder is known to take it.
+    fn new(
+        options: &'a TrainOptions,
+        observer: &'a mut dyn Observer,
+        comm: &'a dyn Collectives,
+    ) -> Result<Self> {
+        options.validate()?;
+        let device = options.device.resolve()?;
+        let precision = options.precision.on(device);
+        let main = comm.rank() == 0;
+        let data = open_data(options, observer)?;
+        let run_dir = RunDir::new(&options.output);
+        if main {
+            run_dir.check_writable()?;
+        }
+        let resume_from = run_dir.resume_from(&options.resume)?;
+        let mut model = build_model(options, resume_from.as_deref(), device)?;
+        model.set_precision(precision);
+        if main {
+            run_dir.check_free_space(model.num_parameters())?;
+        }
+        let mut opt = FlatAdam::new(
+            model.varstore(),
+            AdamConfig {
+                kind: options.optimizer,
+                weight_decay: options.weight_decay,
+                ..Default::default()
+            },
+        )?;
+        let state = match &resume_from {
+            Some(dir) => restore(dir, options, &mut opt, observer)?,
+            None => TrainState::new(options.batch_size, options.seed),
+        };
+        let (captions, offsets) = tokenize_captions(&model, &data.train)?;
+        let steps_per_epoch = {
+            let global_batch = options.batch_size * comm.world_size();
+            let n = make_batches(epoch_samples(&data.train, options.seed, 0), global_batch).len();
+            options.max_steps_per_epoch.map_or(n, |m| n.min(m))
+        };
+        Ok(Trainer {
+            options,
+            comm,
+            observer,
+            best_checkpoint: run_dir.existing_best(),
+            run_dir,
+            device,
+            precision,
+            model,
+            opt,
+            state,
+            data,
+            captions,
+            offsets,
+            normalizer: Normalizer::new(device)?,
+            steps_per_epoch,
+            total_steps: (steps_per_epoch * options.epochs) as i64,
+            skipped: SkippedImages::default(),
+        })
+    }
+
+    fn run(mut self) -> Result<TrainResult> {
+        let (mut stopped_early, mut interrupted) = (false, false);
+        for epoch in self.state.epochs_completed..self.options.epochs {
+            if self.patience_exhausted() {
+                stopped_early = true;
+                break;
+            }
+            let Some(totals) = self.train_epoch(epoch)? else {
+                interrupted = true;
+                break;
+            };
+            if self.end_epoch(epoch, totals)? == Flow::Stop {
+                interrupted = true;
+                break;
+            }
+        }
+        self.skipped.report(self.observer);
+        Ok(self.result(stopped_early, interrupted))
+    }
+
+    fn patience_exhausted(&self) -> bool {
+        self.options
+            .early_stopping_patience
+            .is_some_and(|p| self.state.bad_epochs >= p && !self.data.val.entries.is_empty())
+    }
+
+    pub(super) fn total_steps(&self) -> i64 {
+        self.total_steps
+    }
+
+    pub(super) fn global_batch(&self) -> usize {
+        self.options.batch_size * self.comm.world_size()
+    }
+
+    /// Trains one epoch; `None` when the observer stopped it (Ctrl-C).
+    fn train_epoch(&mut self, epoch: usize) -> Result<Option<EpochTotals>> {
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        let mut batches = make_batches(
+            epoch_samples(&self.data.train, self.options.seed, epoch as u64),
+            self.global_batch(),
+        );
+        batches.truncate(self.steps_per_epoch);
+        let global_sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        let steps = batches.len();
+        if self.observer.epoch_start(epoch, self.options.epochs, steps) == Flow::Stop {
+            return Ok(None);
+        }
+        let loader = Loader::start_at(
+            self.data.train.clone(),
+            shard_batches(batches, rank, world),
+            self.loader_config(epoch),
+        );
+        // The loss is read back every step on the CPU (free) and every few steps on a GPU (a
+        // read waits for the GPU), or every step when non-finite losses are to be skipped.
+        let read_every = if self.device.is_cuda() { 10 } else { 1 };
+        let mut totals = EpochTotals::new(self.device, self.options.lr)?;
+        let mut batches = loader.enumerate();
+        loop {
+            let waited = Instant::now();
+            let Some((i, batch)) = batches.next() else {
+                break;
+            };
+            totals.data_wait += waited.elapsed().as_secs_f64();
+            let mut batch = batch?;
+            self.skipped.add(std::mem::take(&mut batch.failed));
+            // Alone, the global batch is known here: too few pairs leave nothing to contrast.
+            // (Ranks of a group always step together; their padding is masked.)
+            if world == 1 && batch.kept.len() < 2 {
+                continue;
+            }
+            let read_loss = (i + 1) % read_every == 0 || i + 1 == steps;
+            let step = self.step(epoch, &batch, read_loss || self.options.skip_nonfinite)?;
+            totals.add(&step)?;
+            self.state.global_step += 1;
+            let info = StepInfo {
+                epoch,
+                step: i + 1,
+                steps,
+                global_step: self.state.global_step,
+                loss: step.loss_value,
+                lr: step.lr,
+                pairs: global_sizes[i],
+                pairs_per_second: global_sizes[..=i].iter().sum::<usize>() as f64
+                    / totals.started.elapsed().as_secs_f64().max(1e-9),
+            };
+            if self.observer.step(&info) == Flow::Stop {
+                return Ok(None);
+            }
+        }
+        Ok(Some(totals))
+    }
+
+    fn loader_config(&self, epoch: usize) -> LoaderConfig {
+        LoaderConfig {
+            image_size: self.model.config().image_size as u32,
+            transform: if self.options.augment {
+                ImageTransform::RandomResizedCrop {
+                    scale: (0.5, 1.0),
+                    ratio: (3.0 / 4.0, 4.0 / 3.0),
+                }
+            } else {
+                ImageTransform::Center
+            },
+            prefetch: self.options.prefetch,
+            seed: self.options.seed,
+            epoch: epoch as u64,
+            pin_memory: self.device.is_cuda().then_some(self.device),
+        }
+    }
+
+    /// Rank 0 validates, saves and decides; every rank then goes on with its outcome.
+    fn end_epoch(&mut self, epoch: usize, totals: EpochTotals) -> Result<Flow> {
+        let summary = totals.finish(epoch, &self.run_dir.last())?;
+        let outcome = if self.comm.rank() == 0 {
+            Some(self.validate_and_save(epoch, &summary)?)
+        } else {
+            None
+        };
+        let outcome = self.share_outcome(outcome)?;
+        if outcome.best_saved {
+            self.best_checkpoint = self.run_dir.existing_best();
+        }
+        Ok(if outcome.stop {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        })
+    }
+
+    /// Validates over the whole validation set (once, in batches of the global batch size: the
+    /// validation loss's negatives are those of a training batch, so runs with the same global
+    /// batch compare), records the epoch, and saves `best/` (when it improved) and `last/`.
+    fn validate_and_save(&mut self, epoch: usize, summary: &EpochSummary) -> Result<EpochOutcome> {
+        let val = if self.data.val.entries.is_empty() {
+            None
+        } else {
+            Some(retrieval(&self.model, &self.data.val, self.global_batch())?)
+        };
+        let record = self.epoch_record(epoch, summary, val.as_ref())?;
+        self.state.history.push(record.clone());
+        self.state.epochs_completed = epoch + 1;
+        let improved = match (&val, self.state.best_val_loss) {
+            (Some(v), Some(best)) => v.loss < best,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if let Some(v) = &val {
+            if improved {
+                self.state.best_val_loss = Some(v.loss);
+                self.state.bad_epochs = 0;
+                self.run_dir.save_best(&self.model, &self.data.info)?;
+            } else {
+                self.state.bad_epochs += 1;
+            }
+        }
+        self.run_dir
+            .save_last(&self.model, &self.opt, &self.state, &self.data.info)?;
+        self.run_dir.write_metrics(&self.state.history)?;
+        let stop = self.observer.epoch_end(&record) == Flow::Stop;
+        Ok(EpochOutcome {
+            state: self.state.clone(),
+            best_saved: improved,
+            stop,
+        })
+    }
+
+    /// Rank 0's outcome on every rank (in a world of one, a round trip through JSON). The
+    /// others wait on the rendezvous store, not on a collective, so a long validation needs no
+    /// timeout.
+    fn share_outcome(&mut self, outcome: Option<EpochOutcome>) -> Result<EpochOutcome> {
+        let text = outcome
+            .map(|o| serde_json::to_string(&o))
+            .transpose()
+            .map_err(|e| Error::invalid(format!("cannot serialise the epoch's outcome: {e}")))?;
+        let text = self.comm.broadcast_from_main(text)?;
+        let received: EpochOutcome = serde_json::from_str(&text).map_err(|e| {
+            Error::Distributed(format!("rank 0 sent an unreadable epoch outcome: {e}"))
+        })?;
+        if self.comm.rank() != 0 {
+            self.state = received.state.clone();
+            if let Some(record) = self.state.history.last() {
+                let _ = self.observer.epoch_end(record);
+            }
+        }
+        Ok(received)
+    }
+
+    fn epoch_record(
+        &self,
+        epoch: usize,
+        s: &EpochSummary,
+        val: Option<&RetrievalMetrics>,
+    ) -> Result<EpochRecord> {
+        Ok(EpochRecord {
+            epoch: epoch + 1,
+            step: self.state.global_step,
+            train_loss: s.train_loss,
+            lr: s.lr,
+            logit_scale: self.model.logit_scale()?,
+            seconds: s.seconds,
+            pairs_per_second: s.pairs as f64 / s.seconds.max(1e-9),
+            data_wait_seconds: s.data_wait,
+            nonfinite_skipped: s.nonfinite_skipped,
+            val_loss: val.map(|v| v.loss),
+            val_i2t_r1: val.map(|v| v.i2t_r1),
+            val_i2t_r5: val.map(|v| v.i2t_r5),
+            val_i2t_r10: val.map(|v| v.i2t_r10),
+            val_t2i_r1: val.map(|v| v.t2i_r1),
+            val_t2i_r5: val.map(|v| v.t2i_r5),
+            val_t2i_r10: val.map(|v| v.t2i_r10),
+            skipped_images: self.skipped.list.len(),
+        })
+    }
+
+    fn result(self, stopped_early: bool, interrupted: bool) -> TrainResult {
+        let last = self.run_dir.existing_last();
+        let no_validation = self.data.val.entries.is_empty();
+        TrainResult {
+            best_checkpoint: self
+                .best_checkpoint
+                .or_else(|| no_validation.then(|| last.clone())),
+            last_checkpoint: last,
+            history: self.state.history,
+            stopped_early,
+            interrupted,
+            skipped_images: self.skipped.list,
+            malformed_rows: self.data.malformed_rows,
+            missing_images: self.data.missing_images,
+            train_images: self.data.train.num_images(),
+            val_images: self.data.val.num_images(),
+            device: crate::device::device_name(self.device),
+            precision: self.precision.name().into(),
+        }
+    }
+}
+
+/// Opens the data set and splits it by image; says what was dropped while reading it.
+fn open_data(options: &TrainOptions, observer: &mut dyn Observer) -> Result<TrainData> {
+    let csv = options.csv();
+    let dataset = Dataset::open(&options.data, &csv)?;
+    let (train, val) = dataset.split(options.val_fraction, options.seed)?;
+    if train.num_images() < 2 {
+        return Err(Error::invalid(format!(
+            "{}: need at least 2 training images, found {}",
+            options.data.display(),
+            train.num_images()
+        )));
+    }
+    let report = &dataset.report;
+    if report.malformed_rows + report.missing_images > 0 {
+        observer.message(&format!(
+            "data: skipped {} malformed rows and {} rows whose image is missing{}",
+            report.malformed_rows,
+            report.missing_images,
+            report
+                .examples
+                .first()
+                .map(|e| format!(" (e.g. {e})"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(TrainData {
+        train: Arc::new(train),
+        val,
+        info: DataInfo {
+            data: options.data.clone(),
+            image_column: csv.image_column,
+            caption_column: csv.caption_column,
+            images_dir: csv.images_dir,
+            val_fraction: options.val_fraction,
+            seed: options.seed,
+        },
+        malformed_rows: report.malformed_rows,
+        missing_images: report.missing_images,
+    })
+}
+
+/// The model to train: the run being resumed, or a fresh one (from `init`, or random), with
+/// backbone weights loaded into its towers when asked.
+fn build_model(
+    options: &TrainOptions,
+    resume_from: Option<&Path>,
+    device: Device,
+) -> Result<LiteClip> {
+    let config = LiteClipConfig::from_name_or_file(&options.model)?;
+    tch::manual_seed(options.seed as i64);
+    if let Some(dir) = resume_from {
+        return LiteClip::load(dir, device, None);
+    }
+    let model = match &options.init {
+        Some(init) => {
+            let weights = checkpoint::read(init)?;
+            let model = LiteClip::new(weights.config.clone().unwrap_or(config), device)?;
+            checkpoint::load_into(model.varstore(), weights)?;
+            model
+        }
+        None => LiteClip::new(config, device)?,
+    };
+    if let Some(path) = &options.image_weights {
+        checkpoint::backbones::load_image_tower(model.varstore(), path)?;
+    }
+    if let Some(path) = &options.text_weights {
+        checkpoint::backbones::load_text_tower(model.varstore(), path)?;
+    }
+    Ok(model)
+}
+
+/// The training state and optimizer moments of the run in `dir`.
+fn restore(
+    dir: &Path,
+    options: &TrainOptions,
+    opt: &mut FlatAdam,
+    observer: &mut dyn Observer,
+) -> Result<TrainState> {
+    let (state, opt_state) = read_state(dir)?;
+    if state.batch_size != options.batch_size || state.seed != options.seed {
+        observer.message(&format!(
+            "resuming with batch_size {} and seed {} (the run used {} and {}): the result \
+             will differ from an unbroken run",
+            options.batch_size, options.seed, state.batch_size, state.seed
+        ));
+    }
+    opt.load_state(&opt_state)?;
+    observer.message(&format!(
+        "resuming from {} after epoch {} (step {})",
+        dir.display(),
+        state.epochs_completed,
+        state.global_step
+    ));
+    Ok(state)
+}
+
+/// Images the loader could not use, each listed once however many epochs meet it.
+#[derive(Default)]
+struct SkippedImages {
+    list: Vec<(PathBuf, String)>,
+    seen: HashSet<PathBuf>,
+}
+
+impl SkippedImages {
+    fn add(&mut self, failed: Vec<(PathBuf, String)>) {
+        for (path, why) in failed {
+            if self.seen.insert(path.clone()) {
+                self.list.push((path, why));
+            }
+        }
+    }
+
+    fn report(&self, observer: &mut dyn Observer) {
+        if let Some((path, why)) = self.list.first() {
+            observer.message(&format!(
+                "skipped {} images that could not be decoded, e.g. {}: {why}",
+                self.list.len(),
+                path.display()
+            ));
+        }
+    }
+}
+
+/// Sums over the steps of an epoch, kept on the device until the epoch ends.
+struct EpochTotals {
+    started: Instant,
+    loss_sum: Tensor,
+    pairs_sum: Tensor,
+    steps: usize,
+    nonfinite_skipped: usize,
+    data_wait: f64,
+    lr: f64,
+}
+
+/// An epoch's figures once read back.
+struct EpochSummary {
+    train_loss: f64,
+    pairs: usize,
+    seconds: f64,
+    data_wait: f64,
+    nonfinite_skipped: usize,
+    lr: f64,
+}
+
+impl EpochTotals {
+    fn new(device: Device, lr: f64) -> Result<Self> {
+        Ok(EpochTotals {
+            started: Instant::now(),
+            loss_sum: Tensor::f_zeros([], (Kind::Float, device))?,
+            pairs_sum: Tensor::f_zeros([], (Kind::Float, device))?,
+            steps: 0,
+            nonfinite_skipped: 0,
+            data_wait: 0.0,
+            lr,
+        })
+    }
+
+    fn add(&mut self, step: &super::step::StepOutcome) -> Result<()> {
+        self.lr = step.lr;
+        if step.applied {
+            self.loss_sum = self.loss_sum.f_add(&step.loss)?;
+            self.pairs_sum = self.pairs_sum.f_add(&step.pairs)?;
+            self.steps += 1;
+        } else {
+            self.nonfinite_skipped += 1;
+        }
+        Ok(())
+    }
+
+    /// Reads the sums back. A non-finite mean loss (steps between two reads on a GPU) is caught
+    /// here, before anything of the epoch is saved.
+    fn finish(self, epoch: usize, last_dir: &Path) -> Result<EpochSummary> {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let train_loss = if self.steps > 0 {
+            self.loss_sum.f_double_value(&[])? / self.steps as f64
+        } else {
+            f64::NAN
+        };
+        if !train_loss.is_finite() && self.steps > 0 {
+            return Err(Error::NonFiniteLoss(format!(
+                "the loss became non-finite during epoch {}; nothing of this epoch was saved, the \
+                 last completed epoch's checkpoint is in {}",
+                epoch + 1,
+                last_dir.display()
+            )));
+        }
+        Ok(EpochSummary {
+            train_loss,
+            pairs: self.pairs_sum.f_double_value(&[])?.round() as usize,
+            seconds,
+            data_wait: self.data_wait,
+            nonfinite_skipped: self.nonfinite_skipped,
+            lr: self.lr,
+        })
+    }
+}
