@@ -105,17 +105,19 @@ class Timer:
 def run_liteclip(data: Path, out: Path, batch: int, steps: int) -> float:
     timer = Timer()
     _liteclip.train_model(
-        data,
-        out,
+        {
+            "data": str(data),
+            "output": str(out),
+            "model": "liteclip-nano",
+            "epochs": 1,
+            "batch_size": batch,
+            "lr": 1e-3,
+            "device": "cpu",
+            "val_fraction": 0.0,
+            "early_stopping_patience": None,
+            "max_steps_per_epoch": steps + WARMUP,
+        },
         timer,
-        model="liteclip-nano",
-        epochs=1,
-        batch_size=batch,
-        lr=1e-3,
-        device="cpu",
-        val_fraction=0.0,
-        early_stopping_patience=None,
-        max_steps_per_epoch=steps + WARMUP,
     )
     t = timer.times
     return batch * (len(t) - 1 - WARMUP) / (t[-1] - t[WARMUP])

@@ -58,18 +58,20 @@ class Timer:
 def run_liteclip(data: Path, out: Path, batch: int, steps: int, device: str) -> dict:
     timer = Timer()
     _liteclip.train_model(
-        data,
-        out,
+        {
+            "data": str(data),
+            "output": str(out),
+            "model": "liteclip",
+            "epochs": 1,
+            "batch_size": batch,
+            "lr": 1e-4,
+            "device": device,
+            "val_fraction": 0.0,
+            "early_stopping_patience": None,
+            "max_steps_per_epoch": steps,
+            "prefetch": 8,
+        },
         timer,
-        model="liteclip",
-        epochs=1,
-        batch_size=batch,
-        lr=1e-4,
-        device=device,
-        val_fraction=0.0,
-        early_stopping_patience=None,
-        max_steps_per_epoch=steps,
-        prefetch=8,
     )
     t = timer.times
     steady = batch * (len(t) - 1 - WARMUP) / (t[-1] - t[WARMUP])

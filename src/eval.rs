@@ -150,6 +150,34 @@ pub fn median_rank(ranks: &Tensor) -> Result<f64> {
         + 1.0)
 }
 
+/// The contrastive loss over the pairs a training epoch would see (in a fixed order), in
+/// batches of `batch_size`, from embeddings already made: row `e` of `image_emb` is entry `e`
+/// of `dataset`, and its captions start at row `first_caption[e]` of `text_emb`.
+fn contrastive_loss(
+    model: &LiteClip,
+    dataset: &Dataset,
+    image_emb: &Tensor,
+    text_emb: &Tensor,
+    first_caption: &[usize],
+    batch_size: usize,
+) -> Result<f64> {
+    let scale = model.model().logit_scale().f_to_device(Device::Cpu)?;
+    let (mut weighted, mut pairs) = (0.0, 0usize);
+    for batch in make_batches(epoch_samples(dataset, 0, 0), batch_size) {
+        let rows: Vec<i64> = batch.iter().map(|s| s.entry as i64).collect();
+        let cols: Vec<i64> = batch
+            .iter()
+            .map(|s| (first_caption[s.entry as usize] + s.caption as usize) as i64)
+            .collect();
+        let img = image_emb.f_index_select(0, &Tensor::f_from_slice(&rows)?)?;
+        let txt = text_emb.f_index_select(0, &Tensor::f_from_slice(&cols)?)?;
+        let loss = tch::no_grad(|| clip_loss(&img, &txt, &scale));
+        weighted += loss.f_double_value(&[])? * batch.len() as f64;
+        pairs += batch.len();
+    }
+    Ok(weighted / pairs.max(1) as f64)
+}
+
 /// Image->text and text->image retrieval over a captioned data set, and its contrastive loss
 /// in batches of `batch_size` (the validation loss of training).
 pub fn retrieval(
@@ -186,24 +214,16 @@ pub fn retrieval(
     let sims = image_emb.f_matmul(&text_emb.f_tr()?)?; // (images, captions)
     let (i2t_ranks, t2i_ranks) = retrieval_ranks(&sims, &owner)?;
 
-    // Contrastive loss over the same pairs a training epoch would see (fixed order).
     let kept_set =
         Dataset::from_entries(kept.iter().map(|&e| dataset.entries[e].clone()).collect());
-    let mut losses = Vec::new();
-    let scale = model.model().logit_scale().f_to_device(Device::Cpu)?;
-    for batch in make_batches(epoch_samples(&kept_set, 0, 0), batch_size) {
-        let rows: Vec<i64> = batch.iter().map(|s| s.entry as i64).collect();
-        let cols: Vec<i64> = batch
-            .iter()
-            .map(|s| (first_caption[s.entry as usize] + s.caption as usize) as i64)
-            .collect();
-        let img = image_emb.f_index_select(0, &Tensor::f_from_slice(&rows)?)?;
-        let txt = text_emb.f_index_select(0, &Tensor::f_from_slice(&cols)?)?;
-        let loss = tch::no_grad(|| clip_loss(&img, &txt, &scale));
-        losses.push((loss.f_double_value(&[])?, batch.len()));
-    }
-    let total: usize = losses.iter().map(|l| l.1).sum();
-    let loss = losses.iter().map(|(l, n)| l * *n as f64).sum::<f64>() / total.max(1) as f64;
+    let loss = contrastive_loss(
+        model,
+        &kept_set,
+        &image_emb,
+        &text_emb,
+        &first_caption,
+        batch_size,
+    )?;
 
     Ok(RetrievalMetrics {
         i2t_r1: recall_at(&i2t_ranks, 1)?,

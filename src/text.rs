@@ -125,17 +125,25 @@ pub struct TokenizedCaptions {
 }
 
 impl TokenizedCaptions {
+    /// Tokenizes `texts` in chunks, polling [`crate::cancel::check`] between them (a
+    /// million captions take seconds).
     pub fn new(tokenizer: &TextTokenizer, texts: &[&str]) -> Result<Self> {
-        let encodings = tokenizer
-            .inner
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| Error::invalid(format!("tokenization failed: {e}")))?;
-        Ok(TokenizedCaptions {
-            ids: encodings
-                .iter()
-                .map(|e| e.get_ids().iter().map(|&i| i64::from(i)).collect())
-                .collect(),
-        })
+        const CHUNK: usize = 8192;
+        let mut ids = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(CHUNK) {
+            crate::cancel::check()?;
+            let encodings = tokenizer
+                .inner
+                .encode_batch(chunk.to_vec(), true)
+                .map_err(|e| Error::invalid(format!("tokenization failed: {e}")))?;
+            ids.extend(encodings.iter().map(|e| {
+                e.get_ids()
+                    .iter()
+                    .map(|&i| i64::from(i))
+                    .collect::<Vec<_>>()
+            }));
+        }
+        Ok(TokenizedCaptions { ids })
     }
 
     pub fn len(&self) -> usize {

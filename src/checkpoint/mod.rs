@@ -197,29 +197,60 @@ fn is_ignored(key: &str) -> bool {
 /// Infers the model config from tensor shapes, for checkpoints that carry none (the original
 /// `.pt`). Head counts cannot be read from shapes: BERT's convention of 64-wide heads is used.
 pub fn infer_config(tensors: &[(String, Tensor)], path: &Path) -> Result<LiteClipConfig> {
-    let shapes: BTreeMap<&str, Vec<i64>> = tensors
-        .iter()
-        .map(|(k, t)| (k.as_str(), t.size()))
-        .collect();
-    let missing = |key: &str| {
-        Error::checkpoint(
-            path,
-            format!("cannot infer the model config: tensor {key} is missing (is this a liteCLIP checkpoint?)"),
-        )
+    let table = ShapeTable {
+        shapes: tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t.size()))
+            .collect(),
+        path,
     };
-    let shape = |key: &str, rank: usize| -> Result<Vec<i64>> {
-        match shapes.get(key) {
+    let (image, text) = (infer_image(&table)?, infer_text(&table)?);
+    let proj = table.shape("img_projection.proj.weight", 2)?;
+    let defaults = LiteClipConfig::default();
+    let config = LiteClipConfig {
+        max_length: defaults.max_length.min(text.max_position_embeddings),
+        image,
+        text,
+        embed_dim: proj[0],
+        ..defaults
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// The shapes of a checkpoint's tensors, by name.
+struct ShapeTable<'a> {
+    shapes: BTreeMap<&'a str, Vec<i64>>,
+    path: &'a Path,
+}
+
+impl ShapeTable<'_> {
+    fn missing(&self, key: &str) -> Error {
+        Error::checkpoint(
+            self.path,
+            format!(
+                "cannot infer the model config: tensor {key} is missing (is this a liteCLIP \
+                 checkpoint?)"
+            ),
+        )
+    }
+
+    /// The shape of `key`, which must have `rank` dimensions.
+    fn shape(&self, key: &str, rank: usize) -> Result<Vec<i64>> {
+        match self.shapes.get(key) {
             Some(s) if s.len() == rank => Ok(s.clone()),
             Some(s) => Err(Error::checkpoint(
-                path,
+                self.path,
                 format!("tensor {key} has shape {s:?}, expected {rank} dimensions"),
             )),
-            None => Err(missing(key)),
+            None => Err(self.missing(key)),
         }
-    };
-    let count = |prefix: &str| -> i64 {
+    }
+
+    /// How many numbered children `prefix` has (`prefix0.`, `prefix1.`, ...).
+    fn count(&self, prefix: &str) -> i64 {
         let mut seen = BTreeSet::new();
-        for key in shapes.keys() {
+        for key in self.shapes.keys() {
             if let Some(rest) = key.strip_prefix(prefix) {
                 if let Some(idx) = rest.split('.').next().and_then(|s| s.parse::<i64>().ok()) {
                     seen.insert(idx);
@@ -227,27 +258,29 @@ pub fn infer_config(tensors: &[(String, Tensor)], path: &Path) -> Result<LiteCli
             }
         }
         seen.len() as i64
-    };
+    }
+}
 
+fn infer_image(table: &ShapeTable<'_>) -> Result<ConvNextConfig> {
     let img = "image_encoder.backbone.";
-    let stem = shape(&format!("{img}stem.0.weight"), 4)?;
-    let n_stages = count(&format!("{img}stages."));
+    let stem = table.shape(&format!("{img}stem.0.weight"), 4)?;
+    let n_stages = table.count(&format!("{img}stages."));
     if n_stages == 0 {
-        return Err(missing(&format!("{img}stages.0.blocks.0.conv_dw.weight")));
+        return Err(table.missing(&format!("{img}stages.0.blocks.0.conv_dw.weight")));
     }
     let mut dims = Vec::new();
     let mut depths = Vec::new();
     let mut kernel_size = 7;
     let mut mlp_ratio = 4;
     for i in 0..n_stages {
-        let dw = shape(&format!("{img}stages.{i}.blocks.0.conv_dw.weight"), 4)?;
-        let fc1 = shape(&format!("{img}stages.{i}.blocks.0.mlp.fc1.weight"), 2)?;
+        let dw = table.shape(&format!("{img}stages.{i}.blocks.0.conv_dw.weight"), 4)?;
+        let fc1 = table.shape(&format!("{img}stages.{i}.blocks.0.mlp.fc1.weight"), 2)?;
         dims.push(dw[0]);
-        depths.push(count(&format!("{img}stages.{i}.blocks.")));
+        depths.push(table.count(&format!("{img}stages.{i}.blocks.")));
         kernel_size = dw[2];
         mlp_ratio = fc1[0] / dw[0].max(1);
     }
-    let image = ConvNextConfig {
+    Ok(ConvNextConfig {
         in_channels: stem[1],
         dims,
         depths,
@@ -255,38 +288,29 @@ pub fn infer_config(tensors: &[(String, Tensor)], path: &Path) -> Result<LiteCli
         kernel_size,
         mlp_ratio,
         ..ConvNextConfig::default()
-    };
+    })
+}
 
+fn infer_text(table: &ShapeTable<'_>) -> Result<BertConfig> {
     let txt = "text_encoder.backbone.";
-    let words = shape(&format!("{txt}embeddings.word_embeddings.weight"), 2)?;
-    let positions = shape(&format!("{txt}embeddings.position_embeddings.weight"), 2)?;
-    let types = shape(&format!("{txt}embeddings.token_type_embeddings.weight"), 2)?;
-    let inter = shape(
+    let words = table.shape(&format!("{txt}embeddings.word_embeddings.weight"), 2)?;
+    let positions = table.shape(&format!("{txt}embeddings.position_embeddings.weight"), 2)?;
+    let types = table.shape(&format!("{txt}embeddings.token_type_embeddings.weight"), 2)?;
+    let inter = table.shape(
         &format!("{txt}encoder.layer.0.intermediate.dense.weight"),
         2,
     )?;
     let hidden = words[1];
-    let text = BertConfig {
+    Ok(BertConfig {
         vocab_size: words[0],
         hidden_size: hidden,
-        num_layers: count(&format!("{txt}encoder.layer.")),
+        num_layers: table.count(&format!("{txt}encoder.layer.")),
         num_heads: if hidden % 64 == 0 { hidden / 64 } else { 1 },
         intermediate_size: inter[0],
         max_position_embeddings: positions[0],
         type_vocab_size: types[0],
         ..BertConfig::default()
-    };
-    let proj = shape("img_projection.proj.weight", 2)?;
-    let defaults = LiteClipConfig::default();
-    let config = LiteClipConfig {
-        image,
-        text,
-        embed_dim: proj[0],
-        max_length: defaults.max_length.min(positions[0]),
-        ..defaults
-    };
-    config.validate()?;
-    Ok(config)
+    })
 }
 
 /// Copies `weights` into the variables of `vs`, requiring an exact match of names and shapes

@@ -64,6 +64,102 @@ pub struct Dataset {
     pub report: ReadReport,
 }
 
+/// The positions of the image and caption columns in the CSV's header.
+fn csv_columns(
+    reader: &mut csv::Reader<&[u8]>,
+    options: &CsvOptions,
+    csv_path: &Path,
+) -> Result<(usize, usize)> {
+    let headers = reader
+        .headers()
+        .map_err(|e| {
+            Error::invalid(format!(
+                "{}: cannot read the header: {e}",
+                csv_path.display()
+            ))
+        })?
+        .clone();
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{}: no column {name:?}; the columns are {:?} (choose them with \
+                     image_column= and caption_column=)",
+                    csv_path.display(),
+                    headers.iter().collect::<Vec<_>>()
+                ))
+            })
+    };
+    Ok((
+        column(&options.image_column)?,
+        column(&options.caption_column)?,
+    ))
+}
+
+/// A row's image and caption, trimmed; why not, for a malformed row.
+fn image_and_caption(
+    record: &csv::StringRecord,
+    image_col: usize,
+    caption_col: usize,
+) -> std::result::Result<(String, String), String> {
+    let (Some(image), Some(caption)) = (record.get(image_col), record.get(caption_col)) else {
+        return Err("missing fields".into());
+    };
+    let (image, caption) = (image.trim(), caption.trim());
+    if image.is_empty() || caption.is_empty() {
+        return Err("empty image or caption".into());
+    }
+    Ok((image.to_owned(), caption.to_owned()))
+}
+
+/// Captions grouped by image, in the order images first appear; rows whose image file does not
+/// exist are counted, not kept.
+struct GroupedCaptions<'a> {
+    images_dir: &'a Path,
+    entries: Vec<Entry>,
+    index: HashMap<String, usize>,
+    exists: HashMap<String, bool>,
+}
+
+impl<'a> GroupedCaptions<'a> {
+    fn new(images_dir: &'a Path) -> Self {
+        GroupedCaptions {
+            images_dir,
+            entries: Vec::new(),
+            index: HashMap::new(),
+            exists: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, image: &str, caption: &str, line: usize, report: &mut ReadReport) {
+        let images_dir = self.images_dir;
+        let present = *self
+            .exists
+            .entry(image.to_owned())
+            .or_insert_with(|| images_dir.join(image).is_file());
+        if !present {
+            report.missing_images += 1;
+            report.note(format!(
+                "line {line}: image {image} not found in {}",
+                images_dir.display()
+            ));
+            return;
+        }
+        match self.index.get(image) {
+            Some(&i) => self.entries[i].captions.push(caption.to_owned()),
+            None => {
+                self.index.insert(image.to_owned(), self.entries.len());
+                self.entries.push(Entry {
+                    path: images_dir.join(image),
+                    captions: vec![caption.to_owned()],
+                });
+            }
+        }
+    }
+}
+
 /// Names tried, in order, for the captions file of a data set folder.
 const CAPTION_FILES: [&str; 3] = ["captions.txt", "captions.csv", "captions.tsv"];
 
@@ -121,83 +217,24 @@ impl Dataset {
             .delimiter(delimiter)
             .flexible(true)
             .from_reader(text);
-        let headers = reader
-            .headers()
-            .map_err(|e| {
-                Error::invalid(format!(
-                    "{}: cannot read the header: {e}",
-                    csv_path.display()
-                ))
-            })?
-            .clone();
-        let column = |name: &str| {
-            headers
-                .iter()
-                .position(|h| h.trim() == name)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "{}: no column {name:?}; the columns are {:?} (choose them with \
-                     image_column= and caption_column=)",
-                        csv_path.display(),
-                        headers.iter().collect::<Vec<_>>()
-                    ))
-                })
-        };
-        let (image_col, caption_col) = (
-            column(&options.image_column)?,
-            column(&options.caption_column)?,
-        );
-
+        let (image_col, caption_col) = csv_columns(&mut reader, options, csv_path)?;
         let mut report = ReadReport::default();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut exists: HashMap<String, bool> = HashMap::new();
+        let mut grouped = GroupedCaptions::new(images_dir);
         for (row, record) in reader.records().enumerate() {
             report.rows += 1;
             let line = row + 2; // 1-based, after the header
-            let record = match record {
-                Ok(r) => r,
-                Err(e) => {
+            let pair = record
+                .map_err(|e| e.to_string())
+                .and_then(|r| image_and_caption(&r, image_col, caption_col));
+            match pair {
+                Ok((image, caption)) => grouped.add(&image, &caption, line, &mut report),
+                Err(why) => {
                     report.malformed_rows += 1;
-                    report.note(format!("line {line}: {e}"));
-                    continue;
-                }
-            };
-            let (Some(image), Some(caption)) = (record.get(image_col), record.get(caption_col))
-            else {
-                report.malformed_rows += 1;
-                report.note(format!("line {line}: missing fields"));
-                continue;
-            };
-            let (image, caption) = (image.trim(), caption.trim());
-            if image.is_empty() || caption.is_empty() {
-                report.malformed_rows += 1;
-                report.note(format!("line {line}: empty image or caption"));
-                continue;
-            }
-            let present = *exists
-                .entry(image.to_owned())
-                .or_insert_with(|| images_dir.join(image).is_file());
-            if !present {
-                report.missing_images += 1;
-                report.note(format!(
-                    "line {line}: image {image} not found in {}",
-                    images_dir.display()
-                ));
-                continue;
-            }
-            match index.get(image) {
-                Some(&i) => entries[i].captions.push(caption.to_owned()),
-                None => {
-                    index.insert(image.to_owned(), entries.len());
-                    entries.push(Entry {
-                        path: images_dir.join(image),
-                        captions: vec![caption.to_owned()],
-                    });
+                    report.note(format!("line {line}: {why}"));
                 }
             }
         }
-        if entries.is_empty() {
+        if grouped.entries.is_empty() {
             return Err(Error::invalid(format!(
                 "{}: no usable (image, caption) rows out of {} ({} malformed, {} with missing \
                  images){}",
@@ -212,7 +249,10 @@ impl Dataset {
                     .unwrap_or_default()
             )));
         }
-        Ok(Dataset { entries, report })
+        Ok(Dataset {
+            entries: grouped.entries,
+            report,
+        })
     }
 
     pub fn from_entries(entries: Vec<Entry>) -> Self {

@@ -26,7 +26,7 @@ use tch::{Kind, Tensor};
 
 use crate::data::Sample;
 use crate::error::{Error, Result};
-use crate::loss::clip_loss_share;
+use crate::loss::{clip_loss, clip_loss_share};
 
 /// What the trainer needs from a process group. Ranks call every method in the same order.
 pub trait Collectives {
@@ -105,7 +105,8 @@ pub struct GlobalStep {
 /// (gradients accumulate into the parameters' `.grad`; they still need summing over ranks).
 ///
 /// `image` and `text` are this rank's `[B, D]` L2-normalised float embeddings with their
-/// autograd graphs; `real` is `[B]`, 1 for real pairs and 0 for padding rows. `loss_scale`
+/// autograd graphs; `real` is `[B]`, 1 for real pairs and 0 for padding rows (only ranks of a
+/// group of two or more pad; in a world of one every row must be real). `loss_scale`
 /// multiplies the gradients (fp16 loss scaling), not the returned loss.
 pub fn backward_global_batch(
     image: &Tensor,
@@ -120,6 +121,21 @@ pub fn backward_global_batch(
     let [b, d] = image.size()[..] else {
         return Err(Error::invalid("embeddings must be [batch, dim]"));
     };
+    if world == 1 {
+        // A world of one: the global batch is this batch, which a single process never pads,
+        // and the loss's own backward is the exact gradient. Gathering, the leaves and the
+        // surrogate would give the same gradient for measurably more work per step.
+        let loss = clip_loss(image, text, logit_scale);
+        if loss_scale == 1.0 {
+            loss.f_backward()?;
+        } else {
+            loss.f_mul_scalar(loss_scale)?.f_backward()?;
+        }
+        return Ok(GlobalStep {
+            loss: loss.detach(),
+            pairs: real.f_sum(Kind::Float)?,
+        });
+    }
     let local = Tensor::f_cat(
         &[
             image.detach(),
