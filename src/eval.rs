@@ -365,18 +365,7 @@ pub fn zero_shot(
         hits1 += usize::from(preds[0] as usize == truth);
         hits5 += usize::from(preds.iter().any(|&p| p as usize == truth));
     }
-    let per_class = confusion
-        .iter()
-        .enumerate()
-        .map(|(c, row)| {
-            let n: u32 = row.iter().sum();
-            if n == 0 {
-                0.0
-            } else {
-                f64::from(row[c]) / f64::from(n)
-            }
-        })
-        .collect();
+    let per_class = per_class_accuracy(&confusion);
     let n = kept.len() as f64;
     Ok(ZeroShotMetrics {
         top1: hits1 as f64 / n,
@@ -388,6 +377,23 @@ pub fn zero_shot(
         templates: templates.to_vec(),
         skipped_images: skipped,
     })
+}
+
+/// Accuracy of each class from a confusion matrix (`confusion[true][predicted]`); 0 for a class
+/// with no images.
+pub fn per_class_accuracy(confusion: &[Vec<u32>]) -> Vec<f64> {
+    confusion
+        .iter()
+        .enumerate()
+        .map(|(c, row)| {
+            let n: u32 = row.iter().sum();
+            if n == 0 {
+                0.0
+            } else {
+                f64::from(row[c]) / f64::from(n)
+            }
+        })
+        .collect()
 }
 
 /// Tokenizes the captions of a data set once, in entry order, with per-entry offsets.
@@ -625,6 +631,12 @@ mod tests {
         assert_eq!(median_rank(&i2t).unwrap(), 2.0);
         // [0, 0, 2, 2]: the lower middle rank, 1-based.
         assert_eq!(median_rank(&t2i).unwrap(), 1.0);
+    }
+
+    #[test]
+    fn per_class_accuracy_is_the_diagonal_over_the_row() {
+        let confusion = vec![vec![3, 1, 0], vec![0, 0, 0], vec![1, 1, 2]];
+        assert_eq!(per_class_accuracy(&confusion), [0.75, 0.0, 0.5]);
     }
 
     #[test]

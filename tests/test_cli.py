@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from liteclip import datasets
+from liteclip import cli, datasets
 
 
 def run(*args, cwd=None):
@@ -21,16 +21,21 @@ def run(*args, cwd=None):
     )
 
 
-@pytest.mark.parametrize("command", ["predict", "train", "evaluate", "demo"])
-def test_help(command):
-    r = run(command, "--help")
-    assert r.returncode == 0
-    assert "usage: liteclip" in r.stdout
+@pytest.mark.parametrize("command", ["predict", "train", "evaluate", "embed", "search", "demo"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: liteclip" in capsys.readouterr().out
 
 
-def test_usage_error_exit_code():
-    assert run("predict").returncode == 2
-    assert run("fly").returncode == 2
+def test_usage_error_exit_code(capsys):
+    for argv in (["predict"], ["fly"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == cli.EXIT_USAGE
+    # The module entry point (`python -m liteclip`) exits with the same codes.
+    assert run("fly").returncode == cli.EXIT_USAGE
 
 
 def test_train_evaluate_predict(tmp_path):

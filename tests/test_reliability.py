@@ -193,7 +193,7 @@ def test_ctrl_c_stops_long_batch_work_promptly(nano_ckpt, call):
     """
     proc = python(code)
     assert proc.stdout.readline().strip() == "ready"
-    time.sleep(2)
+    time.sleep(1)
     proc.send_signal(signal.SIGINT)
     start = time.time()
     proc.wait(timeout=60)

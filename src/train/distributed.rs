@@ -122,19 +122,7 @@ pub fn backward_global_batch(
         return Err(Error::invalid("embeddings must be [batch, dim]"));
     };
     if world == 1 {
-        // A world of one: the global batch is this batch, which a single process never pads,
-        // and the loss's own backward is the exact gradient. Gathering, the leaves and the
-        // surrogate would give the same gradient for measurably more work per step.
-        let loss = clip_loss(image, text, logit_scale);
-        if loss_scale == 1.0 {
-            loss.f_backward()?;
-        } else {
-            loss.f_mul_scalar(loss_scale)?.f_backward()?;
-        }
-        return Ok(GlobalStep {
-            loss: loss.detach(),
-            pairs: real.f_sum(Kind::Float)?,
-        });
+        return backward_alone(image, text, real, logit_scale, loss_scale);
     }
     let local = Tensor::f_cat(
         &[
@@ -185,6 +173,28 @@ pub fn backward_global_batch(
         loss: reduced.f_select(0, 2 * n)?,
         // The gathered mask is the same on every rank: no collective needed.
         pairs: g_real.f_sum(Kind::Float)?,
+    })
+}
+
+/// A world of one: the global batch is this batch, which a single process never pads, and the
+/// loss's own backward is the exact gradient. Gathering, the leaves and the surrogate would give
+/// the same gradient for measurably more work per step (BENCHMARKS.md, 2026-11-30).
+fn backward_alone(
+    image: &Tensor,
+    text: &Tensor,
+    real: &Tensor,
+    logit_scale: &Tensor,
+    loss_scale: f64,
+) -> Result<GlobalStep> {
+    let loss = clip_loss(image, text, logit_scale);
+    if loss_scale == 1.0 {
+        loss.f_backward()?;
+    } else {
+        loss.f_mul_scalar(loss_scale)?.f_backward()?;
+    }
+    Ok(GlobalStep {
+        loss: loss.detach(),
+        pairs: real.f_sum(Kind::Float)?,
     })
 }
 

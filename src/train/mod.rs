@@ -171,11 +171,15 @@ mod tests {
             // Every rank ends with the same history (rank 0's validation included).
             assert_eq!(results[0].history.len(), 2);
             assert_eq!(results[0].history, results[1].history);
+            // Losses to 1e-4 relative: the ranks run as threads sharing libtorch's thread pool,
+            // so their reductions split differently from run to run, and the noise that Adam
+            // turns into lr-sized steps on a few weights (below) moves the second epoch's losses
+            // by up to ~3e-5. A gradient off by 30% moves them by ~2e-3.
             for (a, b) in results[0].history.iter().zip(&single_history) {
                 let (ta, tb) = (a.train_loss, b.train_loss);
-                assert!((ta - tb).abs() < 1e-5 * tb, "train loss {ta} vs {tb}");
+                assert!((ta - tb).abs() < 1e-4 * tb, "train loss {ta} vs {tb}");
                 let (va, vb) = (a.val_loss.unwrap(), b.val_loss.unwrap());
-                assert!((va - vb).abs() < 1e-5 * vb, "validation loss {va} vs {vb}");
+                assert!((va - vb).abs() < 1e-4 * vb, "validation loss {va} vs {vb}");
             }
             // fp32 tolerance after 8 Adam steps of 1e-3: Adam divides each gradient entry by
             // its own magnitude, so an entry whose gradient is near zero (attention key biases

@@ -73,7 +73,7 @@ impl RunDir {
         self.output.join("last")
     }
 
-    fn best(&self) -> PathBuf {
+    pub fn best(&self) -> PathBuf {
         self.output.join("best")
     }
 

@@ -267,7 +267,8 @@ impl<'a> Trainer<'a> {
         };
         let outcome = self.share_outcome(outcome)?;
         if outcome.best_saved {
-            self.best_checkpoint = self.run_dir.existing_best();
+            // Rank 0 wrote it; other ranks (on other machines, perhaps) name the same path.
+            self.best_checkpoint = Some(self.run_dir.best());
         }
         Ok(if outcome.stop {
             Flow::Stop
