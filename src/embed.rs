@@ -65,13 +65,11 @@ pub fn embed_to_file(
             .filter(|l| !l.is_empty())
             .map(str::to_owned)
             .collect();
-        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
-        (
-            "texts",
-            items.clone(),
-            model.encode_texts(&refs)?,
-            Vec::new(),
-        )
+        let embeddings = {
+            let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+            model.encode_texts(&refs)?
+        };
+        ("texts", items, embeddings, Vec::new())
     };
     let index_path = output.with_extension("json");
     write_npy(output, &embeddings)?;

@@ -1,5 +1,6 @@
-//! Python values to core inputs, and core outputs to numpy. Reading happens here, under the GIL;
-//! everything after runs without it.
+//! Python values to core inputs (images, texts, keyword options as JSON), and core outputs to
+//! numpy or plain Python objects. Reading happens here, under the GIL; everything after runs
+//! without it.
 
 use std::path::PathBuf;
 
@@ -8,7 +9,8 @@ use numpy::{
     PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use serde::Serialize;
 use tch::Tensor;
 
 use super::errors::IntoPyResult;
@@ -248,4 +250,34 @@ pub fn to_numpy_2d<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAn
         .map_err(Error::from)
         .py_err(py)?;
     Ok(PyArray1::from_vec(py, data).reshape(shape)?.into_any())
+}
+
+/// Any serialisable core value as Python objects (through JSON: plain dicts, lists, numbers).
+pub fn to_python<'py>(py: Python<'py>, value: &impl Serialize) -> PyResult<Bound<'py, PyAny>> {
+    let text = serde_json::to_string(value)
+        .map_err(|e| Error::invalid(format!("cannot convert a result: {e}")))
+        .py_err(py)?;
+    py.import("json")?.call_method1("loads", (text,))
+}
+
+/// A dict of keyword arguments as the JSON object the core's option structs read (paths through
+/// `os.fspath`). Non-finite floats are refused here, naming the argument: JSON cannot carry them.
+pub fn options_json(options: &Bound<'_, PyDict>) -> PyResult<String> {
+    let py = options.py();
+    for (key, value) in options.iter() {
+        if let Ok(x) = value.extract::<f64>() {
+            if !x.is_finite() && !value.is_instance_of::<pyo3::types::PyBool>() {
+                return Err(Error::invalid(format!(
+                    "{key} must be a finite number, got {x}"
+                )))
+                .py_err(py);
+            }
+        }
+    }
+    let fspath = py.import("os")?.getattr("fspath")?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("default", fspath)?;
+    py.import("json")?
+        .call_method("dumps", (options,), Some(&kwargs))?
+        .extract()
 }

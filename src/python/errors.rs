@@ -12,7 +12,6 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyDict, PyTuple, PyType};
-use serde::Serialize;
 
 use crate::error::{hint_suffix, Error};
 
@@ -234,34 +233,4 @@ impl<T> IntoPyResult<T> for crate::Result<T> {
     fn py_err(self, py: Python<'_>) -> PyResult<T> {
         self.map_err(|e| to_py_err(py, e))
     }
-}
-
-/// Any serialisable core value as Python objects (through JSON: plain dicts, lists, numbers).
-pub fn to_python<'py>(py: Python<'py>, value: &impl Serialize) -> PyResult<Bound<'py, PyAny>> {
-    let text = serde_json::to_string(value)
-        .map_err(|e| Error::invalid(format!("cannot convert a result: {e}")))
-        .py_err(py)?;
-    py.import("json")?.call_method1("loads", (text,))
-}
-
-/// A dict of keyword arguments as the JSON object the core's option structs read (paths through
-/// `os.fspath`). Non-finite floats are refused here, naming the argument: JSON cannot carry them.
-pub fn options_json(options: &Bound<'_, PyDict>) -> PyResult<String> {
-    let py = options.py();
-    for (key, value) in options.iter() {
-        if let Ok(x) = value.extract::<f64>() {
-            if !x.is_finite() && !value.is_instance_of::<pyo3::types::PyBool>() {
-                return Err(Error::invalid(format!(
-                    "{key} must be a finite number, got {x}"
-                )))
-                .py_err(py);
-            }
-        }
-    }
-    let fspath = py.import("os")?.getattr("fspath")?;
-    let kwargs = PyDict::new(py);
-    kwargs.set_item("default", fspath)?;
-    py.import("json")?
-        .call_method("dumps", (options,), Some(&kwargs))?
-        .extract()
 }

@@ -11,7 +11,7 @@ mod training;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use convert::{extract_images, extract_texts};
+use convert::{as_strs, extract_images, extract_texts};
 use errors::{run_released, IntoPyResult};
 use numpy::{PyArray1, PyArrayMethods};
 
@@ -68,8 +68,7 @@ fn tokenize<'py>(
     let texts = extract_texts(texts, "texts").py_err(py)?;
     let padding = Padding::parse(padding).py_err(py)?;
     let batch = run_released(py, move || {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        TextTokenizer::new(max_length)?.encode(&refs, padding)
+        TextTokenizer::new(max_length)?.encode(&as_strs(&texts), padding)
     })?;
     let shape = [batch.batch, batch.seq_len];
     let out = PyDict::new(py);

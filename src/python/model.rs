@@ -7,8 +7,8 @@ use numpy::PyArrayMethods;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use super::convert::{as_strs, extract_images, extract_texts, to_numpy_2d};
-use super::errors::{run_released, to_python, IntoPyResult};
+use super::convert::{as_strs, extract_images, extract_texts, to_numpy_2d, to_python};
+use super::errors::{run_released, IntoPyResult};
 use crate::config::LiteClipConfig;
 use crate::device::{device_name, parse_device};
 use crate::error::Result;

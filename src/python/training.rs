@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::convert::{options_json, to_python};
 use super::distributed::PyCollectives;
-use super::errors::{options_json, run_released, to_python, IntoPyResult};
+use super::errors::{run_released, IntoPyResult};
 use crate::data::synthetic::{self, Layout};
 use crate::error::Error;
 use crate::eval::{self, EvalOptions};

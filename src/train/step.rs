@@ -163,7 +163,7 @@ impl Trainer<'_> {
              skip such batches). The last completed epoch's checkpoint is in {}",
             self.state.global_step + 1,
             epoch + 1,
-            self.options.output.join("last").display()
+            self.run_dir.last().display()
         ))
     }
 }

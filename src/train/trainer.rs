@@ -60,7 +60,7 @@ pub(super) struct Trainer<'a> {
     pub(super) options: &'a TrainOptions,
     pub(super) comm: &'a dyn Collectives,
     observer: &'a mut dyn Observer,
-    run_dir: RunDir,
+    pub(super) run_dir: RunDir,
     pub(super) device: Device,
     pub(super) precision: Precision,
     pub(super) model: LiteClip,
