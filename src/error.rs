@@ -68,6 +68,15 @@ pub enum Error {
     #[error("{0}")]
     NonFiniteLoss(String),
 
+    /// A photo index folder that cannot be used: not an index, damaged, written by a newer
+    /// liteclip, or made with other weights or another folder.
+    #[error("{}: {message}", path.display())]
+    BadIndex { path: PathBuf, message: String },
+
+    /// Another process holds a photo index's writer lock.
+    #[error("{0}")]
+    IndexLocked(String),
+
     /// The user asked to stop (Ctrl-C) during a long operation.
     #[error("interrupted")]
     Interrupted,

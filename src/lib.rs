@@ -42,6 +42,7 @@ pub mod error;
 pub mod eval;
 pub mod fsio;
 pub mod image;
+pub mod index;
 pub mod liteclip;
 pub mod loss;
 pub mod model;

@@ -96,6 +96,29 @@ impl LiteClip {
         checkpoint::torch_save::write_state_dict(path, &named)
     }
 
+    /// A hash of the weights (names, shapes and values): two models with equal fingerprints
+    /// make the same embeddings. Photo indexes record it to refuse another model's queries.
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for (name, tensor) in named {
+            hasher.update(name.as_bytes());
+            for d in tensor.size() {
+                hasher.update(&d.to_le_bytes());
+            }
+            let flat = tensor
+                .f_to_device(Device::Cpu)?
+                .f_to_kind(Kind::Float)?
+                .f_contiguous()?
+                .f_view([-1])?;
+            let values = Vec::<f32>::try_from(&flat)?;
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            hasher.update(&bytes);
+        }
+        Ok(format!("xxh3-128:{:032x}", hasher.digest128()))
+    }
+
     /// Sets the arithmetic of inference passes; weights stay fp32.
     pub fn set_precision(&mut self, precision: Precision) {
         self.precision = precision;

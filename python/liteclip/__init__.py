@@ -16,11 +16,14 @@ import torch as _torch  # noqa: F401
 from . import datasets
 from ._liteclip import (
     DEFAULT_MAX_IMAGE_PIXELS,
+    BadIndexError,
     CheckpointError,
     ConfigError,
     DeviceError,
     DistributedError,
     ImageDecodeError,
+    Index,
+    IndexLockedError,
     LiteClip,
     LiteClipError,
     NonFiniteLossError,
@@ -37,11 +40,14 @@ from .training import TrainResult, evaluate, train
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "BadIndexError",
     "CheckpointError",
     "ConfigError",
     "DeviceError",
     "DistributedError",
     "ImageDecodeError",
+    "Index",
+    "IndexLockedError",
     "LiteClip",
     "LiteClipError",
     "NonFiniteLossError",

@@ -29,6 +29,7 @@ __all__ = [
     "make_shapes",
     "SHAPES_INFO",
     "OPTION_CHOICES",
+    "INDEX_DEFAULTS",
     "LiteClipError",
     "ImageDecodeError",
     "CheckpointError",
@@ -37,6 +38,9 @@ __all__ = [
     "DistributedError",
     "NonFiniteLossError",
     "TorchError",
+    "BadIndexError",
+    "IndexLockedError",
+    "Index",
 ]
 
 __version__: str
@@ -77,7 +81,14 @@ class NonFiniteLossError(LiteClipError, FloatingPointError):
 class TorchError(LiteClipError, RuntimeError):
     """libtorch reported a failure (out of memory, a CUDA error, ...)."""
 
+class BadIndexError(LiteClipError, ValueError):
+    """A photo index cannot be used: not an index, damaged, too new, or of other weights."""
+
+class IndexLockedError(LiteClipError, TimeoutError):
+    """Another process is writing this photo index; the wait for it ran out."""
+
 _Embeddings: TypeAlias = npt.NDArray[np.float32]
+_Progress: TypeAlias = Any  # a callable taking one dict
 
 @final
 class LiteClip:
@@ -164,6 +175,77 @@ class ZeroShotPipeline:
     @property
     def model(self) -> LiteClip: ...
 
+@final
+class Index:
+    """A searchable, incrementally updated index of a folder of photos, kept on disk."""
+
+    @staticmethod
+    def build(
+        root: str | os.PathLike[str],
+        path: str | os.PathLike[str],
+        checkpoint: str | os.PathLike[str],
+        device: str = "auto",
+        precision: str = "fp32",
+        batch_size: int = 64,
+        progress: _Progress | None = None,
+        lock_wait: float = 10.0,
+        commit_every: int = 1024,
+    ) -> Index: ...
+    @staticmethod
+    def create(
+        root: str | os.PathLike[str],
+        path: str | os.PathLike[str],
+        checkpoint: str | os.PathLike[str],
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> Index: ...
+    @staticmethod
+    def open(
+        path: str | os.PathLike[str],
+        checkpoint: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> Index: ...
+    def update(
+        self,
+        batch_size: int = 64,
+        progress: _Progress | None = None,
+        lock_wait: float = 10.0,
+        commit_every: int = 1024,
+    ) -> dict[str, Any]: ...
+    def add(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        batch_size: int = 64,
+        progress: _Progress | None = None,
+        lock_wait: float = 10.0,
+        commit_every: int = 1024,
+    ) -> dict[str, Any]: ...
+    def remove(self, paths: Sequence[str | os.PathLike[str]], lock_wait: float = 10.0) -> int: ...
+    def embed_share(
+        self,
+        rank: int,
+        world: int,
+        batch_size: int = 64,
+        progress: _Progress | None = None,
+        commit_every: int = 1024,
+    ) -> int: ...
+    def search(self, query: str | _Image, k: int = 10) -> list[tuple[str, float]]: ...
+    def files(self) -> list[str]: ...
+    def __len__(self) -> int: ...
+    @property
+    def last_report(self) -> dict[str, Any] | None: ...
+    @property
+    def root(self) -> str: ...
+    @property
+    def checkpoint(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def embed_dim(self) -> int: ...
+    @property
+    def device(self) -> str: ...
+
 def preprocess(
     image: _Image | Sequence[_Image], image_size: int = 224
 ) -> npt.NDArray[np.float32]: ...
@@ -179,6 +261,7 @@ def _panic_for_tests() -> None: ...
 
 SHAPES_INFO: dict[str, Any]
 OPTION_CHOICES: dict[str, dict[str, list[str]]]
+INDEX_DEFAULTS: dict[str, Any]
 
 def make_shapes(
     path: str | os.PathLike[str],

@@ -219,17 +219,64 @@ def _parser() -> argparse.ArgumentParser:
     _add_precision(embed)
     embed.add_argument("--json", action="store_true", help="print a JSON summary")
 
+    index = sub.add_parser(
+        "index",
+        help="index a folder of photos for search (the first run builds, later runs update)",
+        description="Embed every image under ROOT (recursively) into the index folder INDEX. "
+        "Later runs embed only new and changed files and drop deleted ones; the index is "
+        "committed a chunk at a time, so an interrupted run loses little and the next one "
+        "continues. Unreadable files are skipped and listed. Under torchrun, ranks embed "
+        "disjoint shares of the files and rank 0 writes the index.",
+    )
+    index.add_argument("root", help="folder of photos")
+    index.add_argument("--index", required=True, help="the index folder (e.g. LIB.lcx)")
+    index.add_argument(
+        "--checkpoint",
+        default=None,
+        help="the model (needed to build; later runs use the recorded one, and one given "
+        "must hold the same weights)",
+    )
+    index.add_argument("--batch-size", type=int, default=64)
+    _add_device(index)
+    _add_precision(index)
+    index.add_argument(
+        "--lock-wait",
+        type=float,
+        default=10.0,
+        help="seconds to wait for another process writing the index (default: %(default)s)",
+    )
+    index.add_argument(
+        "--commit-every",
+        type=int,
+        default=1024,
+        help="files per committed chunk: an interrupted run loses at most this many "
+        "(default: %(default)s)",
+    )
+    index.add_argument("--json", action="store_true", help="print the report as JSON")
+
     search = sub.add_parser(
         "search",
-        help="search embedded images (or texts) with a text query (or an image)",
-        description="Rank the rows of an embedding file made by `liteclip embed` against a "
-        "query, by cosine similarity.",
+        help="search an index of photos with words or an image",
+        description="Find the indexed photos closest to a text query, or to an image with "
+        "--image, using the checkpoint recorded in the index. (A .npy file from "
+        "`liteclip embed` given as --index is ranked exactly, with --checkpoint.)",
     )
-    search.add_argument("query", help="query text (or an image path with --image)")
-    search.add_argument("--index", default="embeddings.npy", help="file from `liteclip embed`")
-    search.add_argument("--checkpoint", required=True, help="the checkpoint that embedded it")
-    search.add_argument("--image", action="store_true", help="the query is an image file")
-    search.add_argument("--top-k", type=int, default=5)
+    search.add_argument("query", nargs="?", default=None, help="query text")
+    search.add_argument("--index", required=True, help="index folder from `liteclip index`")
+    search.add_argument(
+        "--image",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="IMAGE",
+        help="search with this image (`QUERY --image` also reads QUERY as an image path)",
+    )
+    search.add_argument(
+        "--checkpoint",
+        default=None,
+        help="optional: must hold the weights that built the index",
+    )
+    search.add_argument("--top-k", type=int, default=10, help="(default: %(default)s)")
     _add_device(search)
     _add_precision(search)
     search.add_argument("--json", action="store_true", help="print JSON")
@@ -337,13 +384,128 @@ def _embed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _IndexProgress:
+    """A progress bar over the files an update embeds (images/s and time left), on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state["to_embed"], unit="img", desc="indexing", file=sys.stderr)
+        self.bar.update(state["done"] - self.bar.n)
+        self.bar.set_postfix(skipped=state["skipped"], refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _index(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import BadIndexError, Index
+    from .distributed import index_distributed
+
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be at least 1")
+    if index_distributed(args):
+        return EXIT_OK
+    progress = _IndexProgress(not args.json and sys.stderr.isatty())
+    options = {
+        "batch_size": args.batch_size,
+        "progress": progress,
+        "lock_wait": args.lock_wait,
+        "commit_every": args.commit_every,
+    }
+    try:
+        if args.checkpoint is not None:
+            index = Index.build(
+                args.root,
+                args.index,
+                args.checkpoint,
+                device=args.device,
+                precision=args.precision,
+                **options,
+            )
+            report = index.last_report
+        else:
+            if not (Path(args.index) / "manifest.json").exists():
+                raise ValueError(
+                    f"{args.index} is not an index yet: give --checkpoint to build it"
+                )
+            index = Index.open(args.index, device=args.device, precision=args.precision)
+            if Path(args.root).resolve() != Path(index.root):
+                raise BadIndexError(f"{args.index} is an index of {index.root}, not {args.root}")
+            report = index.update(**options)
+    finally:
+        progress.close()
+    _print_index_report(report, args.json)
+    return EXIT_OK
+
+
+def _print_index_report(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report))
+        return
+    print(
+        f"{report['size']} photos indexed in {report['index']}: {report['embedded']} embedded, "
+        f"{report['removed']} removed, {report['unchanged']} unchanged, "
+        f"{len(report['skipped'])} skipped ({report['seconds']:.1f} s)"
+    )
+    for item in report["skipped"]:
+        print(f"skipped {item['path']}: {item['error']}", file=sys.stderr)
+
+
 def _search(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import Index
+
+    if args.top_k < 1:
+        raise ValueError("--top-k must be at least 1")
+    if args.image is True:
+        # The older form: `liteclip search PHOTO.jpg --image`.
+        query: Any = Path(args.query) if args.query is not None else None
+        if query is None:
+            raise ValueError("--image needs an image path")
+    elif args.image is not None:
+        if args.query is not None:
+            raise ValueError("give either a text query or --image IMAGE, not both")
+        query = Path(args.image)
+    else:
+        if args.query is None:
+            raise ValueError("give a text query, or --image IMAGE")
+        query = args.query
+    if str(args.index).endswith(".npy"):
+        return _search_npy(args, query)
+    index = Index.open(
+        args.index, checkpoint=args.checkpoint, device=args.device, precision=args.precision
+    )
+    hits = [{"path": path, "score": score} for path, score in index.search(query, k=args.top_k)]
+    if args.json:
+        print(json.dumps(hits))
+    else:
+        for hit in hits:
+            print(f"{hit['score']:.4f}  {hit['path']}")
+    return EXIT_OK
+
+
+def _search_npy(args: argparse.Namespace, query: Any) -> int:
+    """Exact search over an embedding file from `liteclip embed` (the older way)."""
     from pathlib import Path
 
     import numpy as np
 
     from . import LiteClip
 
+    if args.checkpoint is None:
+        raise ValueError("searching a .npy file needs --checkpoint (an index records its own)")
     index_path = Path(args.index)
     embeddings = np.load(index_path)
     meta = json.loads(index_path.with_suffix(".json").read_text())
@@ -352,16 +514,14 @@ def _search(args: argparse.Namespace) -> int:
             f"{index_path}: the index lists {len(meta['items'])} items for "
             f"{len(embeddings)} embeddings"
         )
-    if args.top_k < 1:
-        raise ValueError("--top-k must be at least 1")
     model = LiteClip.load(args.checkpoint, device=args.device, precision=args.precision)
-    query = model.encode_image(args.query) if args.image else model.encode_text(args.query)
-    if query.shape[1] != embeddings.shape[1]:
+    vector = model.encode_image(query) if isinstance(query, Path) else model.encode_text(query)
+    if vector.shape[1] != embeddings.shape[1]:
         raise ValueError(
             f"{index_path} holds {embeddings.shape[1]}-d embeddings but the "
-            f"checkpoint makes {query.shape[1]}-d ones: another model?"
+            f"checkpoint makes {vector.shape[1]}-d ones: another model?"
         )
-    scores = embeddings @ query[0]
+    scores = embeddings @ vector[0]
     order = np.argsort(-scores, kind="stable")[: args.top_k]
     hits = [{"item": meta["items"][i], "score": float(scores[i])} for i in order]
     if args.json:
@@ -393,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": _train,
         "evaluate": _evaluate,
         "embed": _embed,
+        "index": _index,
         "search": _search,
         "demo": _demo,
     }

@@ -257,3 +257,55 @@ class ProcessGroup:
                 except Exception:  # pragma: no cover - a peer died after the run ended
                     pass
             dist.destroy_process_group()
+
+
+def index_distributed(args: Any) -> bool:
+    """``liteclip index`` under torchrun (``WORLD_SIZE > 1``): rank 0 creates the index, every
+    rank embeds a disjoint share of the files that need embedding (one GPU each where there are
+    GPUs), and rank 0 then updates the index, taking the ranks' rows in. Returns False, doing
+    nothing, in a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return False
+    import json
+    import sys
+
+    from pathlib import Path
+
+    from ._liteclip import BadIndexError, Index
+
+    rank = int(os.environ["RANK"])
+    # Embedding may take hours; a rank that dies closes its connection, which gloo notices.
+    dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+    try:
+        device = rank_device(args.device)
+        if rank == 0:
+            if args.checkpoint is not None:
+                Index.create(args.root, args.index, args.checkpoint, device, args.precision)
+            elif Path(args.root).resolve() != Path(Index.open(args.index).root):
+                raise BadIndexError(f"{args.index} is not an index of {args.root}")
+        dist.barrier()
+        index = Index.open(args.index, args.checkpoint, device, args.precision)
+        index.embed_share(rank, world, batch_size=args.batch_size, commit_every=args.commit_every)
+        dist.barrier()
+        if rank == 0:
+            report = index.update(
+                batch_size=args.batch_size,
+                lock_wait=args.lock_wait,
+                commit_every=args.commit_every,
+            )
+            report["ranks"] = world
+            if args.json:
+                print(json.dumps(report))
+            else:
+                print(
+                    f"{report['size']} photos indexed in {report['index']} by {world} ranks: "
+                    f"{report['embedded']} embedded, {report['removed']} removed, "
+                    f"{report['unchanged']} unchanged, {len(report['skipped'])} skipped"
+                )
+                for item in report["skipped"]:
+                    print(f"skipped {item['path']}: {item['error']}", file=sys.stderr)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return True

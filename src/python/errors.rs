@@ -24,6 +24,8 @@ struct ExceptionTypes {
     distributed: Py<PyType>,
     non_finite: Py<PyType>,
     torch: Py<PyType>,
+    bad_index: Py<PyType>,
+    index_locked: Py<PyType>,
 }
 
 static TYPES: GILOnceCell<ExceptionTypes> = GILOnceCell::new();
@@ -52,6 +54,7 @@ fn types(py: Python<'_>) -> PyResult<&ExceptionTypes> {
         let value_error = builtins.getattr("ValueError")?;
         let runtime_error = builtins.getattr("RuntimeError")?;
         let floating_point_error = builtins.getattr("FloatingPointError")?;
+        let timeout_error = builtins.getattr("TimeoutError")?;
         let base = make_type(
             py,
             "LiteClipError",
@@ -107,6 +110,17 @@ fn types(py: Python<'_>) -> PyResult<&ExceptionTypes> {
                 "libtorch reported a failure (out of memory, a CUDA error, a kernel that \
                  refused its inputs).",
             )?,
+            bad_index: sub(
+                "BadIndexError",
+                &value_error,
+                "A photo index cannot be used: the folder is not an index, is damaged, was \
+                 written by a newer liteclip, or was made from other weights or another folder.",
+            )?,
+            index_locked: sub(
+                "IndexLockedError",
+                &timeout_error,
+                "Another process is writing this photo index; the wait for it ran out.",
+            )?,
             base,
         })
     })
@@ -124,6 +138,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         &t.distributed,
         &t.non_finite,
         &t.torch,
+        &t.bad_index,
+        &t.index_locked,
     ] {
         let cls = cls.bind(m.py());
         m.add(cls.name()?, cls)?;
@@ -184,6 +200,8 @@ pub fn to_py_err(py: Python<'_>, error: Error) -> PyErr {
         Error::Interrupted => PyKeyboardInterrupt::new_err(message),
         Error::NonFiniteLoss(_) => new_err(&t.non_finite, py, message),
         Error::Torch(_) => new_err(&t.torch, py, message),
+        Error::BadIndex { .. } => new_err(&t.bad_index, py, message),
+        Error::IndexLocked(_) => new_err(&t.index_locked, py, message),
     }
 }
 

@@ -4,6 +4,7 @@
 mod convert;
 mod distributed;
 mod errors;
+mod index;
 mod model;
 mod pipeline;
 mod training;
@@ -122,6 +123,7 @@ fn liteclip_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<model::PyLiteClip>()?;
     m.add_class::<pipeline::PyZeroShotPipeline>()?;
+    m.add_class::<index::PyIndex>()?;
     m.add_function(wrap_pyfunction!(preprocess, m)?)?;
     m.add_function(wrap_pyfunction!(tokenize, m)?)?;
     m.add_function(wrap_pyfunction!(get_max_image_pixels, m)?)?;
@@ -136,6 +138,7 @@ fn liteclip_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(training::make_shapes, m)?)?;
     training::add_dataset_constants(m)?;
     training::add_option_choices(m)?;
+    index::add_index_defaults(m)?;
     errors::register(m)?;
     crate::cancel::install(errors::ctrl_c_pressed);
     Ok(())

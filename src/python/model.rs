@@ -24,6 +24,12 @@ use crate::model::Precision;
 pub struct SharedModel(LiteClip);
 unsafe impl Sync for SharedModel {}
 
+impl SharedModel {
+    pub fn new(model: LiteClip) -> Self {
+        SharedModel(model)
+    }
+}
+
 impl std::ops::Deref for SharedModel {
     type Target = LiteClip;
     fn deref(&self) -> &LiteClip {

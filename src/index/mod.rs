@@ -1,0 +1,1088 @@
+//! A lasting, incremental index of a folder of photos: what `liteclip index` builds and
+//! `liteclip search` and `liteclip.Index` query.
+//!
+//! - [`store`]: the folder on disk (manifest, chunks, graph, lock) and its one commit point.
+//! - [`scan`]: what changed under the root since the last update.
+//! - [`embedder`]: decoding overlapped with the model.
+//! - [`ann`]: exact and approximate (usearch HNSW) nearest-neighbour search.
+//!
+//! An update takes the writer lock, re-reads the index, plans, drops deleted and changed files
+//! (one commit), embeds new and changed ones committing a chunk at a time, and last saves the
+//! search graph. Readers never lock: they read whichever manifest is current and notice a newer
+//! one by its file identity.
+
+pub mod ann;
+pub mod embedder;
+pub mod scan;
+pub mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tch::Device;
+
+use crate::error::{Error, Result};
+use crate::liteclip::LiteClip;
+use crate::model::Precision;
+use ann::{Searcher, EXACT_BELOW};
+use embedder::{embed_files, BatchOutcome};
+use scan::{FoundFile, Plan};
+use store::{bad, Chunk, ChunkRef, Entry, Manifest, SkippedFile, Store, WriteLock};
+
+/// A chunk is committed once it holds [`UpdateOptions::commit_every`] rows, or after this many
+/// seconds, whichever comes first: a crash loses at most that much work.
+const CHUNK_SECONDS: u64 = 30;
+
+/// Rows per committed chunk unless told otherwise.
+pub const COMMIT_EVERY: usize = 1024;
+/// Seconds an update waits for another writer unless told otherwise.
+pub const LOCK_WAIT_SECONDS: f64 = 10.0;
+
+/// Settings of an update.
+#[derive(Debug, Clone)]
+pub struct UpdateOptions {
+    pub batch_size: usize,
+    /// Rows per committed chunk.
+    pub commit_every: usize,
+    /// How long to wait for another writer before giving up.
+    pub lock_wait: Duration,
+}
+
+impl Default for UpdateOptions {
+    fn default() -> Self {
+        UpdateOptions {
+            batch_size: 64,
+            commit_every: COMMIT_EVERY,
+            lock_wait: Duration::from_secs_f64(LOCK_WAIT_SECONDS),
+        }
+    }
+}
+
+/// Where an update is, after each batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// Files embedded or skipped so far, of `to_embed`.
+    pub done: usize,
+    pub to_embed: usize,
+    pub skipped: usize,
+    pub seconds: f64,
+}
+
+/// A file that is not in the index because it could not be read, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    /// Absolute.
+    pub path: String,
+    pub error: String,
+}
+
+/// What an update (or `add`) did.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateReport {
+    pub index: PathBuf,
+    pub root: PathBuf,
+    /// Image files under the root (files taken out with `remove` not counted).
+    pub total: usize,
+    /// Files embedded: new ones and changed ones.
+    pub embedded: usize,
+    /// Entries dropped because their file was deleted.
+    pub removed: usize,
+    pub unchanged: usize,
+    pub skipped: Vec<Skipped>,
+    pub seconds: f64,
+    /// Rows in the index afterwards.
+    pub size: usize,
+}
+
+/// One search result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    /// Stable for as long as the file is unchanged (a changed file gets a new id).
+    pub id: u64,
+    /// Absolute: the root joined with the indexed relative path.
+    pub path: PathBuf,
+    /// Cosine similarity with the query.
+    pub score: f32,
+}
+
+/// Identity of the manifest file a reader holds: a commit renames a new file over it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    mtime_ns: i64,
+}
+
+fn stamp_of(dir: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(dir.join(store::MANIFEST)).ok()?;
+    Some(Stamp {
+        inode: meta.ino(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+    })
+}
+
+pub struct PhotoIndex {
+    store: Store,
+    manifest: Manifest,
+    /// The entries of each listed chunk, in manifest order.
+    chunk_entries: Vec<Vec<Entry>>,
+    stamp: Option<Stamp>,
+    /// Built on the first search after a (re)load.
+    searcher: Option<Searcher>,
+}
+
+impl std::fmt::Debug for PhotoIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhotoIndex")
+            .field("dir", &self.store.dir())
+            .field("root", &self.manifest.root)
+            .field("rows", &self.len())
+            .finish()
+    }
+}
+
+impl PhotoIndex {
+    /// Opens an existing index for searching and updating.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let store = Store::new(dir);
+        let (manifest, chunk_entries, stamp) = read_consistent(&store)?;
+        Ok(PhotoIndex {
+            store,
+            manifest,
+            chunk_entries,
+            stamp,
+            searcher: None,
+        })
+    }
+
+    /// Opens the index at `dir` for `root` and `model`, creating it (empty) if it does not
+    /// exist. An existing index must be of the same root and weights.
+    pub fn create(dir: &Path, root: &Path, model: &LiteClip, checkpoint: &Path) -> Result<Self> {
+        let root = existing_dir(root)?;
+        if dir.join(store::MANIFEST).exists() {
+            let index = Self::open(dir)?;
+            if index.manifest.root != root {
+                return Err(bad(
+                    dir,
+                    format!(
+                        "this index is of {}, not {}; give another --index path for this folder",
+                        index.manifest.root.display(),
+                        root.display()
+                    ),
+                ));
+            }
+            index.check_model(model, checkpoint)?;
+            return Ok(index);
+        }
+        if dir.exists()
+            && std::fs::read_dir(dir)
+                .map_err(|e| Error::io(dir, e))?
+                .next()
+                .is_some()
+        {
+            return Err(bad(
+                dir,
+                "exists and is not a liteclip index (no manifest.json); give a new path",
+            ));
+        }
+        let checkpoint = checkpoint
+            .canonicalize()
+            .map_err(|e| Error::io(checkpoint, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let store = Store::new(dir);
+        let manifest = Manifest::new(
+            root,
+            checkpoint,
+            model.fingerprint()?,
+            model.config().embed_dim,
+        );
+        {
+            let _lock = WriteLock::acquire(dir, Duration::ZERO)?;
+            store.commit(&manifest)?;
+        }
+        Self::open(dir)
+    }
+
+    /// Loads the checkpoint recorded in the index (or `checkpoint`, which must hold the same
+    /// weights) for searching or updating.
+    pub fn load_model(
+        &self,
+        checkpoint: Option<&Path>,
+        device: Device,
+        precision: Precision,
+    ) -> Result<LiteClip> {
+        let path = checkpoint.unwrap_or(&self.manifest.checkpoint);
+        let mut model = LiteClip::load(path, device, None).map_err(|e| match e {
+            Error::FileNotFound { path, .. } if checkpoint.is_none() => Error::FileNotFound {
+                path,
+                hint: Some(format!(
+                    "the checkpoint that built {} is gone; pass checkpoint= (--checkpoint) with \
+                     the same weights",
+                    self.store.dir().display()
+                )),
+            },
+            other => other,
+        })?;
+        self.check_model(&model, path)?;
+        model.set_precision(precision);
+        Ok(model)
+    }
+
+    /// Refuses a model whose rows would not be comparable with the index's.
+    pub fn check_model(&self, model: &LiteClip, checkpoint: &Path) -> Result<()> {
+        let (dir, m) = (self.store.dir(), &self.manifest);
+        let dim = model.config().embed_dim;
+        if dim != m.embed_dim {
+            return Err(bad(
+                dir,
+                format!(
+                    "holds {}-d embeddings but {} makes {dim}-d ones: another model; search with \
+                     the checkpoint that built the index ({})",
+                    m.embed_dim,
+                    checkpoint.display(),
+                    m.checkpoint.display()
+                ),
+            ));
+        }
+        if model.fingerprint()? != m.fingerprint {
+            return Err(bad(
+                dir,
+                format!(
+                    "{} does not hold the weights that built this index ({}): its embeddings \
+                     would not be comparable; use that checkpoint, or build a new index",
+                    checkpoint.display(),
+                    m.checkpoint.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.store.dir()
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.manifest.root
+    }
+
+    pub fn checkpoint(&self) -> &Path {
+        &self.manifest.checkpoint
+    }
+
+    pub fn embed_dim(&self) -> i64 {
+        self.manifest.embed_dim
+    }
+
+    pub fn len(&self) -> usize {
+        self.manifest.rows()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every indexed file: `(id, absolute path)`, in row order.
+    pub fn files(&self) -> Vec<(u64, PathBuf)> {
+        self.chunk_entries
+            .iter()
+            .flatten()
+            .map(|e| (e.id, self.absolute(&e.path)))
+            .collect()
+    }
+
+    fn absolute(&self, relative: &str) -> PathBuf {
+        self.manifest.root.join(relative)
+    }
+
+    /// Re-reads the index if another process committed since it was read. Returns whether it
+    /// did.
+    pub fn refresh(&mut self) -> Result<bool> {
+        if stamp_of(self.store.dir()) == self.stamp {
+            return Ok(false);
+        }
+        let (manifest, chunk_entries, stamp) = read_consistent(&self.store)?;
+        self.manifest = manifest;
+        self.chunk_entries = chunk_entries;
+        self.stamp = stamp;
+        self.searcher = None;
+        Ok(true)
+    }
+
+    /// The `k` indexed files closest to the unit vector `query`, best first.
+    pub fn search(&mut self, query: &[f32], k: usize) -> Result<Vec<Hit>> {
+        self.refresh()?;
+        if self.searcher.is_none() {
+            self.searcher = Some(self.load_searcher()?);
+        }
+        let searcher = self.searcher.as_ref().expect("loaded above");
+        let rows = searcher.search(query, k)?;
+        let entries: Vec<&Entry> = self.chunk_entries.iter().flatten().collect();
+        Ok(rows
+            .into_iter()
+            .map(|(row, score)| Hit {
+                id: entries[row].id,
+                path: self.absolute(&entries[row].path),
+                score,
+            })
+            .collect())
+    }
+
+    /// The absolute path of an indexed file by its id.
+    pub fn path_of(&self, id: u64) -> Option<PathBuf> {
+        self.chunk_entries
+            .iter()
+            .flatten()
+            .find(|e| e.id == id)
+            .map(|e| self.absolute(&e.path))
+    }
+
+    /// The rows of every chunk, read from disk, with the graph when the index is big enough.
+    fn load_searcher(&mut self) -> Result<Searcher> {
+        let dim = self.manifest.embed_dim as usize;
+        let mut vectors = Vec::with_capacity(self.len() * dim);
+        for reference in &self.manifest.chunks {
+            match self.store.read_chunk(reference, dim) {
+                Ok(chunk) => vectors.extend_from_slice(&chunk.vectors),
+                // A writer replaced the chunk after our manifest was read: start again.
+                Err(Error::FileNotFound { .. }) if self.refresh()? => return self.load_searcher(),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut searcher = Searcher::exact(&vectors, dim)?;
+        if searcher.rows() >= EXACT_BELOW {
+            let saved = self.manifest.ann.as_ref().map(|n| self.store.ann_path(n));
+            match saved {
+                Some(path) if searcher.load_graph(&path).is_ok() => {}
+                _ => searcher.build_graph()?,
+            }
+        }
+        Ok(searcher)
+    }
+
+    /// Brings the index up to date with its folder: embeds new and changed image files, drops
+    /// deleted ones. Committed a chunk at a time; Ctrl-C commits what is done, then stops.
+    pub fn update(
+        &mut self,
+        model: &LiteClip,
+        options: &UpdateOptions,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<UpdateReport> {
+        let started = Instant::now();
+        let _lock = WriteLock::acquire(self.store.dir(), options.lock_wait)?;
+        self.reload_for_writing()?;
+        let root = existing_dir(&self.manifest.root)?;
+        let (found, skipped) = scan::scan(&root)?;
+        let entries: Vec<Entry> = self.chunk_entries.iter().flatten().cloned().collect();
+        let plan = scan::plan(&self.manifest, &entries, found, skipped)?;
+        self.manifest.skipped.clear();
+        self.apply(model, plan, options, progress, started)
+    }
+
+    /// One rank's part of a distributed update: embeds the `rank`-th of `world` disjoint shares
+    /// of the files an update would embed now, into staging files. Writes nothing else; the
+    /// next [`PhotoIndex::update`] (on rank 0, after all ranks finish) takes the staged rows in
+    /// instead of embedding those files again. Returns how many files this rank embedded.
+    pub fn embed_share(
+        &self,
+        model: &LiteClip,
+        rank: usize,
+        world: usize,
+        options: &UpdateOptions,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<usize> {
+        if world == 0 || rank >= world {
+            return Err(Error::invalid(format!("rank {rank} of a world of {world}")));
+        }
+        let started = Instant::now();
+        self.check_model(model, &self.manifest.checkpoint)?;
+        let root = existing_dir(&self.manifest.root)?;
+        let (found, skipped) = scan::scan(&root)?;
+        let entries: Vec<Entry> = self.chunk_entries.iter().flatten().cloned().collect();
+        let plan = scan::plan(&self.manifest, &entries, found, skipped)?;
+        let share: Vec<FoundFile> = plan
+            .to_embed
+            .into_iter()
+            .skip(rank)
+            .step_by(world)
+            .collect();
+        let dim = self.manifest.embed_dim as usize;
+        let (total, mut done, mut embedded, mut seq) = (share.len(), 0, 0, 0);
+        let mut writer = ChunkWriter::new(dim, options.commit_every);
+        let mut unused_ids = 0;
+        let mut flush = |writer: &mut ChunkWriter| -> Result<()> {
+            if let Some(chunk) = writer.take() {
+                self.store.write_staged(rank, seq, &chunk, dim)?;
+                seq += 1;
+            }
+            Ok(())
+        };
+        let outcome = embed_files(model, share, options.batch_size, |batch: BatchOutcome| {
+            done += batch.embedded.len() + batch.failed.len();
+            embedded += batch.embedded.len();
+            writer.push(batch.embedded, &mut unused_ids);
+            if writer.is_due() {
+                flush(&mut writer)?;
+            }
+            progress(&Progress {
+                done,
+                to_embed: total,
+                skipped: done - embedded,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+            Ok(())
+        });
+        flush(&mut writer)?;
+        outcome.map(|()| embedded)
+    }
+
+    /// Indexes the given files (under the root) now, also ones taken out with
+    /// [`PhotoIndex::remove`]. Unchanged files already indexed are left as they are.
+    pub fn add(
+        &mut self,
+        model: &LiteClip,
+        paths: &[PathBuf],
+        options: &UpdateOptions,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<UpdateReport> {
+        let started = Instant::now();
+        let _lock = WriteLock::acquire(self.store.dir(), options.lock_wait)?;
+        self.reload_for_writing()?;
+        let relative = self.relative_paths(paths, true)?;
+        let wanted: HashSet<&str> = relative.iter().map(String::as_str).collect();
+        self.manifest
+            .excluded
+            .retain(|p| !wanted.contains(p.as_str()));
+        self.manifest
+            .skipped
+            .retain(|s| !wanted.contains(s.path.as_str()));
+        let (found, skipped) = scan::scan(&self.manifest.root)?;
+        let found: Vec<FoundFile> = found
+            .into_iter()
+            .filter(|f| wanted.contains(f.path.as_str()))
+            .collect();
+        let entries: Vec<Entry> = self
+            .chunk_entries
+            .iter()
+            .flatten()
+            .filter(|e| wanted.contains(e.path.as_str()))
+            .cloned()
+            .collect();
+        let skipped = skipped
+            .into_iter()
+            .filter(|s| wanted.contains(s.path.as_str()))
+            .collect();
+        let plan = scan::plan(&self.manifest, &entries, found, skipped)?;
+        self.apply(model, plan, options, progress, started)
+    }
+
+    /// Takes files out of the index; later updates leave them out until they are added again.
+    /// Returns how many indexed files were removed.
+    pub fn remove(&mut self, paths: &[PathBuf], lock_wait: Duration) -> Result<usize> {
+        let _lock = WriteLock::acquire(self.store.dir(), lock_wait)?;
+        self.reload_for_writing()?;
+        let relative = self.relative_paths(paths, false)?;
+        let wanted: HashSet<&str> = relative.iter().map(String::as_str).collect();
+        let drop: HashSet<u64> = self
+            .chunk_entries
+            .iter()
+            .flatten()
+            .filter(|e| wanted.contains(e.path.as_str()))
+            .map(|e| e.id)
+            .collect();
+        for path in &relative {
+            if !self.manifest.excluded.contains(path) {
+                self.manifest.excluded.push(path.clone());
+            }
+        }
+        self.manifest
+            .skipped
+            .retain(|s| !wanted.contains(s.path.as_str()));
+        self.rewrite_chunks(&drop, &HashMap::new())?;
+        self.commit()?;
+        self.finish()?;
+        Ok(drop.len())
+    }
+
+    /// Paths relative to the root, '/'-separated; each must lie under the root.
+    fn relative_paths(&self, paths: &[PathBuf], must_exist: bool) -> Result<Vec<String>> {
+        let root = &self.manifest.root;
+        paths
+            .iter()
+            .map(|p| {
+                let absolute = if p.is_absolute() {
+                    p.clone()
+                } else {
+                    root.join(p)
+                };
+                let resolved = match absolute.canonicalize() {
+                    Ok(r) => r,
+                    Err(e) if must_exist => return Err(Error::io(&absolute, e)),
+                    Err(_) => absolute.clone(),
+                };
+                let relative = resolved
+                    .strip_prefix(root)
+                    .or_else(|_| absolute.strip_prefix(root))
+                    .map_err(|_| {
+                        Error::invalid(format!(
+                            "{} is not under the indexed folder {}",
+                            p.display(),
+                            root.display()
+                        ))
+                    })?;
+                relative.to_str().map(str::to_owned).ok_or_else(|| {
+                    Error::invalid(format!("{}: the file name is not valid UTF-8", p.display()))
+                })
+            })
+            .collect()
+    }
+
+    /// Re-reads the index under the writer lock and sweeps what no manifest lists.
+    fn reload_for_writing(&mut self) -> Result<()> {
+        let (manifest, chunk_entries, stamp) = read_consistent(&self.store)?;
+        self.store.sweep(&manifest);
+        self.manifest = manifest;
+        self.chunk_entries = chunk_entries;
+        self.stamp = stamp;
+        self.searcher = None;
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        model: &LiteClip,
+        plan: Plan,
+        options: &UpdateOptions,
+        progress: &mut dyn FnMut(&Progress),
+        started: Instant,
+    ) -> Result<UpdateReport> {
+        self.check_model(model, &self.manifest.checkpoint.clone())?;
+        let Plan {
+            total,
+            to_embed,
+            to_drop,
+            touched,
+            unchanged,
+            skipped,
+            removed,
+        } = plan;
+        self.manifest.skipped.extend(skipped);
+        self.rewrite_chunks(&to_drop, &touched)?;
+        self.commit()?;
+
+        let to_embed_count = to_embed.len();
+        let mut writer = ChunkWriter::new(self.manifest.embed_dim as usize, options.commit_every);
+        let (staged, to_embed) = self.take_staged(to_embed);
+        let (mut done, mut embedded) = (staged.len(), staged.len());
+        let mut staged = staged.into_iter().peekable();
+        while staged.peek().is_some() {
+            let rows = writer.rows;
+            writer.push(
+                staged.by_ref().take(rows).collect(),
+                &mut self.manifest.next_id,
+            );
+            self.commit_chunk(&mut writer)?;
+        }
+        let outcome = embed_files(
+            model,
+            to_embed,
+            options.batch_size,
+            |batch: BatchOutcome| {
+                done += batch.embedded.len() + batch.failed.len();
+                embedded += batch.embedded.len();
+                self.manifest
+                    .skipped
+                    .extend(batch.failed.into_iter().map(|(file, error)| SkippedFile {
+                        path: file.path,
+                        size: file.size,
+                        mtime_ns: file.mtime_ns,
+                        error,
+                    }));
+                writer.push(batch.embedded, &mut self.manifest.next_id);
+                if writer.is_due() {
+                    self.commit_chunk(&mut writer)?;
+                }
+                progress(&Progress {
+                    done,
+                    to_embed: to_embed_count,
+                    skipped: self.manifest.skipped.len(),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                Ok(())
+            },
+        );
+        // What was embedded is kept, also when stopped by Ctrl-C.
+        self.commit_chunk(&mut writer)?;
+        outcome?;
+        self.finish()?;
+        self.store.clear_staged();
+        Ok(UpdateReport {
+            index: self.store.dir().to_owned(),
+            root: self.manifest.root.clone(),
+            total,
+            embedded,
+            removed,
+            unchanged,
+            skipped: self
+                .manifest
+                .skipped
+                .iter()
+                .map(|s| Skipped {
+                    path: self.absolute(&s.path).to_string_lossy().into_owned(),
+                    error: s.error.clone(),
+                })
+                .collect(),
+            seconds: started.elapsed().as_secs_f64(),
+            size: self.len(),
+        })
+    }
+
+    /// Splits the files to embed into those a rank already embedded (staged rows of the same
+    /// size and time) and the rest.
+    fn take_staged(&self, files: Vec<FoundFile>) -> (Vec<embedder::Embedded>, Vec<FoundFile>) {
+        let dim = self.manifest.embed_dim as usize;
+        let mut staged: HashMap<String, (Entry, Vec<f32>)> = HashMap::new();
+        for chunk in self.store.read_staged(dim) {
+            for (entry, vector) in chunk
+                .entries
+                .into_iter()
+                .zip(chunk.vectors.chunks_exact(dim))
+            {
+                staged.insert(entry.path.clone(), (entry, vector.to_vec()));
+            }
+        }
+        let mut ready = Vec::new();
+        let mut rest = Vec::new();
+        for file in files {
+            match staged.remove(&file.path) {
+                Some((entry, vector))
+                    if entry.size == file.size && entry.mtime_ns == file.mtime_ns =>
+                {
+                    ready.push(embedder::Embedded {
+                        file,
+                        hash: entry.hash,
+                        vector,
+                    })
+                }
+                _ => rest.push(file),
+            }
+        }
+        (ready, rest)
+    }
+
+    /// Replaces every chunk holding a dropped or touched entry by one without the dropped
+    /// rows and with the touched entries' new size and time (not committed yet).
+    fn rewrite_chunks(
+        &mut self,
+        drop: &HashSet<u64>,
+        touched: &HashMap<u64, FoundFile>,
+    ) -> Result<()> {
+        let dim = self.manifest.embed_dim as usize;
+        for i in 0..self.manifest.chunks.len() {
+            let affected = self.chunk_entries[i]
+                .iter()
+                .any(|e| drop.contains(&e.id) || touched.contains_key(&e.id));
+            if !affected {
+                continue;
+            }
+            let old = self.store.read_chunk(&self.manifest.chunks[i], dim)?;
+            let mut chunk = Chunk {
+                name: self.new_chunk_name(i),
+                entries: Vec::new(),
+                vectors: Vec::new(),
+            };
+            for (entry, vector) in old.entries.into_iter().zip(old.vectors.chunks_exact(dim)) {
+                if drop.contains(&entry.id) {
+                    continue;
+                }
+                let entry = match touched.get(&entry.id) {
+                    Some(file) => Entry {
+                        size: file.size,
+                        mtime_ns: file.mtime_ns,
+                        ..entry
+                    },
+                    None => entry,
+                };
+                chunk.entries.push(entry);
+                chunk.vectors.extend_from_slice(vector);
+            }
+            if !chunk.entries.is_empty() {
+                self.store.write_chunk(&chunk, dim)?;
+            }
+            self.manifest.chunks[i] = ChunkRef {
+                name: chunk.name,
+                rows: chunk.entries.len(),
+            };
+            self.chunk_entries[i] = chunk.entries;
+        }
+        // Emptied chunks leave the manifest.
+        let keep: Vec<bool> = self.manifest.chunks.iter().map(|c| c.rows > 0).collect();
+        let mut flags = keep.iter();
+        self.manifest.chunks.retain(|_| *flags.next().unwrap());
+        let mut flags = keep.iter();
+        self.chunk_entries.retain(|_| *flags.next().unwrap());
+        Ok(())
+    }
+
+    /// A chunk name no file of the index has had: the generation it will be committed in.
+    fn new_chunk_name(&self, slot: usize) -> String {
+        format!("g{:08}-{slot:05}", self.manifest.generation + 1)
+    }
+
+    fn commit_chunk(&mut self, writer: &mut ChunkWriter) -> Result<()> {
+        if let Some(mut chunk) = writer.take() {
+            chunk.name = self.new_chunk_name(self.manifest.chunks.len());
+            self.store.write_chunk(&chunk, writer.dim)?;
+            self.manifest.chunks.push(ChunkRef {
+                name: chunk.name,
+                rows: chunk.entries.len(),
+            });
+            self.chunk_entries.push(chunk.entries);
+        }
+        self.commit()
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        self.manifest.generation += 1;
+        self.store.commit(&self.manifest)?;
+        self.stamp = stamp_of(self.store.dir());
+        self.searcher = None;
+        Ok(())
+    }
+
+    /// Saves the search graph of the final state (big indexes only) and sweeps old files.
+    fn finish(&mut self) -> Result<()> {
+        let wants_graph = self.len() >= EXACT_BELOW;
+        if wants_graph || self.manifest.ann.is_some() {
+            let searcher = self.load_searcher()?;
+            self.manifest.ann = None;
+            if wants_graph {
+                let name = format!("ann-{:08}.usearch", self.manifest.generation + 1);
+                searcher.save_graph(&self.store.ann_path(&name))?;
+                self.manifest.ann = Some(name);
+            }
+            self.commit()?;
+            self.searcher = Some(searcher);
+        }
+        self.store.sweep(&self.manifest);
+        Ok(())
+    }
+}
+
+/// Rows embedded since the last commit.
+struct ChunkWriter {
+    dim: usize,
+    /// Rows that make a chunk due.
+    rows: usize,
+    entries: Vec<Entry>,
+    vectors: Vec<f32>,
+    since: Instant,
+}
+
+impl ChunkWriter {
+    fn new(dim: usize, rows: usize) -> Self {
+        ChunkWriter {
+            dim,
+            rows: rows.max(1),
+            entries: Vec::new(),
+            vectors: Vec::new(),
+            since: Instant::now(),
+        }
+    }
+
+    fn push(&mut self, rows: Vec<embedder::Embedded>, next_id: &mut u64) {
+        for row in rows {
+            self.entries.push(Entry {
+                id: *next_id,
+                path: row.file.path,
+                size: row.file.size,
+                mtime_ns: row.file.mtime_ns,
+                hash: row.hash,
+            });
+            *next_id += 1;
+            self.vectors.extend_from_slice(&row.vector);
+        }
+    }
+
+    fn is_due(&self) -> bool {
+        self.entries.len() >= self.rows
+            || (!self.entries.is_empty() && self.since.elapsed().as_secs() >= CHUNK_SECONDS)
+    }
+
+    fn take(&mut self) -> Option<Chunk> {
+        self.since = Instant::now();
+        if self.entries.is_empty() {
+            return None;
+        }
+        Some(Chunk {
+            name: String::new(),
+            entries: std::mem::take(&mut self.entries),
+            vectors: std::mem::take(&mut self.vectors),
+        })
+    }
+}
+
+/// The manifest and the entries of the chunks it lists, read as one state: if a writer
+/// commits in between (a listed chunk is gone), it reads again.
+fn read_consistent(store: &Store) -> Result<(Manifest, Vec<Vec<Entry>>, Option<Stamp>)> {
+    let mut attempts = 0;
+    loop {
+        let stamp = stamp_of(store.dir());
+        let manifest = Manifest::read(store.dir())?;
+        match read_entries(store, &manifest) {
+            Ok(entries) => return Ok((manifest, entries, stamp)),
+            Err(Error::FileNotFound { .. }) if attempts < 10 && stamp_of(store.dir()) != stamp => {
+                attempts += 1;
+            }
+            Err(Error::FileNotFound { path, .. }) => {
+                return Err(bad(
+                    store.dir(),
+                    format!("damaged index: {} is listed but missing", path.display()),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn read_entries(store: &Store, manifest: &Manifest) -> Result<Vec<Vec<Entry>>> {
+    manifest
+        .chunks
+        .iter()
+        .map(|c| store.read_chunk_entries(c))
+        .collect()
+}
+
+fn existing_dir(root: &Path) -> Result<PathBuf> {
+    if !root.is_dir() {
+        return Err(Error::FileNotFound {
+            path: root.to_owned(),
+            hint: Some("expected the folder of photos to index".into()),
+        });
+    }
+    root.canonicalize().map_err(|e| Error::io(root, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LiteClipConfig;
+    use crate::image::ImageInput;
+
+    fn model(seed: i64) -> LiteClip {
+        tch::manual_seed(seed);
+        LiteClip::new(LiteClipConfig::nano(), Device::Cpu).unwrap()
+    }
+
+    fn photo(dir: &Path, name: &str, shade: u8) {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::RgbImage::from_fn(40, 30, |x, y| {
+            image::Rgb([shade, (x * 6) as u8, (y * 8) as u8 ^ shade])
+        })
+        .save(&path)
+        .unwrap();
+    }
+
+    fn no_progress(_: &Progress) {}
+
+    fn small_batches() -> UpdateOptions {
+        UpdateOptions {
+            batch_size: 2,
+            commit_every: 3,
+            ..UpdateOptions::default()
+        }
+    }
+
+    fn update(index: &mut PhotoIndex, model: &LiteClip) -> UpdateReport {
+        index
+            .update(model, &small_batches(), &mut no_progress)
+            .unwrap()
+    }
+
+    fn indexed(index: &PhotoIndex) -> Vec<String> {
+        let root = index.root().to_owned();
+        let mut paths: Vec<String> = index
+            .files()
+            .into_iter()
+            .map(|(_, p)| p.strip_prefix(&root).unwrap().display().to_string())
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        photos: PathBuf,
+        lib: PathBuf,
+        checkpoint: PathBuf,
+        model: LiteClip,
+    }
+
+    fn setup() -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let photos = tmp.path().join("photos");
+        for (i, name) in ["a.png", "b.jpg", "sub/c.png"].iter().enumerate() {
+            photo(&photos, name, 40 * i as u8);
+        }
+        let model = model(3);
+        let checkpoint = tmp.path().join("ck");
+        model.save(&checkpoint).unwrap();
+        Setup {
+            photos,
+            lib: tmp.path().join("lib.lcx"),
+            checkpoint,
+            model,
+            _tmp: tmp,
+        }
+    }
+
+    #[test]
+    fn updates_embed_only_what_changed_and_rows_are_the_models_embeddings() {
+        let s = setup();
+        let mut index = PhotoIndex::create(&s.lib, &s.photos, &s.model, &s.checkpoint).unwrap();
+        let first = update(&mut index, &s.model);
+        assert_eq!((first.total, first.embedded, first.unchanged), (3, 3, 0));
+        assert_eq!(indexed(&index), ["a.png", "b.jpg", "sub/c.png"]);
+
+        // Each file's row is what the model makes of it: its own embedding finds it first.
+        for (_, path) in index.files() {
+            let own = s
+                .model
+                .encode_images(&[ImageInput::Path(path.clone())])
+                .unwrap();
+            let own = Vec::<f32>::try_from(&own.view([-1])).unwrap();
+            let hits = index.search(&own, 3).unwrap();
+            assert_eq!(hits[0].path, path);
+            assert!((hits[0].score - 1.0).abs() < 1e-4, "{}", hits[0].score);
+            assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+        }
+
+        let again = update(&mut index, &s.model);
+        assert_eq!((again.embedded, again.removed, again.unchanged), (0, 0, 3));
+
+        std::fs::remove_file(s.photos.join("a.png")).unwrap();
+        photo(&s.photos, "b.jpg", 200); // changed
+        photo(&s.photos, "d.png", 90); // new
+        std::fs::write(s.photos.join("broken.jpg"), b"\xff\xd8 not really").unwrap();
+        let changed = update(&mut index, &s.model);
+        assert_eq!(
+            (
+                changed.total,
+                changed.embedded,
+                changed.removed,
+                changed.unchanged
+            ),
+            (4, 2, 1, 1)
+        );
+        assert_eq!(changed.skipped.len(), 1);
+        assert!(changed.skipped[0].path.ends_with("broken.jpg"));
+        assert_eq!(indexed(&index), ["b.jpg", "d.png", "sub/c.png"]);
+
+        // The broken file is remembered, not decoded again, and still reported.
+        let quiet = update(&mut index, &s.model);
+        assert_eq!((quiet.embedded, quiet.skipped.len()), (0, 1));
+
+        // A reader opening the folder afresh sees the same index.
+        let reopened = PhotoIndex::open(&s.lib).unwrap();
+        assert_eq!(indexed(&reopened), indexed(&index));
+    }
+
+    #[test]
+    fn ranks_embed_disjoint_shares_that_the_update_takes_in() {
+        let s = setup();
+        photo(&s.photos, "d.png", 7);
+        photo(&s.photos, "e.png", 99);
+        let mut single = PhotoIndex::create(&s.lib, &s.photos, &s.model, &s.checkpoint).unwrap();
+        update(&mut single, &s.model);
+        let reference: HashMap<PathBuf, u64> =
+            single.files().into_iter().map(|(i, p)| (p, i)).collect();
+
+        let lib = s.lib.with_file_name("sharded.lcx");
+        let mut sharded = PhotoIndex::create(&lib, &s.photos, &s.model, &s.checkpoint).unwrap();
+        let mut counts = Vec::new();
+        for rank in 0..2 {
+            let reader = PhotoIndex::open(&lib).unwrap();
+            counts.push(
+                reader
+                    .embed_share(&s.model, rank, 2, &small_batches(), &mut no_progress)
+                    .unwrap(),
+            );
+        }
+        assert_eq!(counts, [3, 2]);
+        let report = update(&mut sharded, &s.model);
+        assert_eq!(report.embedded, 5);
+        assert!(!lib.join("staging").exists());
+        // The same files, and each row the same vector as the single-process index's.
+        assert_eq!(indexed(&sharded), indexed(&single));
+        for (_, path) in sharded.files() {
+            let own = s
+                .model
+                .encode_images(&[ImageInput::Path(path.clone())])
+                .unwrap();
+            let own = Vec::<f32>::try_from(&own.view([-1])).unwrap();
+            let a = sharded.search(&own, 1).unwrap();
+            let b = single.search(&own, 1).unwrap();
+            assert_eq!(a[0].path, path);
+            assert_eq!(b[0].path, path);
+            assert!((a[0].score - b[0].score).abs() < 1e-5);
+            assert!(reference.contains_key(&path));
+        }
+    }
+
+    #[test]
+    fn removed_files_stay_out_until_added_back() {
+        let s = setup();
+        let mut index = PhotoIndex::create(&s.lib, &s.photos, &s.model, &s.checkpoint).unwrap();
+        update(&mut index, &s.model);
+        let gone = index
+            .remove(&[PathBuf::from("b.jpg")], Duration::ZERO)
+            .unwrap();
+        assert_eq!(gone, 1);
+        assert_eq!(update(&mut index, &s.model).total, 2);
+        assert_eq!(indexed(&index), ["a.png", "sub/c.png"]);
+        let options = UpdateOptions::default();
+        let back = index
+            .add(
+                &s.model,
+                &[s.photos.join("b.jpg")],
+                &options,
+                &mut no_progress,
+            )
+            .unwrap();
+        assert_eq!(back.embedded, 1);
+        assert_eq!(indexed(&index), ["a.png", "b.jpg", "sub/c.png"]);
+        let outside = index.add(
+            &s.model,
+            std::slice::from_ref(&s.checkpoint),
+            &options,
+            &mut no_progress,
+        );
+        assert!(outside.unwrap_err().to_string().contains("not under"));
+    }
+
+    #[test]
+    fn another_models_weights_and_another_folder_are_refused() {
+        let s = setup();
+        PhotoIndex::create(&s.lib, &s.photos, &s.model, &s.checkpoint).unwrap();
+        let other = model(4);
+        let other_ck = s.lib.with_file_name("other");
+        other.save(&other_ck).unwrap();
+        let err = PhotoIndex::create(&s.lib, &s.photos, &other, &other_ck).unwrap_err();
+        assert!(matches!(err, Error::BadIndex { .. }), "{err}");
+        assert!(err.to_string().contains("weights"), "{err}");
+        let index = PhotoIndex::open(&s.lib).unwrap();
+        let err = index
+            .load_model(Some(&other_ck), Device::Cpu, Precision::Fp32)
+            .unwrap_err();
+        assert!(err.to_string().contains("weights"), "{err}");
+        index
+            .load_model(None, Device::Cpu, Precision::Fp32)
+            .unwrap();
+        let elsewhere = s.photos.join("sub");
+        let err = PhotoIndex::create(&s.lib, &elsewhere, &s.model, &s.checkpoint).unwrap_err();
+        assert!(err.to_string().contains("not "), "{err}");
+    }
+}
