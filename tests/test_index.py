@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 import liteclip
-from liteclip import BadIndexError, Index, IndexLockedError, cli as liteclip_cli
+from liteclip import BadIndexError, Index, IndexLockedError
+from liteclip import cli as liteclip_cli
 from liteclip.distributed import free_port, local_rank_environment
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -349,7 +350,7 @@ def test_two_gloo_ranks_give_the_same_index_as_one_process(tmp_path, checkpoint)
         for rank in range(2)
     ]
     outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err
     report = json.loads(outputs[0][0])
     assert report["ranks"] == 2 and report["embedded"] == 24

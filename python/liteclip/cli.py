@@ -436,9 +436,7 @@ def _index(args: argparse.Namespace) -> int:
             report = index.last_report
         else:
             if not (Path(args.index) / "manifest.json").exists():
-                raise ValueError(
-                    f"{args.index} is not an index yet: give --checkpoint to build it"
-                )
+                raise ValueError(f"{args.index} is not an index yet: give --checkpoint to build it")
             index = Index.open(args.index, device=args.device, precision=args.precision)
             if Path(args.root).resolve() != Path(index.root):
                 raise BadIndexError(f"{args.index} is an index of {index.root}, not {args.root}")

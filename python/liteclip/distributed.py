@@ -269,7 +269,6 @@ def index_distributed(args: Any) -> bool:
         return False
     import json
     import sys
-
     from pathlib import Path
 
     from ._liteclip import BadIndexError, Index
