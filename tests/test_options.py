@@ -120,7 +120,8 @@ def test_cli_flags_reach_the_api():
     "argv",
     [
         ["predict", "x.jpg", "a", "b", "--precision", "fp16"],
-        ["search", "q", "--checkpoint", "c", "--precision", "bf16"],
+        ["search", "q", "--index", "lib.lcx", "--precision", "bf16"],
+        ["index", "photos", "--index", "lib.lcx", "--precision", "fp16"],
         ["embed", "src", "--checkpoint", "c", "--precision", "fp16"],
     ],
 )

@@ -344,6 +344,7 @@ impl PyIndex {
         text(self.locked().dir())
     }
 
+    /// Width of the indexed embeddings (the model's `embed_dim`).
     #[getter]
     fn embed_dim(&self) -> i64 {
         self.locked().embed_dim()

@@ -1,0 +1,132 @@
+//! Search over a photo index's rows: recall@10 of the approximate path (usearch HNSW, as
+//! `liteclip.Index` uses it above `EXACT_BELOW` rows) against exact search, query latency of
+//! both (p50/p99, one query at a time, as `liteclip search` and the server run them), graph
+//! build time, and bytes on disk per vector. Random unit vectors: harder to search than real
+//! embeddings, which cluster.
+//!
+//! cargo run --release --example bench_ann -- 200000 1000000   (sizes; default 200000)
+//! Env: BENCH_DIM (default 256, liteCLIP's embedding size), BENCH_QUERIES (default 300),
+//! BENCH_EXPANSIONS (e.g. 256,512,1024: also report recall and latency at these search
+//! widths), BENCH_DATA=clustered (rows near 1,000 random centres, as photo embeddings cluster
+//! by content, instead of uniform random directions).
+
+use std::time::Instant;
+
+use liteclip::index::ann::{Searcher, EXACT_BELOW};
+use liteclip::rng::Rng;
+
+fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let mut v: Vec<f32> = (0..n * dim).map(|_| rng.uniform() as f32 - 0.5).collect();
+    for row in v.chunks_exact_mut(dim) {
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+/// Unit rows near 1,000 shared centres (the same centres for rows and queries).
+fn clustered_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let centres = unit_rows(1000, dim, 99);
+    let noise = unit_rows(n, dim, seed);
+    let mut rng = Rng::new(seed + 7);
+    let mut v = Vec::with_capacity(n * dim);
+    for row in noise.chunks_exact(dim) {
+        let c = &centres[rng.below(1000) * dim..][..dim];
+        let mixed: Vec<f32> = c.iter().zip(row).map(|(a, b)| a + 0.6 * b).collect();
+        let norm = mixed.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.extend(mixed.iter().map(|x| x / norm));
+    }
+    v
+}
+
+fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    sorted_ms[((sorted_ms.len() - 1) as f64 * p).round() as usize]
+}
+
+fn time_queries(searcher: &Searcher, queries: &[f32], dim: usize) -> (Vec<Vec<usize>>, f64, f64) {
+    let mut found = Vec::new();
+    let mut ms = Vec::new();
+    for q in queries.chunks_exact(dim) {
+        let t = Instant::now();
+        let hits = searcher.search(q, 10).expect("search");
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        found.push(hits.into_iter().map(|h| h.0).collect());
+    }
+    ms.sort_by(f64::total_cmp);
+    (found, percentile(&ms, 0.5), percentile(&ms, 0.99))
+}
+
+fn recall(truth: &[Vec<usize>], got: &[Vec<usize>]) -> f64 {
+    let hits: usize = truth
+        .iter()
+        .zip(got)
+        .map(|(t, g)| g.iter().filter(|r| t.contains(r)).count())
+        .sum();
+    hits as f64 / (10 * truth.len()) as f64
+}
+
+fn main() {
+    let dim: usize = std::env::var("BENCH_DIM").map_or(256, |v| v.parse().expect("BENCH_DIM"));
+    let n_queries: usize =
+        std::env::var("BENCH_QUERIES").map_or(300, |v| v.parse().expect("BENCH_QUERIES"));
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("sizes are row counts"))
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![200_000]
+    } else {
+        sizes
+    };
+    eprintln!(
+        "threads: {}, exact below {EXACT_BELOW} rows",
+        rayon::current_num_threads()
+    );
+    for n in sizes {
+        let clustered = std::env::var("BENCH_DATA").is_ok_and(|d| d == "clustered");
+        let (data, queries) = if clustered {
+            (clustered_rows(n, dim, 1), clustered_rows(n_queries, dim, 2))
+        } else {
+            (unit_rows(n, dim, 1), unit_rows(n_queries, dim, 2))
+        };
+        let exact = Searcher::exact(&data, dim).expect("exact");
+        let (truth, exact_p50, exact_p99) = time_queries(&exact, &queries, dim);
+        drop(exact);
+        let mut approx = Searcher::exact(&data, dim).expect("rows");
+        drop(data);
+        let t = Instant::now();
+        approx.build_graph().expect("graph");
+        let build_s = t.elapsed().as_secs_f64();
+        let expansions: Vec<usize> = std::env::var("BENCH_EXPANSIONS").map_or(vec![0], |v| {
+            v.split(',')
+                .map(|e| e.parse().expect("BENCH_EXPANSIONS"))
+                .collect()
+        });
+        for &expansion in expansions.iter().filter(|&&e| e > 0) {
+            approx.set_expansion_search(expansion);
+            let (got, p50, p99) = time_queries(&approx, &queries, dim);
+            eprintln!(
+                "ef {expansion}: recall@10 {:.4}, p50 {p50:.3} ms, p99 {p99:.3} ms",
+                recall(&truth, &got)
+            );
+        }
+        approx.set_expansion_search(liteclip::index::ann::EXPANSION_SEARCH);
+        let (got, ann_p50, ann_p99) = time_queries(&approx, &queries, dim);
+        let recall = recall(&truth, &got);
+        let dir = tempfile::tempdir().expect("tmp");
+        let graph_path = dir.path().join("g.usearch");
+        approx.save_graph(&graph_path).expect("save");
+        let graph_bytes = std::fs::metadata(&graph_path).expect("stat").len();
+        // Chunk rows (.npy float32) plus the graph; the entries' JSON is ~100 bytes a file more.
+        let per_vector = (graph_bytes as f64 + (n * dim * 4) as f64) / n as f64;
+        println!(
+            "{{\"rows\": {n}, \"dim\": {dim}, \"queries\": {n_queries}, \"recall_at_10\": {recall:.4}, \
+             \"exact_p50_ms\": {exact_p50:.3}, \"exact_p99_ms\": {exact_p99:.3}, \
+             \"ann_p50_ms\": {ann_p50:.3}, \"ann_p99_ms\": {ann_p99:.3}, \
+             \"graph_build_s\": {build_s:.1}, \"graph_bytes_per_vector\": {:.0}, \
+             \"disk_bytes_per_vector\": {per_vector:.0}}}",
+            graph_bytes as f64 / n as f64
+        );
+    }
+}
