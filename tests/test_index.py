@@ -68,7 +68,17 @@ def assert_same_ranking(got, expected):
 
 def test_search_finds_what_an_exact_ranking_finds(tmp_path, checkpoint, model):
     photos = make_photos(tmp_path / "photos", 14)
-    index = Index.build(tmp_path / "photos", tmp_path / "lib.lcx", checkpoint, device="cpu")
+    calls = []
+    index = Index.build(
+        tmp_path / "photos",
+        tmp_path / "lib.lcx",
+        checkpoint,
+        device="cpu",
+        batch_size=4,
+        progress=calls.append,
+    )
+    assert [c["done"] for c in calls] == [4, 8, 12, 14]
+    assert all(c["to_embed"] == 14 for c in calls)
     report = index.last_report
     assert (report["total"], report["embedded"], report["skipped"]) == (14, 14, [])
     assert len(index) == 14
@@ -360,3 +370,33 @@ def test_two_gloo_ranks_give_the_same_index_as_one_process(tmp_path, checkpoint)
     for query in ["red", "green", Path(sorted(single.files())[3])]:
         assert_same_ranking(two.search(query, k=8), single.search(query, k=8))
     assert not (lib / "staging").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_what_was_embedded_and_the_next_run_continues(tmp_path, checkpoint):
+    make_photos(tmp_path / "photos", 60)
+    lib = tmp_path / "lib.lcx"
+    command = ["index", tmp_path / "photos", "--index", lib, "--checkpoint", checkpoint]
+    command += ["--batch-size", "2", "--commit-every", "4", "--device", "cpu"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "liteclip", *map(str, command)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (lib / "manifest.json").exists() and len(Index.open(lib)) >= 4:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    kept = len(Index.open(lib))
+    assert 4 <= kept < 60
+    r = cli(*command, "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["embedded"] == 60 - kept and report["size"] == 60

@@ -419,7 +419,7 @@ def _index(args: argparse.Namespace) -> int:
     progress = _IndexProgress(not args.json and sys.stderr.isatty())
     options = {
         "batch_size": args.batch_size,
-        "progress": progress,
+        "progress": progress if progress.enabled else None,
         "lock_wait": args.lock_wait,
         "commit_every": args.commit_every,
     }

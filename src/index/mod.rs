@@ -61,7 +61,8 @@ impl Default for UpdateOptions {
     }
 }
 
-/// Where an update is, after each batch.
+/// Where an update is, after each batch (handed to a callback that may stop the update by
+/// returning an error, such as [`Error::Interrupted`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {
     /// Files embedded or skipped so far, of `to_embed`.
@@ -319,15 +320,28 @@ impl PhotoIndex {
         }
         let searcher = self.searcher.as_ref().expect("loaded above");
         let rows = searcher.search(query, k)?;
-        let entries: Vec<&Entry> = self.chunk_entries.iter().flatten().collect();
         Ok(rows
             .into_iter()
-            .map(|(row, score)| Hit {
-                id: entries[row].id,
-                path: self.absolute(&entries[row].path),
-                score,
+            .map(|(row, score)| {
+                let entry = self.entry_at(row);
+                Hit {
+                    id: entry.id,
+                    path: self.absolute(&entry.path),
+                    score,
+                }
             })
             .collect())
+    }
+
+    /// The entry of row `row` (rows run through the chunks in manifest order).
+    fn entry_at(&self, mut row: usize) -> &Entry {
+        for entries in &self.chunk_entries {
+            if row < entries.len() {
+                return &entries[row];
+            }
+            row -= entries.len();
+        }
+        panic!("row {row} past the end of the index")
     }
 
     /// The absolute path of an indexed file by its id.
@@ -368,7 +382,7 @@ impl PhotoIndex {
         &mut self,
         model: &LiteClip,
         options: &UpdateOptions,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut dyn FnMut(&Progress) -> Result<()>,
     ) -> Result<UpdateReport> {
         let started = Instant::now();
         let _lock = WriteLock::acquire(self.store.dir(), options.lock_wait)?;
@@ -391,7 +405,7 @@ impl PhotoIndex {
         rank: usize,
         world: usize,
         options: &UpdateOptions,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut dyn FnMut(&Progress) -> Result<()>,
     ) -> Result<usize> {
         if world == 0 || rank >= world {
             return Err(Error::invalid(format!("rank {rank} of a world of {world}")));
@@ -431,8 +445,7 @@ impl PhotoIndex {
                 to_embed: total,
                 skipped: done - embedded,
                 seconds: started.elapsed().as_secs_f64(),
-            });
-            Ok(())
+            })
         });
         flush(&mut writer)?;
         outcome.map(|()| embedded)
@@ -445,7 +458,7 @@ impl PhotoIndex {
         model: &LiteClip,
         paths: &[PathBuf],
         options: &UpdateOptions,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut dyn FnMut(&Progress) -> Result<()>,
     ) -> Result<UpdateReport> {
         let started = Instant::now();
         let _lock = WriteLock::acquire(self.store.dir(), options.lock_wait)?;
@@ -555,7 +568,7 @@ impl PhotoIndex {
         model: &LiteClip,
         plan: Plan,
         options: &UpdateOptions,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut dyn FnMut(&Progress) -> Result<()>,
         started: Instant,
     ) -> Result<UpdateReport> {
         self.check_model(model, &self.manifest.checkpoint.clone())?;
@@ -609,8 +622,7 @@ impl PhotoIndex {
                     to_embed: to_embed_count,
                     skipped: self.manifest.skipped.len(),
                     seconds: started.elapsed().as_secs_f64(),
-                });
-                Ok(())
+                })
             },
         );
         // What was embedded is kept, also when stopped by Ctrl-C.
@@ -886,7 +898,9 @@ mod tests {
         .unwrap();
     }
 
-    fn no_progress(_: &Progress) {}
+    fn no_progress(_: &Progress) -> Result<()> {
+        Ok(())
+    }
 
     fn small_batches() -> UpdateOptions {
         UpdateOptions {

@@ -44,19 +44,26 @@ pub struct PyIndex {
     last_report: Mutex<Option<UpdateReport>>,
 }
 
-/// Calls the user's `progress(dict)` after each batch; an exception in it is reported, not
-/// raised (Ctrl-C still stops the update).
-fn progress_callback(progress: Option<Py<PyAny>>) -> impl FnMut(&Progress) + Send {
+/// Calls the user's `progress(dict)` after each batch. A Ctrl-C that lands inside it stops the
+/// update (what was embedded is kept); any other exception in it is reported, not raised.
+fn progress_callback(progress: Option<Py<PyAny>>) -> impl FnMut(&Progress) -> Result<()> + Send {
     move |state: &Progress| {
         let Some(callback) = &progress else {
-            return;
+            return Ok(());
         };
         Python::with_gil(|py| {
             let outcome = to_python(py, state).and_then(|s| callback.call1(py, (s,)));
-            if let Err(e) = outcome {
-                e.write_unraisable(py, Some(callback.bind(py)));
+            match outcome {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) => {
+                    Err(Error::Interrupted)
+                }
+                Err(e) => {
+                    e.write_unraisable(py, Some(callback.bind(py)));
+                    Ok(())
+                }
             }
-        });
+        })
     }
 }
 
