@@ -127,11 +127,15 @@ fn stamp_of(dir: &Path) -> Option<Stamp> {
 pub struct PhotoIndex {
     store: Store,
     manifest: Manifest,
+    /// The manifest as last read or committed: a commit with nothing new writes nothing.
+    committed: Manifest,
     /// The entries of each listed chunk, in manifest order.
     chunk_entries: Vec<Vec<Entry>>,
     stamp: Option<Stamp>,
     /// Built on the first search after a (re)load.
     searcher: Option<Searcher>,
+    /// Rows from which searches go through a graph ([`EXACT_BELOW`]).
+    exact_below: usize,
 }
 
 impl std::fmt::Debug for PhotoIndex {
@@ -151,11 +155,19 @@ impl PhotoIndex {
         let (manifest, chunk_entries, stamp) = read_consistent(&store)?;
         Ok(PhotoIndex {
             store,
+            committed: manifest.clone(),
             manifest,
             chunk_entries,
             stamp,
             searcher: None,
+            exact_below: EXACT_BELOW,
         })
+    }
+
+    /// Changes the size from which searches go through a graph (tests and benchmarks).
+    pub fn set_exact_below(&mut self, rows: usize) {
+        self.exact_below = rows;
+        self.searcher = None;
     }
 
     /// Opens the index at `dir` for `root` and `model`, creating it (empty) if it does not
@@ -305,6 +317,7 @@ impl PhotoIndex {
             return Ok(false);
         }
         let (manifest, chunk_entries, stamp) = read_consistent(&self.store)?;
+        self.committed = manifest.clone();
         self.manifest = manifest;
         self.chunk_entries = chunk_entries;
         self.stamp = stamp;
@@ -366,7 +379,7 @@ impl PhotoIndex {
             }
         }
         let mut searcher = Searcher::exact(&vectors, dim)?;
-        if searcher.rows() >= EXACT_BELOW {
+        if searcher.rows() >= self.exact_below {
             let saved = self.manifest.ann.as_ref().map(|n| self.store.ann_path(n));
             match saved {
                 Some(path) if searcher.load_graph(&path).is_ok() => {}
@@ -556,6 +569,7 @@ impl PhotoIndex {
     fn reload_for_writing(&mut self) -> Result<()> {
         let (manifest, chunk_entries, stamp) = read_consistent(&self.store)?;
         self.store.sweep(&manifest);
+        self.committed = manifest.clone();
         self.manifest = manifest;
         self.chunk_entries = chunk_entries;
         self.stamp = stamp;
@@ -700,6 +714,10 @@ impl PhotoIndex {
                 continue;
             }
             let old = self.store.read_chunk(&self.manifest.chunks[i], dim)?;
+            if old.entries.iter().any(|e| drop.contains(&e.id)) {
+                // Rows go: a saved graph (keyed by row) no longer matches.
+                self.manifest.ann = None;
+            }
             let mut chunk = Chunk {
                 name: self.new_chunk_name(i),
                 entries: Vec::new(),
@@ -752,31 +770,38 @@ impl PhotoIndex {
                 rows: chunk.entries.len(),
             });
             self.chunk_entries.push(chunk.entries);
+            self.manifest.ann = None;
         }
         self.commit()
     }
 
+    /// Writes the manifest if it differs from the one last committed.
     fn commit(&mut self) -> Result<()> {
+        if self.manifest == self.committed {
+            return Ok(());
+        }
         self.manifest.generation += 1;
         self.store.commit(&self.manifest)?;
+        self.committed = self.manifest.clone();
         self.stamp = stamp_of(self.store.dir());
         self.searcher = None;
         Ok(())
     }
 
-    /// Saves the search graph of the final state (big indexes only) and sweeps old files.
+    /// Saves a search graph for the final rows if the index is big enough and has none for
+    /// them (an unchanged index keeps its graph), and sweeps old files.
     fn finish(&mut self) -> Result<()> {
-        let wants_graph = self.len() >= EXACT_BELOW;
-        if wants_graph || self.manifest.ann.is_some() {
+        let wants_graph = self.len() >= self.exact_below;
+        if wants_graph && self.manifest.ann.is_none() {
             let searcher = self.load_searcher()?;
-            self.manifest.ann = None;
-            if wants_graph {
-                let name = format!("ann-{:08}.usearch", self.manifest.generation + 1);
-                searcher.save_graph(&self.store.ann_path(&name))?;
-                self.manifest.ann = Some(name);
-            }
+            let name = format!("ann-{:08}.usearch", self.manifest.generation + 1);
+            searcher.save_graph(&self.store.ann_path(&name))?;
+            self.manifest.ann = Some(name);
             self.commit()?;
             self.searcher = Some(searcher);
+        } else if !wants_graph && self.manifest.ann.is_some() {
+            self.manifest.ann = None;
+            self.commit()?;
         }
         self.store.sweep(&self.manifest);
         Ok(())
@@ -974,8 +999,14 @@ mod tests {
             assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
         }
 
+        let manifest = std::fs::read(s.lib.join(store::MANIFEST)).unwrap();
         let again = update(&mut index, &s.model);
         assert_eq!((again.embedded, again.removed, again.unchanged), (0, 0, 3));
+        // Nothing new, nothing written: readers are not made to reload.
+        assert_eq!(
+            std::fs::read(s.lib.join(store::MANIFEST)).unwrap(),
+            manifest
+        );
 
         std::fs::remove_file(s.photos.join("a.png")).unwrap();
         photo(&s.photos, "b.jpg", 200); // changed
@@ -1044,6 +1075,42 @@ mod tests {
             assert!((a[0].score - b[0].score).abs() < 1e-5);
             assert!(reference.contains_key(&path));
         }
+    }
+
+    #[test]
+    fn big_indexes_keep_a_graph_that_follows_their_rows() {
+        let s = setup();
+        let mut index = PhotoIndex::create(&s.lib, &s.photos, &s.model, &s.checkpoint).unwrap();
+        index.set_exact_below(2);
+        update(&mut index, &s.model);
+        let graph = |index: &PhotoIndex| index.manifest.ann.clone().expect("a graph");
+        let first = graph(&index);
+        assert!(s.lib.join(&first).exists());
+        // An unchanged update keeps it; a deletion replaces it, and the old file goes.
+        update(&mut index, &s.model);
+        assert_eq!(graph(&index), first);
+        std::fs::remove_file(s.photos.join("a.png")).unwrap();
+        update(&mut index, &s.model);
+        let second = graph(&index);
+        assert_ne!(second, first);
+        assert!(!s.lib.join(&first).exists());
+        // A reader searches through the saved graph and finds each file by its own embedding.
+        let mut reader = PhotoIndex::open(&s.lib).unwrap();
+        reader.set_exact_below(2);
+        for (_, path) in reader.files() {
+            let own = s
+                .model
+                .encode_images(&[ImageInput::Path(path.clone())])
+                .unwrap();
+            let own = Vec::<f32>::try_from(&own.view([-1])).unwrap();
+            assert_eq!(reader.search(&own, 1).unwrap()[0].path, path);
+        }
+        assert!(reader.searcher.as_ref().unwrap().has_graph());
+        // Below the size again: the graph is dropped.
+        index.set_exact_below(10);
+        update(&mut index, &s.model);
+        assert!(index.manifest.ann.is_none());
+        assert!(!s.lib.join(&second).exists());
     }
 
     #[test]

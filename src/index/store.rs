@@ -34,7 +34,7 @@ const LOCK: &str = "lock";
 const STAGING: &str = "staging";
 
 /// What the index is and which chunks it holds. Replaced atomically on every commit.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: String,
@@ -60,7 +60,7 @@ pub struct Manifest {
     pub ann: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChunkRef {
     pub name: String,
