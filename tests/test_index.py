@@ -48,6 +48,15 @@ def checkpoint(nano_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def full_checkpoint(tmp_path_factory):
+    """The full-size architecture (random weights): seconds of work per run, so that a signal
+    sent once the first chunks are committed lands mid-run even on a loaded machine."""
+    path = tmp_path_factory.mktemp("ck") / "full"
+    liteclip.LiteClip("liteclip", device="cpu", seed=0).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def model(checkpoint):
     return liteclip.LiteClip.load(checkpoint, device="cpu")
 
@@ -305,7 +314,8 @@ def test_the_command_line_builds_updates_and_searches(tmp_path, checkpoint, mode
 
 
 @pytest.mark.slow
-def test_sigkill_during_indexing_then_resume_gives_the_unbroken_result(tmp_path, checkpoint):
+def test_sigkill_during_indexing_then_resume_gives_the_unbroken_result(tmp_path, full_checkpoint):
+    checkpoint = full_checkpoint
     make_photos(tmp_path / "photos", 90)
     unbroken = Index.build(tmp_path / "photos", tmp_path / "whole.lcx", checkpoint, device="cpu")
     lib = tmp_path / "lib.lcx"
@@ -373,8 +383,9 @@ def test_two_gloo_ranks_give_the_same_index_as_one_process(tmp_path, checkpoint)
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_what_was_embedded_and_the_next_run_continues(tmp_path, checkpoint):
-    make_photos(tmp_path / "photos", 60)
+def test_ctrl_c_keeps_what_was_embedded_and_the_next_run_continues(tmp_path, full_checkpoint):
+    make_photos(tmp_path / "photos", 120)
+    checkpoint = full_checkpoint
     lib = tmp_path / "lib.lcx"
     command = ["index", tmp_path / "photos", "--index", lib, "--checkpoint", checkpoint]
     command += ["--batch-size", "2", "--commit-every", "4", "--device", "cpu"]
@@ -395,8 +406,8 @@ def test_ctrl_c_keeps_what_was_embedded_and_the_next_run_continues(tmp_path, che
     assert proc.returncode == 130, err
     assert "interrupted" in err
     kept = len(Index.open(lib))
-    assert 4 <= kept < 60
+    assert 4 <= kept < 120
     r = cli(*command, "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    assert report["embedded"] == 60 - kept and report["size"] == 60
+    assert report["embedded"] == 120 - kept and report["size"] == 120
