@@ -414,7 +414,7 @@ def _index(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    if index_distributed(args):
+    if index_distributed(args, show=lambda report: _print_index_report(report, args.json)):
         return EXIT_OK
     progress = _IndexProgress(not args.json and sys.stderr.isatty())
     options = {
@@ -451,8 +451,10 @@ def _print_index_report(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(report))
         return
+    by = f" by {report['ranks']} ranks" if "ranks" in report else ""
     print(
-        f"{report['size']} photos indexed in {report['index']}: {report['embedded']} embedded, "
+        f"{report['size']} photos indexed in {report['index']}{by}: "
+        f"{report['embedded']} embedded, "
         f"{report['removed']} removed, {report['unchanged']} unchanged, "
         f"{len(report['skipped'])} skipped ({report['seconds']:.1f} s)"
     )

@@ -259,7 +259,7 @@ class ProcessGroup:
             dist.destroy_process_group()
 
 
-def index_distributed(args: Any) -> bool:
+def index_distributed(args: Any, show: Any) -> bool:
     """``liteclip index`` under torchrun (``WORLD_SIZE > 1``): rank 0 creates the index, every
     rank embeds a disjoint share of the files that need embedding (one GPU each where there are
     GPUs), and rank 0 then updates the index, taking the ranks' rows in. Returns False, doing
@@ -267,8 +267,6 @@ def index_distributed(args: Any) -> bool:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return False
-    import json
-    import sys
     from pathlib import Path
 
     from ._liteclip import BadIndexError, Index
@@ -294,16 +292,7 @@ def index_distributed(args: Any) -> bool:
                 commit_every=args.commit_every,
             )
             report["ranks"] = world
-            if args.json:
-                print(json.dumps(report))
-            else:
-                print(
-                    f"{report['size']} photos indexed in {report['index']} by {world} ranks: "
-                    f"{report['embedded']} embedded, {report['removed']} removed, "
-                    f"{report['unchanged']} unchanged, {len(report['skipped'])} skipped"
-                )
-                for item in report["skipped"]:
-                    print(f"skipped {item['path']}: {item['error']}", file=sys.stderr)
+            show(report)
         dist.barrier()
     finally:
         dist.destroy_process_group()
