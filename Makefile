@@ -13,7 +13,7 @@ export LIBTORCH_USE_PYTORCH := 1
 TORCH := torch==2.11.0
 RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock build.rs
 
-.PHONY: demo test test-fast lint rust-test py-test py-test-fast develop clean-venv
+.PHONY: demo test test-fast lint rust-test py-test py-test-fast develop browser clean-venv
 
 ## The main job: generate the built-in data set, train liteclip-nano on the CPU (a few
 ## minutes), evaluate retrieval, and zero-shot classify new images with an unseen prompt.
@@ -39,11 +39,23 @@ lint: $(VENV)/.built
 rust-test: $(VENV)/.built
 	cargo test --release
 
-py-test: $(VENV)/.built
+py-test: $(VENV)/.built browser
 	$(PYTHON) -m pytest
 
-py-test-fast: $(VENV)/.built
+py-test-fast: $(VENV)/.built browser
 	$(PYTHON) -m pytest -m "not slow"
+
+# The browser the web page's tests drive: Debian's chromium and its driver, installed with apt
+# where missing (as root, or through sudo). Where that cannot be done the tests skip, saying so.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver with apt (for the web page's tests)"; \
+		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+		|| echo "could not install chromium: the browser tests will be skipped"; \
+	else echo "no apt-get: install chromium and chromedriver for the browser tests"; fi
 
 develop: $(VENV)/.built
 
@@ -56,7 +68,7 @@ $(VENV)/.deps: pyproject.toml
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(RUST_SOURCES)
-	$(VENV)/bin/maturin develop --release --extras test,dev
+	$(VENV)/bin/maturin develop --release --extras test,dev,serve
 	touch $@
 
 clean-venv:

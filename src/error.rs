@@ -113,6 +113,15 @@ impl Error {
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidArgument(message.into())
     }
+
+    /// The same error, its message saying which item of a list (`what[i]`) it is about.
+    pub fn in_item(self, what: &str, i: usize) -> Self {
+        match self {
+            Error::InvalidType(m) => Error::InvalidType(format!("{what}[{i}]: {m}")),
+            Error::InvalidArgument(m) => Error::InvalidArgument(format!("{what}[{i}]: {m}")),
+            other => other,
+        }
+    }
 }
 
 pub(crate) fn hint_suffix(hint: &Option<String>) -> String {

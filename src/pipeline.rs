@@ -1,7 +1,7 @@
 //! Zero-shot classification: which of the candidate labels best describes each image.
 //! Probabilities are liteCLIP's: a softmax over the labels of `exp(logit_scale) * cosine`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use tch::{Kind, Tensor};
@@ -13,36 +13,71 @@ use crate::liteclip::{Images, LiteClip};
 /// `(label, probability)` pairs, most probable first.
 pub type Ranking = Vec<(String, f64)>;
 
-/// Text embeddings of recently used label sets: users call `predict` again and again with the
-/// same labels, and the labels then cost nothing after the first call.
-pub struct LabelCache {
-    entries: Mutex<VecDeque<(Vec<String>, Tensor)>>,
+/// Text embeddings of recently used prompts: users call `predict` again and again with the
+/// same labels, and a server answers many requests that share some; a prompt costs nothing
+/// after its first use. Rows are kept one per prompt (copied out of the batch that computed
+/// them, so one kept row does not pin a whole batch); the oldest prompt goes first.
+pub struct PromptCache {
+    entries: Mutex<PromptEntries>,
     capacity: usize,
 }
 
-impl LabelCache {
+#[derive(Default)]
+struct PromptEntries {
+    rows: HashMap<String, Tensor>,
+    order: VecDeque<String>,
+}
+
+impl PromptCache {
     pub fn new(capacity: usize) -> Self {
-        LabelCache {
-            entries: Mutex::new(VecDeque::with_capacity(capacity)),
+        PromptCache {
+            entries: Mutex::new(PromptEntries::default()),
             capacity: capacity.max(1),
         }
     }
 
-    /// The embeddings of `labels`, computed by `model` on a miss. (A cache belongs to one
-    /// model: the pipeline that owns it.)
-    pub fn embeddings(&self, model: &LiteClip, labels: &[String]) -> Result<Tensor> {
-        let lock = || self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, emb)) = lock().iter().find(|(k, _)| k.as_slice() == labels) {
-            return Ok(emb.shallow_clone());
+    fn lock(&self) -> std::sync::MutexGuard<'_, PromptEntries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The embeddings of `prompts`, one row each in order; the prompts not cached are encoded
+    /// by `model` in one call. (A cache belongs to one model: the pipeline that owns it.)
+    pub fn embeddings(&self, model: &LiteClip, prompts: &[String]) -> Result<Tensor> {
+        let mut found: HashMap<&str, Tensor> = HashMap::with_capacity(prompts.len());
+        let mut missing: Vec<&str> = Vec::new();
+        {
+            let entries = self.lock();
+            for p in prompts {
+                if found.contains_key(p.as_str()) || missing.contains(&p.as_str()) {
+                    continue;
+                }
+                match entries.rows.get(p) {
+                    Some(row) => {
+                        found.insert(p, row.shallow_clone());
+                    }
+                    None => missing.push(p),
+                }
+            }
         }
-        let texts: Vec<&str> = labels.iter().map(String::as_str).collect();
-        let emb = model.encode_texts(&texts)?;
-        let mut entries = lock();
-        if entries.len() == self.capacity {
-            entries.pop_front();
+        if !missing.is_empty() {
+            let emb = model.encode_texts(&missing)?;
+            let mut entries = self.lock();
+            for (i, p) in missing.iter().enumerate() {
+                let row = emb.f_get(i as i64)?.f_detach_copy()?;
+                if !entries.rows.contains_key(*p) {
+                    if entries.order.len() == self.capacity {
+                        if let Some(old) = entries.order.pop_front() {
+                            entries.rows.remove(&old);
+                        }
+                    }
+                    entries.order.push_back(p.to_string());
+                    entries.rows.insert(p.to_string(), row.shallow_clone());
+                }
+                found.insert(p, row);
+            }
         }
-        entries.push_back((labels.to_vec(), emb.shallow_clone()));
-        Ok(emb)
+        let rows: Vec<&Tensor> = prompts.iter().map(|p| &found[p.as_str()]).collect();
+        Ok(Tensor::f_stack(&rows, 0)?)
     }
 }
 
@@ -83,7 +118,7 @@ pub fn zero_shot(
     images: &Images,
     candidates: &Candidates,
     top_k: usize,
-    cache: &LabelCache,
+    cache: &PromptCache,
 ) -> Result<Vec<Ranking>> {
     check_labels(&candidates.labels, top_k)?;
     let image_emb = model.encode(images)?;
@@ -95,6 +130,64 @@ pub fn zero_shot(
         &candidates.labels,
         top_k,
     )
+}
+
+/// Ranks a different set of candidates for each image (a server gathering requests that each
+/// bring their own labels): one image pass for all images and one text pass for the prompts
+/// not cached yet, then each image against its own candidates, cut at its own `top_k`.
+pub fn zero_shot_each(
+    model: &LiteClip,
+    images: &Images,
+    candidates: &[Candidates],
+    top_k: &[usize],
+    cache: &PromptCache,
+) -> Result<Vec<Ranking>> {
+    if top_k.len() != candidates.len() {
+        return Err(Error::invalid(format!(
+            "give one top_k per label set: {} label sets, {} top_k values",
+            candidates.len(),
+            top_k.len()
+        )));
+    }
+    for (set, &k) in candidates.iter().zip(top_k) {
+        check_labels(&set.labels, k)?;
+    }
+    let image_emb = model.encode(images)?;
+    let n_images = image_emb.size()[0] as usize;
+    if n_images != candidates.len() {
+        return Err(Error::invalid(format!(
+            "give one label set per image: {n_images} images, {} label sets",
+            candidates.len()
+        )));
+    }
+    // Every distinct prompt once, and where each set's prompts sit among them.
+    let mut union: Vec<String> = Vec::new();
+    let mut position: HashMap<&str, i64> = HashMap::new();
+    let mut rows_of = Vec::with_capacity(candidates.len());
+    for set in candidates {
+        let rows: Vec<i64> = set
+            .prompts
+            .iter()
+            .map(|p| {
+                *position.entry(p.as_str()).or_insert_with(|| {
+                    union.push(p.clone());
+                    union.len() as i64 - 1
+                })
+            })
+            .collect();
+        rows_of.push(rows);
+    }
+    let text_emb = cache.embeddings(model, &union)?;
+    let scale = model.logit_scale()?;
+    let mut out = Vec::with_capacity(candidates.len());
+    for (i, (set, rows)) in candidates.iter().zip(&rows_of).enumerate() {
+        let index = Tensor::from_slice(rows).to_device(text_emb.device());
+        let texts = text_emb.f_index_select(0, &index)?;
+        let image = image_emb.f_narrow(0, i as i64, 1)?;
+        let ranking = rank(&image, &texts, scale, &set.labels, top_k[i])?;
+        out.extend(ranking);
+    }
+    Ok(out)
 }
 
 /// Softmax over labels of the scaled similarities, sorted; ties keep the label order.

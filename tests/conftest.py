@@ -5,8 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -15,6 +17,24 @@ import reference  # noqa: E402
 
 REAL_IMAGES = sorted((TESTS / "data" / "images").glob("*.jpg"))
 CAT = TESTS / "data" / "images" / "cat_chelsea.jpg"
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def make_photos(root: Path, n: int, seed: int = 0) -> list[Path]:
+    """`n` small JPEG and PNG photos in nested folders, each different."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        colour = list(COLOURS.values())[i % 3]
+        pixels = rng.integers(0, 60, (48, 64, 3)) + np.array(colour) * 0.7
+        folder = root / f"album{i % 4}" / ("nested" if i % 5 == 0 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / (f"p{i:03d}.jpg" if i % 2 else f"p{i:03d}.png")
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
 
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA GPU"))]

@@ -22,22 +22,7 @@ from liteclip import BadIndexError, Index, IndexLockedError
 from liteclip import cli as liteclip_cli
 from liteclip.distributed import free_port, local_rank_environment
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-
-
-def make_photos(root: Path, n: int, seed: int = 0) -> list[Path]:
-    """`n` small JPEG and PNG photos in nested folders, each different."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        colour = list(COLOURS.values())[i % 3]
-        pixels = rng.integers(0, 60, (48, 64, 3)) + np.array(colour) * 0.7
-        folder = root / f"album{i % 4}" / ("nested" if i % 5 == 0 else "")
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / (f"p{i:03d}.jpg" if i % 2 else f"p{i:03d}.png")
-        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
-        paths.append(path)
-    return paths
+from conftest import make_photos
 
 
 @pytest.fixture(scope="module")

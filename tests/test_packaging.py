@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,8 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_the_snippet(tmp_path, litecli
         timeout=1800,
     )
     (wheel,) = dist.glob("liteclip-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert "liteclip/serve/page.html" in archive.namelist()
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
@@ -69,3 +72,12 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_the_snippet(tmp_path, litecli
     # The console script is installed too.
     cli = subprocess.run([str(venv / "bin" / "liteclip"), "--help"], env=clean, capture_output=True)
     assert cli.returncode == 0
+    # Without the `serve` extra, the server says what to install.
+    serve = subprocess.run(
+        [str(venv / "bin" / "liteclip"), "serve", "--checkpoint", str(work / "model")],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert serve.returncode == 1 and "liteclip[serve]" in serve.stderr, serve.stderr

@@ -172,6 +172,13 @@ class ZeroShotPipeline:
         top_k: int = 5,
         hypothesis_template: str | None = None,
     ) -> _Ranking | list[_Ranking]: ...
+    def predict_each(
+        self,
+        images: _Images,
+        label_sets: Sequence[Sequence[str]],
+        top_k: int | Sequence[int] = 5,
+        hypothesis_template: str | None | Sequence[str | None] = None,
+    ) -> list[_Ranking]: ...
     @property
     def model(self) -> LiteClip: ...
 
@@ -202,7 +209,7 @@ class Index:
     @staticmethod
     def open(
         path: str | os.PathLike[str],
-        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint: str | os.PathLike[str] | LiteClip | None = None,
         device: str = "auto",
         precision: str = "fp32",
     ) -> Index: ...
@@ -231,6 +238,10 @@ class Index:
         commit_every: int = 1024,
     ) -> int: ...
     def search(self, query: str | _Image, k: int = 10) -> list[tuple[str, float]]: ...
+    def search_many(
+        self, queries: Sequence[str | _Image], k: int = 10
+    ) -> list[list[tuple[str, float, int]]]: ...
+    def thumbnail(self, id: int, size: int = 256) -> bytes | None: ...
     def files(self) -> list[str]: ...
     def __len__(self) -> int: ...
     @property

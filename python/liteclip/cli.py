@@ -115,6 +115,24 @@ def _add_precision(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of `ServeOptions`, with its default and help."""
+    from ._liteclip import OPTION_CHOICES
+    from .serve.options import option_fields
+
+    for field in option_fields():
+        flag = "--" + field.name.replace("_", "-")
+        shown = "" if field.default is None else f" (default: {field.default})"
+        kwargs: dict[str, Any] = {"default": field.default, "help": field.metadata["help"] + shown}
+        if field.type == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif field.type in ("int", "float"):
+            kwargs["type"] = int if field.type == "int" else float
+        if field.name == "precision":
+            kwargs["choices"] = OPTION_CHOICES["evaluate"]["precision"]
+        parser.add_argument(flag, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
     from .training import evaluate as evaluate_api
     from .training import train as train_api
@@ -280,6 +298,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_device(search)
     _add_precision(search)
     search.add_argument("--json", action="store_true", help="print JSON")
+
+    serve = sub.add_parser(
+        "serve",
+        help="an HTTP service and web page: zero-shot prediction, embeddings, photo search",
+        description="Serve /predict, /embed/text, /embed/image, /search and /thumb (JSON) and a "
+        "web page at /, batching concurrent requests into one model call. Needs "
+        "`pip install 'liteclip[serve]'`.",
+    )
+    _add_serve_options(serve)
 
     demo = sub.add_parser(
         "demo",
@@ -532,6 +559,16 @@ def _search_npy(args: argparse.Namespace, query: Any) -> int:
     return EXIT_OK
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+    from .serve.options import ServeOptions, option_fields
+
+    values = {f.name: getattr(args, f.name) for f in option_fields()}
+    # A key in the environment stays out of `ps` and shell history.
+    values["api_key"] = values["api_key"] or os.environ.get("LITECLIP_API_KEY") or None
+    return serve(ServeOptions(**values))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -555,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         "embed": _embed,
         "index": _index,
         "search": _search,
+        "serve": _serve,
         "demo": _demo,
     }
     try:
@@ -562,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"liteclip {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (LiteClipError, OSError, ValueError, TypeError, RuntimeError) as error:
+    except (LiteClipError, OSError, ValueError, TypeError, RuntimeError, ImportError) as error:
         print(f"liteclip {args.command}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
 

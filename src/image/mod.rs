@@ -3,6 +3,7 @@
 //! [`transform`]; this module only dispatches and batches them across threads.
 
 pub mod decode;
+pub mod thumbnail;
 pub mod transform;
 
 use std::path::PathBuf;

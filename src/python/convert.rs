@@ -73,11 +73,7 @@ pub fn extract_images(obj: &Bound<'_, PyAny>) -> Result<Images, Error> {
             .enumerate()
         {
             let item = item.map_err(|e| Error::InvalidType(e.to_string()))?;
-            let image = extract_one(&item).map_err(|e| match e {
-                Error::InvalidType(m) => Error::InvalidType(format!("images[{i}]: {m}")),
-                Error::InvalidArgument(m) => Error::InvalidArgument(format!("images[{i}]: {m}")),
-                other => other,
-            })?;
+            let image = extract_one(&item).map_err(|e| e.in_item("images", i))?;
             items.push(image);
         }
         if items.is_empty() {

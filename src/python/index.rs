@@ -1,7 +1,7 @@
 //! `liteclip.Index`: a photo index on disk (see [`crate::index`]), with the model that queries
 //! it loaded on first use.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -10,13 +10,15 @@ use pyo3::types::{PyList, PyString};
 
 use super::convert::{extract_images, to_python};
 use super::errors::{run_released, IntoPyResult};
-use super::model::SharedModel;
+use super::model::{PyLiteClip, SharedModel};
 use crate::device::{device_name, parse_device};
 use crate::error::{Error, Result};
 // The signature defaults below (commit_every = 1024, lock_wait = 10.0) are the core's
 // COMMIT_EVERY and LOCK_WAIT_SECONDS written out, so that help() shows them;
 // tests/test_index.py checks them (and the CLI's) against INDEX_DEFAULTS, made from the core.
-use crate::index::{PhotoIndex, Progress, UpdateOptions, UpdateReport};
+use crate::image::decode::decode_file;
+use crate::image::thumbnail::thumbnail_jpeg;
+use crate::index::{Hit, PhotoIndex, Progress, UpdateOptions, UpdateReport};
 
 /// `INDEX_DEFAULTS`: the core's defaults of an update, for the signature and CLI checks.
 pub fn add_index_defaults(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -97,6 +99,24 @@ impl PyIndex {
         let out = to_python(py, &report);
         *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
         out
+    }
+
+    /// The hits of each query, its vector computed in one model pass per kind of query.
+    fn search_queries(
+        &self,
+        py: Python<'_>,
+        queries: Vec<Query>,
+        k: usize,
+    ) -> PyResult<Vec<Vec<Hit>>> {
+        if k == 0 {
+            return Err(Error::invalid("k must be at least 1")).py_err(py);
+        }
+        run_released(py, move || {
+            let model = self.model()?;
+            let vectors = embed_queries(&model, &queries)?;
+            let mut index = self.locked();
+            vectors.iter().map(|v| index.search(v, k)).collect()
+        })
     }
 
     /// The query model, loaded (and checked against the index) on first use.
@@ -206,21 +226,47 @@ impl PyIndex {
 
     /// Opens an index folder made by `Index.build` or `liteclip index`. The model is the
     /// recorded checkpoint (loaded at the first search or update); a `checkpoint` given here
-    /// must hold the same weights, and is checked now.
+    /// (a path, or a loaded `LiteClip` to share) must hold the same weights, and is checked now.
     #[staticmethod]
     #[pyo3(signature = (path, checkpoint = None, device = "auto", precision = "fp32"))]
     fn open(
         py: Python<'_>,
         path: PathBuf,
-        checkpoint: Option<PathBuf>,
+        checkpoint: Option<&Bound<'_, PyAny>>,
         device: &str,
         precision: &str,
     ) -> PyResult<Self> {
         let precision = Precision::parse(precision).py_err(py)?;
-        let index = run_released(py, move || PhotoIndex::open(&path))?;
+        let (checkpoint, loaded) = match checkpoint {
+            None => (None, None),
+            Some(obj) => match obj.downcast::<PyLiteClip>() {
+                Ok(model) => (None, Some(model.get().inner.clone())),
+                Err(_) => (
+                    Some(
+                        obj.extract::<PathBuf>()
+                            .map_err(|_| {
+                                Error::InvalidType(
+                                    "checkpoint must be a path (str or os.PathLike) or a LiteClip"
+                                        .into(),
+                                )
+                            })
+                            .py_err(py)?,
+                    ),
+                    None,
+                ),
+            },
+        };
+        let shared = loaded.clone();
+        let index = run_released(py, move || {
+            let index = PhotoIndex::open(&path)?;
+            if let Some(model) = &shared {
+                index.check_model(model, Path::new("the given LiteClip"))?;
+            }
+            Ok(index)
+        })?;
         let opened = PyIndex {
             index: Mutex::new(index),
-            model: Mutex::new(None),
+            model: Mutex::new(loaded),
             checkpoint,
             device: device.to_owned(),
             precision,
@@ -293,16 +339,64 @@ impl PyIndex {
         query: &Bound<'_, PyAny>,
         k: usize,
     ) -> PyResult<Vec<(String, f32)>> {
-        if k == 0 {
-            return Err(Error::invalid("k must be at least 1")).py_err(py);
-        }
         let query = Query::extract(query).py_err(py)?;
-        let hits = run_released(py, move || {
-            let model = self.model()?;
-            let vector = query.embed(&model)?;
-            self.locked().search(&vector, k)
+        let mut hits = self.search_queries(py, vec![query], k)?;
+        Ok(hits
+            .pop()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| (text(&h.path), h.score))
+            .collect())
+    }
+
+    /// Searches for several queries at once (texts embedded in one pass, images in another):
+    /// one list per query of `(path, score, id)`, best first. `id` names the indexed file for
+    /// `thumbnail` and stays the same while the file is unchanged. (What `liteclip serve` calls
+    /// for a batch of requests.)
+    #[pyo3(signature = (queries, k = 10))]
+    fn search_many(
+        &self,
+        py: Python<'_>,
+        queries: Vec<Bound<'_, PyAny>>,
+        k: usize,
+    ) -> PyResult<Vec<Vec<(String, f32, u64)>>> {
+        let queries = queries
+            .iter()
+            .enumerate()
+            .map(|(i, q)| Query::extract(q).map_err(|e| e.in_item("queries", i)))
+            .collect::<Result<Vec<_>>>()
+            .py_err(py)?;
+        let hits = self.search_queries(py, queries, k)?;
+        Ok(hits
+            .into_iter()
+            .map(|list| {
+                list.into_iter()
+                    .map(|h| (text(&h.path), h.score, h.id))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// A JPEG preview (longest side `size` pixels) of the indexed file with this `id` (from
+    /// `search_many`), or None when no file in the index has it: only indexed files are read.
+    #[pyo3(signature = (id, size = 256))]
+    fn thumbnail<'py>(
+        &self,
+        py: Python<'py>,
+        id: u64,
+        size: u32,
+    ) -> PyResult<Option<Bound<'py, pyo3::types::PyBytes>>> {
+        let jpeg = run_released(py, || {
+            let path = {
+                let mut index = self.locked();
+                index.refresh()?;
+                index.path_of(id)
+            };
+            // Decoded outside the lock: searches go on meanwhile.
+            path.map(|p| thumbnail_jpeg(&decode_file(&p)?, size))
+                .transpose()
         })?;
-        Ok(hits.into_iter().map(|h| (text(&h.path), h.score)).collect())
+        Ok(jpeg.map(|bytes| pyo3::types::PyBytes::new(py, &bytes)))
     }
 
     /// Every indexed file as an absolute path, in index order.
@@ -418,13 +512,48 @@ impl Query {
         }
         Ok(Query::Image(images))
     }
+}
 
-    /// The query's unit vector.
-    fn embed(&self, model: &LiteClip) -> Result<Vec<f32>> {
-        let row = match self {
-            Query::Text(text) => model.encode_texts(&[text.as_str()])?,
-            Query::Image(images) => model.encode(images)?,
-        };
-        Ok(Vec::<f32>::try_from(&row.f_view([-1])?)?)
+/// The unit vector of every query: texts in one model pass, images in another.
+fn embed_queries(model: &LiteClip, queries: &[Query]) -> Result<Vec<Vec<f32>>> {
+    let mut vectors = vec![Vec::new(); queries.len()];
+    let texts: Vec<(usize, &str)> = queries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, q)| match q {
+            Query::Text(t) => Some((i, t.as_str())),
+            Query::Image(_) => None,
+        })
+        .collect();
+    if !texts.is_empty() {
+        let strs: Vec<&str> = texts.iter().map(|(_, t)| *t).collect();
+        let rows = model.encode_texts(&strs)?;
+        for (row, (i, _)) in texts.iter().enumerate() {
+            vectors[*i] = Vec::<f32>::try_from(&rows.f_get(row as i64)?)?;
+        }
     }
+    let mut files = Vec::new();
+    let mut pixels = Vec::new();
+    for (i, q) in queries.iter().enumerate() {
+        match q {
+            Query::Image(Images::Inputs(inputs)) => files.extend(inputs.iter().map(|x| (i, x))),
+            Query::Image(Images::Pixels(t)) => pixels.push((i, t)),
+            Query::Text(_) => {}
+        }
+    }
+    if !files.is_empty() {
+        let inputs: Vec<_> = files.iter().map(|(_, x)| (*x).clone()).collect();
+        let rows = model.encode(&Images::Inputs(inputs))?;
+        for (row, (i, _)) in files.iter().enumerate() {
+            vectors[*i] = Vec::<f32>::try_from(&rows.f_get(row as i64)?)?;
+        }
+    }
+    if !pixels.is_empty() {
+        let batch: Vec<&tch::Tensor> = pixels.iter().map(|(_, t)| *t).collect();
+        let rows = model.encode(&Images::Pixels(tch::Tensor::f_cat(&batch, 0)?))?;
+        for (row, (i, _)) in pixels.iter().enumerate() {
+            vectors[*i] = Vec::<f32>::try_from(&rows.f_get(row as i64)?)?;
+        }
+    }
+    Ok(vectors)
 }

@@ -10,7 +10,27 @@ use super::convert::{extract_images, extract_texts};
 use super::errors::{run_released, IntoPyResult};
 use super::model::{PyLiteClip, SharedModel};
 use crate::error::Error;
-use crate::pipeline::{zero_shot, Candidates, LabelCache, Ranking};
+use crate::pipeline::{zero_shot, zero_shot_each, Candidates, PromptCache, Ranking};
+
+/// One value for every item, or a list with one per item.
+#[derive(FromPyObject)]
+enum PerItem<T> {
+    Each(Vec<T>),
+    One(T),
+}
+
+impl<T: Clone> PerItem<T> {
+    fn expand(self, n: usize, what: &str) -> Result<Vec<T>, Error> {
+        match self {
+            PerItem::One(value) => Ok(vec![value; n]),
+            PerItem::Each(values) if values.len() == n => Ok(values),
+            PerItem::Each(values) => Err(Error::invalid(format!(
+                "{what} has {} values for {n} images",
+                values.len()
+            ))),
+        }
+    }
+}
 
 /// Where the original liteCLIP README expects its released weights.
 const DEFAULT_CHECKPOINT: &str = "model/liteclip2.pt";
@@ -22,17 +42,17 @@ const DEFAULT_CHECKPOINT: &str = "model/liteclip2.pt";
 #[pyclass(name = "ZeroShotPipeline", module = "liteclip", frozen)]
 pub struct PyZeroShotPipeline {
     model: Arc<SharedModel>,
-    labels: Arc<LabelCache>,
+    prompts: Arc<PromptCache>,
 }
 
-/// Label sets whose embeddings a pipeline keeps.
-const CACHED_LABEL_SETS: usize = 16;
+/// Prompts whose text embeddings a pipeline keeps (1 KiB each at embed_dim 256).
+const CACHED_PROMPTS: usize = 4096;
 
 impl PyZeroShotPipeline {
     fn with_model(model: Arc<SharedModel>) -> Self {
         PyZeroShotPipeline {
             model,
-            labels: Arc::new(LabelCache::new(CACHED_LABEL_SETS)),
+            prompts: Arc::new(PromptCache::new(CACHED_PROMPTS)),
         }
     }
 }
@@ -103,7 +123,7 @@ impl PyZeroShotPipeline {
             )))
             .py_err(py);
         }
-        let (model, cache) = (self.model.clone(), self.labels.clone());
+        let (model, cache) = (self.model.clone(), self.prompts.clone());
         let top_k = top_k as usize;
         let rankings = run_released(py, move || {
             zero_shot(&model, &images, &candidates, top_k, &cache)
@@ -119,6 +139,56 @@ impl PyZeroShotPipeline {
             let first = rankings.into_iter().next().unwrap_or_default();
             Ok(to_list(first)?.into_any())
         }
+    }
+
+    /// Ranks a different set of labels for each image in one pass: `images` is a list of
+    /// images (or float pixels `(N, 3, S, S)`) and `label_sets` a list of as many label lists.
+    /// `top_k` and `hypothesis_template` are one value for all, or a list with one per image.
+    /// Returns one `[(label, probability), ...]` per image, the numbers `predict` gives for that
+    /// image and its labels. (This is what `liteclip serve` calls for a batch of requests.)
+    #[pyo3(
+        signature = (images, label_sets, top_k = PerItem::One(5), hypothesis_template = PerItem::One(None)),
+        text_signature = "(self, images, label_sets, top_k=5, hypothesis_template=None)"
+    )]
+    fn predict_each<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+        label_sets: &Bound<'py, PyAny>,
+        top_k: PerItem<i64>,
+        hypothesis_template: PerItem<Option<String>>,
+    ) -> PyResult<Vec<Bound<'py, PyList>>> {
+        let sets: Vec<Bound<'py, PyAny>> = label_sets
+            .try_iter()
+            .and_then(|it| it.collect::<PyResult<_>>())
+            .map_err(|_| Error::InvalidType("label_sets must be a list of label lists".into()))
+            .py_err(py)?;
+        let n = sets.len();
+        let top_k = top_k.expand(n, "top_k").py_err(py)?;
+        let templates = hypothesis_template
+            .expand(n, "hypothesis_template")
+            .py_err(py)?;
+        let mut candidates = Vec::with_capacity(n);
+        for (i, (set, template)) in sets.iter().zip(templates).enumerate() {
+            let labels = extract_texts(set, &format!("label_sets[{i}]")).py_err(py)?;
+            candidates.push(Candidates::new(labels, template.as_deref()));
+        }
+        let top_k = top_k
+            .into_iter()
+            .map(|k| {
+                usize::try_from(k)
+                    .ok()
+                    .filter(|&k| k >= 1)
+                    .ok_or_else(|| Error::invalid(format!("top_k must be at least 1, got {k}")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .py_err(py)?;
+        let (images, _) = extract_images(images).py_err(py)?.into_core();
+        let (model, cache) = (self.model.clone(), self.prompts.clone());
+        let rankings = run_released(py, move || {
+            zero_shot_each(&model, &images, &candidates, &top_k, &cache)
+        })?;
+        rankings.into_iter().map(|r| PyList::new(py, r)).collect()
     }
 
     /// The underlying model.

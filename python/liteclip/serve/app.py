@@ -1,0 +1,403 @@
+"""The HTTP app of `liteclip serve`: routes, request validation and the batchers behind them.
+
+Requests are parsed and checked here, images decoded on a worker thread, and then each request
+waits in its kind's `Batcher` for one model call shared with the requests that came at the same
+time. The model calls are the library's own (`ZeroShotPipeline.predict_each`,
+`Index.search_many`, `LiteClip.encode_text` / `encode_image`): the server adds only HTTP.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import anyio
+import numpy as np
+from starlette.applications import Starlette
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from .. import Index, ZeroShotPipeline, preprocess
+from .batcher import Batcher, Overloaded
+from .limits import BearerAuth, BodyLimit
+from .options import ServeOptions
+
+log = logging.getLogger("liteclip.serve")
+
+# Reachable without the API key: the liveness probe, and the page (static, it holds no data;
+# it asks for the key and sends it with each call it makes).
+OPEN_PATHS = frozenset({"/healthz", "/"})
+
+# Thumbnails kept in memory (about 15 KB each).
+THUMB_CACHE = 512
+
+
+def _bad(message: str, status: int = 400) -> HTTPException:
+    return HTTPException(status_code=status, detail=message)
+
+
+@dataclass
+class PredictItem:
+    pixels: np.ndarray
+    labels: list[str]
+    template: str | None
+    top_k: int
+
+
+@dataclass
+class SearchItem:
+    query: Any  # a str, or preprocessed pixels (3, S, S)
+    k: int
+
+
+class Service:
+    """The loaded model and index, and the batched calls into them (run on the model thread)."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options.checked()
+        device, precision = options.device, options.precision
+        self.index: Index | None = None
+        if options.index is not None:
+            self.index = Index.open(options.index, device=device, precision=precision)
+        self.checkpoint = options.checkpoint or (self.index.checkpoint if self.index else "")
+        self.pipeline = ZeroShotPipeline(self.checkpoint, device=device, precision=precision)
+        self.model = self.pipeline.model
+        if self.index is not None:
+            # The index searches with this same model (checked to hold the index's weights).
+            self.index = Index.open(options.index, checkpoint=self.model)
+        self.image_size = self.model.image_size
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, "liteclip-model")
+        self.batchers: dict[str, Batcher] = {}
+        self._thumbs: OrderedDict[int, bytes] = OrderedDict()
+
+    # --- batched model calls (on the model thread) ---
+
+    def predict_batch(self, items: list[PredictItem]) -> list[list[tuple[str, float]]]:
+        return self.pipeline.predict_each(
+            np.stack([i.pixels for i in items]),
+            [i.labels for i in items],
+            top_k=[i.top_k for i in items],
+            hypothesis_template=[i.template for i in items],
+        )
+
+    def search_batch(self, items: list[SearchItem]) -> list[list[dict[str, Any]]]:
+        assert self.index is not None
+        hits = self.index.search_many([i.query for i in items], k=max(i.k for i in items))
+        return [
+            [{"path": p, "score": s, "thumb": f"/thumb/{id_}"} for p, s, id_ in found[: i.k]]
+            for i, found in zip(items, hits)
+        ]
+
+    def embed_text_batch(self, items: list[list[str]]) -> list[list[list[float]]]:
+        rows = self.model.encode_text([t for texts in items for t in texts])
+        return _split(rows.tolist(), [len(texts) for texts in items])
+
+    def embed_image_batch(self, items: list[list[np.ndarray]]) -> list[list[list[float]]]:
+        rows = self.model.encode_image(np.stack([p for pixels in items for p in pixels]))
+        return _split(rows.tolist(), [len(pixels) for pixels in items])
+
+    # --- lifecycle ---
+
+    def start(self) -> None:
+        o = self.options
+        calls = {
+            "predict": self.predict_batch,
+            "embed_text": self.embed_text_batch,
+            "embed_image": self.embed_image_batch,
+            "search": self.search_batch,
+        }
+        for name, compute in calls.items():
+            self.batchers[name] = Batcher(
+                name,
+                compute,
+                self.executor,
+                max_batch=o.max_batch,
+                max_wait=o.max_wait_ms / 1000,
+                max_queue=o.max_queue,
+            )
+            self.batchers[name].start()
+
+    async def stop(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        self.executor.shutdown(wait=True)
+
+    # --- helpers the routes share ---
+
+    async def pixels(self, upload: UploadFile) -> np.ndarray:
+        data = await upload.read()
+        if not data:
+            raise _bad(f"the file {upload.filename or ''!r} is empty, not an image")
+        name = upload.filename or "upload"
+        try:
+            return await anyio.to_thread.run_sync(_decode, data, self.image_size, name)
+        except ValueError as error:  # ImageDecodeError included
+            raise _bad(str(error)) from None
+
+    async def thumbnail(self, id_: int) -> bytes | None:
+        if id_ in self._thumbs:
+            self._thumbs.move_to_end(id_)
+            return self._thumbs[id_]
+        assert self.index is not None
+        jpeg = await anyio.to_thread.run_sync(self.index.thumbnail, id_, self.options.thumb_size)
+        if jpeg is not None:
+            self._thumbs[id_] = jpeg
+            if len(self._thumbs) > THUMB_CACHE:
+                self._thumbs.popitem(last=False)
+        return jpeg
+
+    def require_index(self) -> Index:
+        if self.index is None:
+            raise _bad("this server has no photo index: start it with --index LIB.lcx", 404)
+        return self.index
+
+
+def _decode(data: bytes, image_size: int, name: str) -> np.ndarray:
+    try:
+        return preprocess(data, image_size=image_size)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+
+
+def _split(rows: list[Any], counts: Sequence[int]) -> list[list[Any]]:
+    out, start = [], 0
+    for n in counts:
+        out.append(rows[start : start + n])
+        start += n
+    return out
+
+
+# --- request parsing ---
+
+
+def _int_param(value: Any, name: str, default: int, low: int, high: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise _bad(f"{name} must be a whole number, got {str(value)[:40]!r}") from None
+    if not low <= number <= high:
+        raise _bad(f"{name} must be between {low} and {high}, got {number}")
+    return number
+
+
+def _check_text(text: Any, what: str, max_chars: int) -> str:
+    if not isinstance(text, str):
+        raise _bad(f"{what} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise _bad(f"{what} is empty")
+    if len(text) > max_chars:
+        raise _bad(f"{what} is {len(text)} characters long; the limit is {max_chars}")
+    return text
+
+
+def _labels(form: FormData, options: ServeOptions) -> list[str]:
+    values = [v for v in form.getlist("labels") if isinstance(v, str)]
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        try:
+            values = json.loads(values[0])
+        except json.JSONDecodeError as error:
+            raise _bad(f"labels is not a valid JSON list: {error}") from None
+        if not isinstance(values, list):
+            raise _bad("labels must be a JSON list of strings")
+    if len(values) < 2:
+        raise _bad(
+            "give at least 2 labels to choose from: repeat the `labels` field, "
+            'or send one JSON list such as ["a cat", "a dog"]'
+        )
+    if len(values) > options.max_labels:
+        raise _bad(f"{len(values)} labels; the limit is {options.max_labels}")
+    return [_check_text(v, f"labels[{i}]", options.max_text_chars) for i, v in enumerate(values)]
+
+
+def _image_field(form: FormData, name: str = "image") -> UploadFile:
+    value = form.get(name)
+    if not isinstance(value, UploadFile):
+        raise _bad(f"send the image as a file in the multipart field `{name}`")
+    return value
+
+
+def _form(request: Request) -> Any:
+    # `async with` closes the uploaded files' spools when the request is parsed.
+    return request.form(max_files=1000, max_fields=1000)
+
+
+# --- routes ---
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+async def healthz(request: Request) -> Response:
+    service = _service(request)
+    size = None
+    if service.index is not None:
+        size = await anyio.to_thread.run_sync(len, service.index)
+    return JSONResponse(
+        {
+            "status": "ok",
+            "model": service.checkpoint,
+            "device": service.model.device,
+            "precision": service.model.precision,
+            "index_size": size,
+            "batching": {name: b.stats() for name, b in service.batchers.items()},
+        }
+    )
+
+
+async def predict(request: Request) -> Response:
+    service, options = _service(request), _service(request).options
+    async with _form(request) as form:
+        labels = _labels(form, options)
+        template = form.get("template")
+        if template is not None:
+            template = _check_text(template, "template", options.max_text_chars)
+        top_k = _int_param(form.get("top_k"), "top_k", 5, 1, options.max_labels)
+        pixels = await service.pixels(_image_field(form))
+    item = PredictItem(pixels, labels, template, top_k)
+    ranking = await service.batchers["predict"].submit(item)
+    return JSONResponse({"predictions": [{"label": lab, "prob": p} for lab, p in ranking]})
+
+
+async def embed_text(request: Request) -> Response:
+    service, options = _service(request), _service(request).options
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _bad('the body must be JSON: {"texts": ["...", ...]}') from None
+    texts = body.get("texts") if isinstance(body, dict) else None
+    if not isinstance(texts, list) or not texts:
+        raise _bad('the body must be {"texts": ["...", ...]} with at least one text')
+    if len(texts) > options.max_texts:
+        raise _bad(f"{len(texts)} texts; the limit is {options.max_texts}")
+    texts = [_check_text(t, f"texts[{i}]", options.max_text_chars) for i, t in enumerate(texts)]
+    rows = await service.batchers["embed_text"].submit(texts)
+    return JSONResponse({"embeddings": rows})
+
+
+async def embed_image(request: Request) -> Response:
+    service, options = _service(request), _service(request).options
+    async with _form(request) as form:
+        files = [f for name in ("image", "images") for f in form.getlist(name)]
+        files = [f for f in files if isinstance(f, UploadFile)]
+        if not files:
+            raise _bad("send one or more image files in the multipart field `image`")
+        if len(files) > options.max_images:
+            raise _bad(f"{len(files)} images; the limit is {options.max_images}")
+        pixels = [await service.pixels(f) for f in files]
+    rows = await service.batchers["embed_image"].submit(pixels)
+    return JSONResponse({"embeddings": rows})
+
+
+async def search(request: Request) -> Response:
+    service, options = _service(request), _service(request).options
+    service.require_index()
+    k_default = 10
+    if request.method == "GET":
+        query: Any = request.query_params.get("q")
+        if query is None:
+            raise _bad("give the words to search for: /search?q=a+dog+on+a+beach")
+        query = _check_text(query, "q", options.max_text_chars)
+        k = _int_param(request.query_params.get("k"), "k", k_default, 1, options.max_k)
+    else:
+        async with _form(request) as form:
+            k_value = form.get("k", request.query_params.get("k"))
+            k = _int_param(k_value, "k", k_default, 1, options.max_k)
+            query = await service.pixels(_image_field(form))
+    results = await service.batchers["search"].submit(SearchItem(query, k))
+    return JSONResponse({"results": results})
+
+
+async def thumb(request: Request) -> Response:
+    service = _service(request)
+    service.require_index()
+    id_ = request.path_params["id"]
+    missing = _bad(f"no indexed image has id {id_}", 404)
+    try:
+        jpeg = await service.thumbnail(id_)
+    except OverflowError:
+        raise missing from None
+    except (OSError, ValueError) as error:  # the file changed or went away since indexing
+        raise _bad(f"image {id_} cannot be read now: {error}", 404) from None
+    if jpeg is None:
+        raise missing
+    # An id names one version of one file (a changed file gets a new id): cacheable.
+    headers = {"Cache-Control": "private, max-age=86400"}
+    return Response(jpeg, media_type="image/jpeg", headers=headers)
+
+
+async def page(request: Request) -> Response:
+    return HTMLResponse(request.app.state.page)
+
+
+# --- errors: always JSON `{"error": ...}` ---
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+
+
+async def _overloaded(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": str(exc)}, 503, headers={"Retry-After": "1"})
+
+
+async def _bad_value(request: Request, exc: Exception) -> Response:
+    # The library's own checks (ValueError, and liteclip's errors built on it).
+    return JSONResponse({"error": str(exc)}, 400)
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.exception("error while answering %s %s", request.method, request.url.path)
+    return JSONResponse({"error": f"internal error: {exc}"}, 500)
+
+
+def create_app(options: ServeOptions, service: Service | None = None) -> Any:
+    """The ASGI app (with its body limit and, given a key, authentication), model loaded."""
+    service = service or Service(options)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    routes = [
+        Route("/", page, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/predict", predict, methods=["POST"]),
+        Route("/embed/text", embed_text, methods=["POST"]),
+        Route("/embed/image", embed_image, methods=["POST"]),
+        Route("/search", search, methods=["GET", "POST"]),
+        Route("/thumb/{id:int}", thumb, methods=["GET"]),
+    ]
+    handlers: dict[Any, Any] = {
+        HTTPException: _http_error,
+        Overloaded: _overloaded,
+        ValueError: _bad_value,
+        Exception: _internal,
+    }
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app.state.service = service
+    app.state.page = resources.files(__package__).joinpath("page.html").read_text("utf-8")
+    wrapped: Any = BodyLimit(app, options.max_body_bytes)
+    if options.api_key is not None:
+        wrapped = BearerAuth(wrapped, options.api_key, OPEN_PATHS)
+    return wrapped
+
+
+__all__ = ["create_app", "Service"]

@@ -1,0 +1,73 @@
+"""Every option of `liteclip serve` and its default, defined once: the CLI's flags are made from
+this dataclass, and `create_app`/`serve` take an instance of it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _option(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    checkpoint: str | None = _option(
+        None, "the model: any checkpoint LiteClip.load reads (default: the index's own)"
+    )
+    index: str | None = _option(
+        None, "a photo index (LIB.lcx from `liteclip index`) for /search and /thumb"
+    )
+    host: str = _option("127.0.0.1", "address to listen on (127.0.0.1: this machine only)")
+    port: int = _option(8000, "port to listen on (0: any free port, printed at start)")
+    device: str = _option("auto", '"auto", "cpu", "cuda" or "cuda:N"')
+    precision: str = _option("fp32", '"fp32", "bf16" or "fp16"')
+    max_batch: int = _option(32, "most requests gathered into one model call")
+    max_wait_ms: float = _option(
+        5.0, "longest a request waits for others to join its batch (milliseconds)"
+    )
+    max_queue: int = _option(
+        256, "requests waiting for the model before new ones get 503 with Retry-After"
+    )
+    api_key: str | None = _option(
+        None,
+        "require `Authorization: Bearer KEY` on every endpoint but /healthz and the page "
+        "(the CLI also reads LITECLIP_API_KEY)",
+    )
+    max_body_mb: float = _option(20.0, "largest request body, in MB (larger: 413)")
+    max_labels: int = _option(100, "most labels in one /predict request")
+    max_text_chars: int = _option(300, "longest label, query or text, in characters")
+    max_texts: int = _option(256, "most texts in one /embed/text request")
+    max_images: int = _option(32, "most images in one /embed/image request")
+    max_k: int = _option(100, "largest k of /search")
+    thumb_size: int = _option(256, "longest side of /thumb previews, in pixels")
+    access_log: bool = _option(True, "log one line per request")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1_000_000)
+
+    def checked(self) -> ServeOptions:
+        """The options, or a ValueError that says which one is wrong."""
+        if self.checkpoint is None and self.index is None:
+            raise ValueError("give a model: --checkpoint CK (or --index LIB.lcx, to use its own)")
+        positive = ["max_batch", "max_queue", "max_labels", "max_text_chars", "max_texts"]
+        positive += ["max_images", "max_k", "thumb_size"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.max_wait_ms >= 0:
+            raise ValueError(f"max_wait_ms must be 0 or more, got {self.max_wait_ms}")
+        if not self.max_body_mb > 0:
+            raise ValueError(f"max_body_mb must be positive, got {self.max_body_mb}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key is empty")
+        return self
+
+
+def option_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(ServeOptions))
