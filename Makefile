@@ -31,8 +31,8 @@ test-fast: rust-test py-test-fast
 lint: $(VENV)/.built
 	cargo fmt --check
 	cargo clippy --release --all-targets --features python -- -D warnings
-	$(VENV)/bin/ruff check python tests benchmarks
-	$(VENV)/bin/ruff format --check python tests benchmarks
+	$(VENV)/bin/ruff check python tests benchmarks docs
+	$(VENV)/bin/ruff format --check python tests benchmarks docs
 	# The stub against the built module (names, signatures, classes).
 	$(PYTHON) -m mypy.stubtest liteclip._liteclip
 

@@ -256,6 +256,49 @@ mod tests {
         assert!((all[1].iter().map(|(_, p)| p).sum::<f64>() - 1.0).abs() < 1e-6);
     }
 
+    fn nano() -> LiteClip {
+        let _rng = crate::torch_rng_lock();
+        tch::manual_seed(3);
+        LiteClip::new(crate::config::LiteClipConfig::nano(), tch::Device::Cpu).unwrap()
+    }
+
+    fn image(seed: u8) -> crate::image::ImageInput {
+        let pixels = image::RgbImage::from_fn(40, 30, |x, y| {
+            image::Rgb([x as u8 * seed, y as u8 * 7, seed.wrapping_mul(31)])
+        });
+        crate::image::ImageInput::Pixels(pixels)
+    }
+
+    /// Each image against its own label set gives what ranking it alone against that set gives,
+    /// whatever the other sets in the batch (shared, overlapping, cached or not).
+    #[test]
+    fn each_image_with_its_own_labels_matches_one_at_a_time() {
+        let model = nano();
+        let sets = [
+            Candidates::new(labels(&["a cat", "a dog", "a car"]), None),
+            Candidates::new(labels(&["a dog", "a boat"]), Some("a photo of {}")),
+            Candidates::new(labels(&["a cat", "a dog", "a car"]), None),
+        ];
+        let images: Vec<_> = (1..=3).map(image).collect();
+        let batch = Images::Inputs(images.clone());
+        let cache = PromptCache::new(2); // smaller than the batch's prompts: evictions happen
+        let got = zero_shot_each(&model, &batch, &sets, &[3, 1, 2], &cache).unwrap();
+        for (i, set) in sets.iter().enumerate() {
+            let alone = Images::Inputs(vec![images[i].clone()]);
+            let fresh = PromptCache::new(16);
+            let k = [3, 1, 2][i];
+            let expected = zero_shot(&model, &alone, set, k, &fresh).unwrap().remove(0);
+            assert_eq!(got[i].len(), k);
+            for ((label, p), (want_label, want_p)) in got[i].iter().zip(&expected) {
+                assert_eq!(label, want_label);
+                assert!((p - want_p).abs() < 1e-5, "{p} vs {want_p}");
+            }
+        }
+        let wrong = zero_shot_each(&model, &batch, &sets[..2], &[1, 1], &cache);
+        assert!(wrong.is_err(), "two label sets for three images");
+        assert!(zero_shot_each(&model, &batch, &sets, &[1, 1], &cache).is_err());
+    }
+
     #[test]
     fn fewer_than_two_labels_or_no_top_k_are_refused() {
         assert!(check_labels(&labels(&["a"]), 1).is_err());
