@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -114,6 +118,112 @@ def test_resume_continues_exactly(shapes, tmp_path):
     b = liteclip.LiteClip.load(tmp_path / "b" / "last", device="cpu").state_dict()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_accum_steps_trains_on_the_whole_contrastive_batch(shapes, tmp_path):
+    """batch_size=8 with accum_steps=4 is one step on a contrastive batch of 32: the loss is that
+    batch's (more than a batch of 8 has: 31 negatives per row, not 7), and the update equals
+    that of batch_size=32 (dropout off, so that the two draw nothing)."""
+    train_dir, _ = shapes
+    config = liteclip.LiteClip("liteclip-nano", device="cpu").config
+    config["head_dropout"] = 0.0
+    config["text"].update(hidden_dropout=0.0, attention_dropout=0.0)
+    (tmp_path / "nano.json").write_text(json.dumps(config))
+    start = tmp_path / "start"
+    liteclip.LiteClip(str(tmp_path / "nano.json"), device="cpu", seed=3).save(start)
+    lr = 1e-3
+    common = dict(
+        model=str(tmp_path / "nano.json"),
+        init=start,
+        epochs=1,
+        lr=lr,
+        device="cpu",
+        progress=False,
+        val_fraction=0.0,
+        early_stopping_patience=None,
+        max_steps_per_epoch=1,
+    )
+    big = liteclip.train(train_dir, tmp_path / "big", batch_size=32, **common)
+    cached = liteclip.train(train_dir, tmp_path / "cached", batch_size=8, accum_steps=4, **common)
+    small = liteclip.train(train_dir, tmp_path / "small", batch_size=8, **common)
+    loss = [r.history[0]["train_loss"] for r in (big, cached, small)]
+    assert abs(loss[0] - loss[1]) < 1e-4, loss
+    # 32 candidates per row against 8: about ln 32 - ln 8 = 1.4 more loss at initialisation.
+    assert loss[0] - loss[2] > 0.7 * (math.log(32) - math.log(8)), loss
+    weights = {}
+    for name in ("start", "big/last", "cached/last", "small/last"):
+        weights[name] = liteclip.LiteClip.load(tmp_path / name, device="cpu").state_dict()
+    moved_small = 0.0
+    for key, w0 in weights["start"].items():
+        d_big = weights["big/last"][key] - w0
+        d_cached = weights["cached/last"][key] - w0
+        # Adam's first step is about lr * sign(gradient): equal gradients, equal steps (up to
+        # entries whose gradient is within rounding of zero).
+        assert np.mean(np.abs(d_big - d_cached) > 0.1 * lr) < 1e-3, key
+        moved_small += np.abs(weights["small/last"][key] - w0 - d_big).sum()
+    assert moved_small > 0, "a batch of 8 should not step like one of 32"
+    with pytest.raises(ValueError, match="accum_steps"):
+        liteclip.train(train_dir, tmp_path / "bad", batch_size=8, accum_steps=0, **common)
+
+
+def test_sigkill_inside_an_epoch_then_resume_ends_as_an_unbroken_run(shapes, tmp_path):
+    """checkpoint_every saves last/ inside the epoch; a run killed there and resumed ends with the
+    weights and epoch records of a run never stopped (augmentation and dropout on)."""
+    train_dir, _ = shapes
+    common = dict(
+        model="liteclip-nano",
+        epochs=2,
+        batch_size=16,
+        lr=1e-3,
+        val_fraction=0.1,
+        early_stopping_patience=None,
+        max_steps_per_epoch=60,
+        checkpoint_every=3,
+        augment=True,
+        device="cpu",
+    )
+    unbroken = liteclip.train(train_dir, tmp_path / "a", progress=False, **common)
+    run = tmp_path / "b"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, liteclip, json; "
+            "liteclip.train(sys.argv[1], sys.argv[2], progress=False, **json.loads(sys.argv[3]))",
+            str(train_dir),
+            str(run),
+            json.dumps(common),
+        ]
+    )
+    state_file = run / "last" / "train_state.json"
+
+    def position():
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):  # not written yet, or being replaced
+            return None
+        partial = state.get("partial_epoch")
+        return state["epochs_completed"], partial and partial["steps_done"]
+
+    deadline = time.monotonic() + 300
+    while position() is None or position()[0] < 1 or not (position()[1] or 0) >= 9:
+        assert child.poll() is None, "the run ended before it could be killed inside epoch 2"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    killed_at = position()
+    assert killed_at[0] == 1 and 9 <= killed_at[1] < 60, killed_at
+    resumed = liteclip.train(train_dir, run, progress=False, resume=True, **common)
+    for a, b in zip(unbroken.history, resumed.history):
+        for key in ("epoch", "step", "train_loss", "val_loss", "lr", "logit_scale"):
+            assert a[key] == b[key], (key, a[key], b[key])
+    a = liteclip.LiteClip.load(tmp_path / "a" / "last", device="cpu").state_dict()
+    b = liteclip.LiteClip.load(run / "last", device="cpu").state_dict()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        liteclip.train(train_dir, tmp_path / "c", **{**common, "checkpoint_every": 0})
 
 
 def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path):

@@ -147,6 +147,8 @@ def train(
     distributed: bool | str = "auto",
     local_loss: bool = False,
     distributed_timeout: float = 600.0,
+    accum_steps: int = 1,
+    checkpoint_every: int | None = None,
 ) -> TrainResult:
     """Trains a liteclip model contrastively on captioned images.
 
@@ -208,6 +210,17 @@ def train(
         distributed_timeout: seconds a collective may wait before failing, when liteclip joins
             the process group itself. A rank that dies is named in the others' error
             (``DistributedError``) within ``LITECLIP_HEARTBEAT_TIMEOUT`` seconds (30 by default).
+        accum_steps: gradient caching (GradCache, open_clip's ``--accum-freq``): each step
+            trains on one contrastive batch of ``accum_steps * batch_size`` pairs (per rank)
+            while the towers hold only ``batch_size`` at once. A first pass embeds the whole
+            batch without autograd graphs, the loss and its gradient with respect to the
+            embeddings are computed over all of it, then each slice of ``batch_size`` is
+            embedded again with graphs and back-propagated from its part of that gradient: the
+            gradient of the big batch, for about 1.3x the compute.
+        checkpoint_every: also save ``last/`` every this many steps inside an epoch (atomically,
+            as at epoch ends), so that a crash loses at most that many steps: ``resume=True``
+            then continues inside the epoch, and the run ends with the same weights as an
+            unbroken one. ``None``: at epoch ends only.
 
     Returns:
         A :class:`TrainResult`. Images that cannot be decoded are skipped and counted, not

@@ -117,24 +117,62 @@ pub fn backward_global_batch(
     loss_scale: f64,
     comm: &dyn Collectives,
 ) -> Result<GlobalStep> {
+    if comm.world_size() == 1 {
+        return backward_alone(image, text, real, logit_scale, loss_scale);
+    }
+    let grads = embedding_gradients(image, text, real, logit_scale, form, loss_scale, comm)?;
+    backward_from(image, text, &grads.image, &grads.text)?;
+    Ok(grads.step)
+}
+
+/// The gradient of the global batch's loss with respect to this rank's embeddings.
+pub struct EmbeddingGradients {
+    pub step: GlobalStep,
+    pub image: Tensor,
+    pub text: Tensor,
+}
+
+/// The global loss and `dL/d(this rank's embeddings)` (scaled by `loss_scale`), from the
+/// embeddings' values alone: no graph of the towers is needed (GradCache's first pass has
+/// none). The temperature's gradient is accumulated into its `.grad` on the way.
+pub fn embedding_gradients(
+    image: &Tensor,
+    text: &Tensor,
+    real: &Tensor,
+    logit_scale: &Tensor,
+    form: LossForm,
+    loss_scale: f64,
+    comm: &dyn Collectives,
+) -> Result<EmbeddingGradients> {
     let (world, rank) = (comm.world_size() as i64, comm.rank() as i64);
     let [b, d] = image.size()[..] else {
         return Err(Error::invalid("embeddings must be [batch, dim]"));
     };
+    let leaf = |t: &Tensor| t.detach().to_kind(Kind::Float).set_requires_grad(true);
     if world == 1 {
-        return backward_alone(image, text, real, logit_scale, loss_scale);
+        let (image, text) = (leaf(image), leaf(text));
+        let loss = clip_loss(&image, &text, logit_scale);
+        loss.f_mul_scalar(loss_scale)?.f_backward()?;
+        return Ok(EmbeddingGradients {
+            step: GlobalStep {
+                loss: loss.detach(),
+                pairs: real.f_sum(Kind::Float)?,
+            },
+            image: image.grad(),
+            text: text.grad(),
+        });
     }
     let local = Tensor::f_cat(
         &[
-            image.detach(),
-            text.detach(),
+            image.detach().to_kind(Kind::Float),
+            text.detach().to_kind(Kind::Float),
             real.to_kind(Kind::Float).unsqueeze(1),
         ],
         1,
     )?;
     let gathered = comm.all_gather(&local)?;
-    let g_image = gathered.narrow(1, 0, d).detach().set_requires_grad(true);
-    let g_text = gathered.narrow(1, d, d).detach().set_requires_grad(true);
+    let g_image = leaf(&gathered.narrow(1, 0, d));
+    let g_text = leaf(&gathered.narrow(1, d, d));
     let g_real = gathered.select(1, 2 * d);
 
     let share = match form {
@@ -144,11 +182,7 @@ pub fn backward_global_batch(
         LossForm::Local => clip_loss_share(&g_image, &g_text, &g_real, logit_scale, rank * b, b)?,
     };
     // Gradients reach the gathered leaves and the temperature (summed over ranks later).
-    if loss_scale == 1.0 {
-        share.f_backward()?;
-    } else {
-        share.f_mul_scalar(loss_scale)?.f_backward()?;
-    }
+    share.f_mul_scalar(loss_scale)?.f_backward()?;
     let reduced = Tensor::f_cat(
         &[
             g_image.grad().f_reshape([-1])?,
@@ -164,16 +198,28 @@ pub fn backward_global_batch(
             .f_narrow(0, offset + rank * b * d, b * d)?
             .f_view([b, d])?)
     };
-    let (d_image, d_text) = (own(0)?, own(n)?);
-    // d(sum(x * g))/dx = g: feeds the global gradient of this rank's rows into its towers.
-    let surrogate =
-        image.f_mul(&d_image)?.f_sum(Kind::Float)? + text.f_mul(&d_text)?.f_sum(Kind::Float)?;
-    surrogate.f_backward()?;
-    Ok(GlobalStep {
-        loss: reduced.f_select(0, 2 * n)?,
-        // The gathered mask is the same on every rank: no collective needed.
-        pairs: g_real.f_sum(Kind::Float)?,
+    Ok(EmbeddingGradients {
+        image: own(0)?,
+        text: own(n)?,
+        step: GlobalStep {
+            loss: reduced.f_select(0, 2 * n)?,
+            // The gathered mask is the same on every rank: no collective needed.
+            pairs: g_real.f_sum(Kind::Float)?,
+        },
     })
+}
+
+/// Feeds given gradients of embeddings back through the graphs that made them:
+/// d(sum(x * g))/dx = g.
+pub fn backward_from(
+    image: &Tensor,
+    text: &Tensor,
+    d_image: &Tensor,
+    d_text: &Tensor,
+) -> Result<()> {
+    let surrogate =
+        image.f_mul(d_image)?.f_sum(Kind::Float)? + text.f_mul(d_text)?.f_sum(Kind::Float)?;
+    Ok(surrogate.f_backward()?)
 }
 
 /// A world of one: the global batch is this batch, which a single process never pads, and the

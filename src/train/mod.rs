@@ -5,6 +5,7 @@
 //! | `options.rs` | every option and its default ([`TrainOptions`]) |
 //! | `trainer.rs` | the [`Trainer`](trainer): set-up, the epoch loop, the end of an epoch |
 //! | `step.rs` | one optimisation step |
+//! | `grad_cache.rs` | big contrastive batches in micro-batches (`accum_steps`) |
 //! | `run_dir.rs` | the run folder: `best/`, `last/`, `metrics.jsonl`, resuming |
 //! | `report.rs` | progress and results: [`Observer`], [`EpochRecord`], [`TrainResult`] |
 //! | `distributed.rs` | data parallelism: the global batch's backward, shards, [`Collectives`] |
@@ -16,6 +17,7 @@
 //! runs training at the same time in one process are not repeatable.)
 
 pub mod distributed;
+mod grad_cache;
 pub mod optim;
 mod options;
 mod report;

@@ -64,6 +64,13 @@ pub struct TrainOptions {
     /// Data-parallel runs: each rank computes only its own rows of the global loss (open_clip's
     /// `--local-loss`); the gradient is the same.
     pub local_loss: bool,
+    /// Gradient caching (GradCache, open_clip's `--accum-freq`): each step trains on one
+    /// contrastive batch of `accum_steps * batch_size` pairs while only `batch_size` of them
+    /// are in the towers' activations at once.
+    pub accum_steps: usize,
+    /// Also save `last/` every this many steps inside an epoch, so that `resume` continues
+    /// from there (None: at epoch ends only).
+    pub checkpoint_every: Option<usize>,
 }
 
 impl Default for TrainOptions {
@@ -97,6 +104,8 @@ impl Default for TrainOptions {
             max_steps_per_epoch: None,
             skip_nonfinite: false,
             local_loss: false,
+            accum_steps: 1,
+            checkpoint_every: None,
         }
     }
 }
@@ -120,6 +129,11 @@ impl TrainOptions {
         }
     }
 
+    /// Pairs of one step's contrastive batch on one rank: `batch_size * accum_steps`.
+    pub fn contrastive_batch(&self) -> usize {
+        self.batch_size * self.accum_steps.max(1)
+    }
+
     /// Refuses values no run could use, before anything is read or built.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));
@@ -131,6 +145,12 @@ impl TrainOptions {
                 "batch_size must be at least 2 (a contrastive loss needs negatives), got {}",
                 self.batch_size
             ));
+        }
+        if self.checkpoint_every == Some(0) {
+            return bad("checkpoint_every must be at least 1 step (or None)".into());
+        }
+        if self.accum_steps == 0 {
+            return bad("accum_steps must be at least 1".into());
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("lr must be a positive number, got {}", self.lr));

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! best/            the model with the lowest validation loss (liteclip format)
-//! last/            the model after the last completed epoch, plus the training state
-//!                  (optimizer moments, step, history) that `resume` continues from
+//! last/            the model after the last completed epoch (or, with `checkpoint_every`, the
+//!                  last checkpointed step), plus the training state (optimizer moments, step,
+//!                  history, position in the epoch) that `resume` continues from
 //! metrics.jsonl    one line per epoch, for plotting
 //! ```
 //!
@@ -40,6 +41,25 @@ pub(crate) struct TrainState {
     pub seed: u64,
     /// fp16 training's dynamic loss scale.
     pub loss_scale: f64,
+    /// Set in a checkpoint saved inside an epoch (`checkpoint_every`): how far epoch
+    /// `epochs_completed` had got.
+    #[serde(default)]
+    pub partial_epoch: Option<PartialEpoch>,
+}
+
+/// The part of an epoch done when a checkpoint was saved inside it: resuming skips its steps
+/// and carries its sums on, so the epoch's record is the one an unbroken run writes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct PartialEpoch {
+    /// Steps of the epoch done (its batches, applied or skipped).
+    pub steps_done: usize,
+    pub loss_sum: f64,
+    pub pairs_sum: f64,
+    /// Steps applied (a skipped non-finite step is not).
+    pub applied_steps: usize,
+    pub nonfinite_skipped: usize,
+    pub seconds: f64,
+    pub data_wait: f64,
 }
 
 impl TrainState {
@@ -53,6 +73,7 @@ impl TrainState {
             batch_size,
             seed,
             loss_scale: 65536.0,
+            partial_epoch: None,
         }
     }
 }

@@ -4,7 +4,8 @@
 
 use tch::{Kind, Tensor};
 
-use super::distributed::{backward_global_batch, LossForm};
+use super::distributed::{backward_global_batch, GlobalStep, LossForm};
+use super::grad_cache::grad_cache_backward;
 use super::trainer::Trainer;
 use crate::data::loader::ImageBatch;
 use crate::error::{Error, Result};
@@ -27,12 +28,12 @@ pub(super) struct StepOutcome {
 }
 
 /// A step's inputs on the device.
-struct StepInputs {
-    pixels: Tensor,
-    ids: Tensor,
-    mask: Tensor,
+pub(super) struct StepInputs {
+    pub pixels: Tensor,
+    pub ids: Tensor,
+    pub mask: Tensor,
     /// 1 for real pairs, 0 for padding rows.
-    real: Tensor,
+    pub real: Tensor,
 }
 
 impl Trainer<'_> {
@@ -62,18 +63,22 @@ impl Trainer<'_> {
         self.opt.zero_grad();
         let global = {
             let _precision = self.precision.enter(self.device.is_cuda());
-            let m = self.model.model();
-            let img = l2_normalize(&m.image_features(&inputs.pixels, true));
-            let txt = l2_normalize(&m.text_features(&inputs.ids, &inputs.mask, true));
-            backward_global_batch(
-                &img,
-                &txt,
-                &inputs.real,
-                m.logit_scale(),
-                LossForm::from_local_loss(self.options.local_loss),
-                loss_scale,
-                self.comm,
-            )?
+            if self.options.accum_steps > 1 {
+                self.grad_cache_backward(&inputs, loss_scale)?
+            } else {
+                let m = self.model.model();
+                let img = l2_normalize(&m.image_features(&inputs.pixels, true));
+                let txt = l2_normalize(&m.text_features(&inputs.ids, &inputs.mask, true));
+                backward_global_batch(
+                    &img,
+                    &txt,
+                    &inputs.real,
+                    m.logit_scale(),
+                    self.loss_form(),
+                    loss_scale,
+                    self.comm,
+                )?
+            }
         };
         let loss_value = if read_loss {
             Some(global.loss.f_double_value(&[])?)
@@ -98,13 +103,32 @@ impl Trainer<'_> {
         })
     }
 
+    fn loss_form(&self) -> LossForm {
+        LossForm::from_local_loss(self.options.local_loss)
+    }
+
+    /// GradCache (see [`super::grad_cache`]): micro-batches of `batch_size` rows, each with
+    /// its own dropout seed, drawn the same in both passes.
+    fn grad_cache_backward(&self, inputs: &StepInputs, loss_scale: f64) -> Result<GlobalStep> {
+        let (seed, step, rank) = (self.options.seed, self.state.global_step, self.comm.rank());
+        grad_cache_backward(
+            self.model.model(),
+            inputs,
+            self.options.batch_size as i64,
+            &|chunk| Some(micro_seed(seed, step, rank, chunk)),
+            self.loss_form(),
+            loss_scale,
+            self.comm,
+        )
+    }
+
     /// The batch's pixels and captions on the device. Ranks of a group pad their slice to
-    /// `batch_size` rows, as the collectives need one shape on every rank; padding rows are
+    /// `batch_size * accum_steps` rows, as the collectives need one shape on every rank; padding rows are
     /// masked out of the loss. A single process needs no padding.
     fn step_inputs(&self, batch: &ImageBatch) -> Result<StepInputs> {
         let kept = batch.kept.len();
         let rows = if self.comm.world_size() > 1 {
-            self.options.batch_size
+            self.options.contrastive_batch()
         } else {
             kept
         };
@@ -173,4 +197,10 @@ impl Trainer<'_> {
 fn step_seed(seed: u64, step: i64, rank: usize) -> i64 {
     let seed = seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (Rng::derive(seed, 0x4452_4f50, step as u64).next_u64() >> 1) as i64
+}
+
+/// The dropout seed of micro-batch `chunk` of a GradCache step (the same in both passes).
+fn micro_seed(seed: u64, step: i64, rank: usize, chunk: usize) -> i64 {
+    let seed = step_seed(seed, step, rank) as u64;
+    (Rng::derive(seed, 0x4d49_4352, chunk as u64).next_u64() >> 1) as i64
 }

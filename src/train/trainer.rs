@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -17,7 +17,7 @@ use super::distributed::{shard_batches, Collectives, SingleProcess};
 use super::optim::{AdamConfig, FlatAdam};
 use super::options::TrainOptions;
 use super::report::{EpochRecord, Flow, Observer, StepInfo, TrainResult};
-use super::run_dir::{read_state, RunDir, TrainState};
+use super::run_dir::{read_state, PartialEpoch, RunDir, TrainState};
 use crate::checkpoint;
 use crate::config::LiteClipConfig;
 use crate::data::loader::{ImageTransform, Loader, LoaderConfig};
@@ -118,11 +118,11 @@ impl<'a> Trainer<'a> {
         )?;
         let state = match &resume_from {
             Some(dir) => restore(dir, options, &mut opt, observer)?,
-            None => TrainState::new(options.batch_size, options.seed),
+            None => TrainState::new(options.contrastive_batch(), options.seed),
         };
         let (captions, offsets) = tokenize_captions(&model, &data.train)?;
         let steps_per_epoch = {
-            let global_batch = options.batch_size * comm.world_size();
+            let global_batch = options.contrastive_batch() * comm.world_size();
             let n = make_batches(epoch_samples(&data.train, options.seed, 0), global_batch).len();
             options.max_steps_per_epoch.map_or(n, |m| n.min(m))
         };
@@ -177,11 +177,13 @@ impl<'a> Trainer<'a> {
         self.total_steps
     }
 
+    /// Pairs of one contrastive batch over all ranks.
     pub(super) fn global_batch(&self) -> usize {
-        self.options.batch_size * self.comm.world_size()
+        self.options.contrastive_batch() * self.comm.world_size()
     }
 
-    /// Trains one epoch; `None` when the observer stopped it (Ctrl-C).
+    /// Trains one epoch, or the rest of one a checkpoint was saved inside; `None` when the
+    /// observer stopped it (Ctrl-C).
     fn train_epoch(&mut self, epoch: usize) -> Result<Option<EpochTotals>> {
         let (rank, world) = (self.comm.rank(), self.comm.world_size());
         let mut batches = make_batches(
@@ -194,16 +196,21 @@ impl<'a> Trainer<'a> {
         if self.observer.epoch_start(epoch, self.options.epochs, steps) == Flow::Stop {
             return Ok(None);
         }
+        let partial = self.state.partial_epoch.take();
+        let done = partial.as_ref().map_or(0, |p| p.steps_done.min(steps));
+        // The epoch's order and each pair's augmentation (keyed by its position in the epoch)
+        // are those of the whole epoch; a resumed one starts at its next batch.
+        let shards = shard_batches(batches, rank, world).into_iter().skip(done);
         let loader = Loader::start_at(
             self.data.train.clone(),
-            shard_batches(batches, rank, world),
+            shards.collect(),
             self.loader_config(epoch),
         );
         // The loss is read back every step on the CPU (free) and every few steps on a GPU (a
         // read waits for the GPU), or every step when non-finite losses are to be skipped.
         let read_every = if self.device.is_cuda() { 10 } else { 1 };
-        let mut totals = EpochTotals::new(self.device, self.options.lr)?;
-        let mut batches = loader.enumerate();
+        let mut totals = EpochTotals::new(self.device, self.options.lr, partial.as_ref())?;
+        let mut batches = loader.enumerate().map(|(i, b)| (i + done, b));
         loop {
             let waited = Instant::now();
             let Some((i, batch)) = batches.next() else {
@@ -229,14 +236,36 @@ impl<'a> Trainer<'a> {
                 loss: step.loss_value,
                 lr: step.lr,
                 pairs: global_sizes[i],
-                pairs_per_second: global_sizes[..=i].iter().sum::<usize>() as f64
+                pairs_per_second: global_sizes[done..=i].iter().sum::<usize>() as f64
                     / totals.started.elapsed().as_secs_f64().max(1e-9),
             };
             if self.observer.step(&info) == Flow::Stop {
                 return Ok(None);
             }
+            if self.checkpoint_due(i + 1, steps) {
+                self.save_inside_epoch(i + 1, &totals)?;
+            }
         }
         Ok(Some(totals))
+    }
+
+    /// A checkpoint every `checkpoint_every` steps of an epoch (its end saves anyway).
+    fn checkpoint_due(&self, steps_done: usize, steps: usize) -> bool {
+        self.options
+            .checkpoint_every
+            .is_some_and(|n| steps_done % n == 0 && steps_done < steps)
+    }
+
+    /// Rank 0 saves `last/` with the position inside the epoch. The other ranks go on: their
+    /// state is rank 0's (every rank steps the same), and a resume reads rank 0's folder.
+    fn save_inside_epoch(&mut self, steps_done: usize, totals: &EpochTotals) -> Result<()> {
+        if self.comm.rank() != 0 {
+            return Ok(());
+        }
+        let mut state = self.state.clone();
+        state.partial_epoch = Some(totals.partial(steps_done)?);
+        self.run_dir
+            .save_last(&self.model, &self.opt, &state, &self.data.info)
     }
 
     fn loader_config(&self, epoch: usize) -> LoaderConfig {
@@ -463,16 +492,27 @@ fn restore(
     observer: &mut dyn Observer,
 ) -> Result<TrainState> {
     let (state, opt_state) = read_state(dir)?;
-    if state.batch_size != options.batch_size || state.seed != options.seed {
+    if state.batch_size != options.contrastive_batch() || state.seed != options.seed {
         observer.message(&format!(
-            "resuming with batch_size {} and seed {} (the run used {} and {}): the result \
-             will differ from an unbroken run",
-            options.batch_size, options.seed, state.batch_size, state.seed
+            "resuming with batch_size x accum_steps {} and seed {} (the run used {} and {}): \
+             the result will differ from an unbroken run",
+            options.contrastive_batch(),
+            options.seed,
+            state.batch_size,
+            state.seed
         ));
     }
     opt.load_state(&opt_state)?;
+    let inside = match &state.partial_epoch {
+        Some(p) => format!(
+            " and {} steps of epoch {}",
+            p.steps_done,
+            state.epochs_completed + 1
+        ),
+        None => String::new(),
+    };
     observer.message(&format!(
-        "resuming from {} after epoch {} (step {})",
+        "resuming from {} after epoch {}{inside} (step {})",
         dir.display(),
         state.epochs_completed,
         state.global_step
@@ -529,15 +569,33 @@ struct EpochSummary {
 }
 
 impl EpochTotals {
-    fn new(device: Device, lr: f64) -> Result<Self> {
+    /// Sums from zero, or carried on from the part of the epoch a checkpoint saved.
+    fn new(device: Device, lr: f64, partial: Option<&PartialEpoch>) -> Result<Self> {
+        let scalar = |v: f64| Tensor::f_full([], v, (Kind::Float, device));
+        let p = partial.cloned().unwrap_or_default();
         Ok(EpochTotals {
-            started: Instant::now(),
-            loss_sum: Tensor::f_zeros([], (Kind::Float, device))?,
-            pairs_sum: Tensor::f_zeros([], (Kind::Float, device))?,
-            steps: 0,
-            nonfinite_skipped: 0,
-            data_wait: 0.0,
+            started: Instant::now()
+                .checked_sub(Duration::from_secs_f64(p.seconds.max(0.0)))
+                .unwrap_or_else(Instant::now),
+            loss_sum: scalar(p.loss_sum)?,
+            pairs_sum: scalar(p.pairs_sum)?,
+            steps: p.applied_steps,
+            nonfinite_skipped: p.nonfinite_skipped,
+            data_wait: p.data_wait,
             lr,
+        })
+    }
+
+    /// The sums so far, for a checkpoint inside the epoch (read back exactly: f32 in f64).
+    fn partial(&self, steps_done: usize) -> Result<PartialEpoch> {
+        Ok(PartialEpoch {
+            steps_done,
+            loss_sum: self.loss_sum.f_double_value(&[])?,
+            pairs_sum: self.pairs_sum.f_double_value(&[])?,
+            applied_steps: self.steps,
+            nonfinite_skipped: self.nonfinite_skipped,
+            seconds: self.started.elapsed().as_secs_f64(),
+            data_wait: self.data_wait,
         })
     }
 
