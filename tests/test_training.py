@@ -226,6 +226,42 @@ def test_sigkill_inside_an_epoch_then_resume_ends_as_an_unbroken_run(shapes, tmp
         liteclip.train(train_dir, tmp_path / "c", **{**common, "checkpoint_every": 0})
 
 
+def test_zero_shot_accuracy_each_epoch_can_pick_best(shapes, tmp_path):
+    """zero_shot_data is classified at every epoch's end; with monitor="zero_shot_top1" best/
+    is the epoch with the highest accuracy, which evaluate() then measures again."""
+    train_dir, test_dir = shapes
+    template = "a photo of a {}"
+    result = liteclip.train(
+        train_dir,
+        tmp_path / "run",
+        model="liteclip-nano",
+        epochs=3,
+        batch_size=32,
+        lr=2e-3,
+        device="cpu",
+        progress=False,
+        val_fraction=0.0,
+        early_stopping_patience=None,
+        max_steps_per_epoch=15,
+        zero_shot_data=test_dir,
+        zero_shot_templates=template,
+        monitor="zero_shot_top1",
+    )
+    top1 = [h["zero_shot_top1"] for h in result.history]
+    assert len(top1) == 3 and all(0 <= t <= 1 for t in top1)
+    assert all(h["zero_shot_top5"] >= h["zero_shot_top1"] for h in result.history)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["zero_shot_top1"] for line in lines] == top1
+    again = liteclip.evaluate(
+        result.best_checkpoint, test_dir, task="zero-shot", templates=template, device="cpu"
+    )
+    assert again["top1"] == pytest.approx(max(top1), abs=1e-9)
+    with pytest.raises(ValueError, match="zero_shot_data"):
+        liteclip.train(train_dir, tmp_path / "bad", monitor="zero_shot_top1", device="cpu")
+    with pytest.raises(FileNotFoundError):
+        liteclip.train(train_dir, tmp_path / "bad", zero_shot_data=tmp_path / "nope")
+
+
 def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path):
     data = datasets.make_shapes(tmp_path / "data", n_images=40, seed=3, image_size=32)
     images = sorted((data / "Images").iterdir())

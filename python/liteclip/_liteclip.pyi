@@ -111,6 +111,13 @@ class LiteClip:
     @property
     def precision(self) -> str: ...
     def save(self, path: str | os.PathLike[str]) -> None: ...
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str = "Upload liteclip model",
+    ) -> str: ...
     @overload
     def encode_image(self, images: _Images, as_tensor: Literal[False] = False) -> _Embeddings: ...
     @overload

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from . import _liteclip
+from . import _liteclip, hub
 from .distributed import ProcessGroup, rank_device, requested
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -27,7 +27,8 @@ class TrainResult:
             ``resume=True`` continues from.
         history: one dict per epoch: ``epoch``, ``step``, ``train_loss``, ``lr``,
             ``logit_scale``, ``seconds``, ``pairs_per_second``, ``val_loss``,
-            ``val_i2t_r1`` ... ``val_t2i_r10``, ``skipped_images`` (the same lines as the run's
+            ``val_i2t_r1`` ... ``val_t2i_r10``, ``zero_shot_top1``, ``zero_shot_top5`` (with
+            ``zero_shot_data``), ``skipped_images`` (the same lines as the run's
             ``metrics.jsonl``).
         stopped_early: early stopping ended the run.
         interrupted: the run was stopped (Ctrl-C) before its last epoch.
@@ -104,6 +105,11 @@ class _Progress:
                 f", val loss {record['val_loss']:.4f}, "
                 f"R@1 image->text {record['val_i2t_r1']:.3f} text->image {record['val_t2i_r1']:.3f}"
             )
+        if record.get("zero_shot_top1") is not None:
+            line += (
+                f", zero-shot top-1 {record['zero_shot_top1']:.3f} "
+                f"top-5 {record['zero_shot_top5']:.3f}"
+            )
         line += f", {record['pairs_per_second']:.1f} pairs/s"
         self._write(line)
 
@@ -122,7 +128,7 @@ def train(
     model: str = "liteclip",
     epochs: int = 5,
     batch_size: int = 64,
-    lr: float = 2e-4,
+    lr: float | None = None,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
     warmup_steps: int = 0,
@@ -149,6 +155,9 @@ def train(
     distributed_timeout: float = 600.0,
     accum_steps: int = 1,
     checkpoint_every: int | None = None,
+    zero_shot_data: PathLike | None = None,
+    zero_shot_templates: list[str] | str | None = None,
+    monitor: str = "val_loss",
 ) -> TrainResult:
     """Trains a liteclip model contrastively on captioned images.
 
@@ -162,7 +171,10 @@ def train(
             widths, 64 px, trains on a CPU in minutes), or the path of a config JSON.
         epochs: passes over the training captions (every caption once per epoch).
         batch_size: pairs per step (at least 2); no image appears twice in a batch.
-        lr: peak learning rate.
+        lr: peak learning rate. ``None`` picks by how the towers start: 2e-4 (the original
+            liteCLIP's) when they start from trained weights (``init``, ``image_weights`` or
+            ``text_weights``), 2e-3 (what trains ``liteclip-nano`` from scratch in the demo)
+            when they start from random weights.
         optimizer: ``"adam"`` (the original's) or ``"adamw"`` (decoupled weight decay).
         weight_decay: applied to weight matrices and embeddings only.
         warmup_steps: linear warm-up from 0 to ``lr``.
@@ -173,9 +185,13 @@ def train(
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``"auto"`` (fp32 on CPU, bf16 on CUDA), ``"fp32"``, ``"bf16"``, or
             ``"fp16"`` (with dynamic loss scaling). Weights are always kept in fp32.
-        init: start from a checkpoint (liteclip folder or the original liteCLIP ``.pt``).
-        image_weights: timm ConvNeXt weights for the image tower (``.pth``/``.safetensors``).
-        text_weights: Hugging Face BERT weights for the text tower (folder or file).
+        init: start from a checkpoint (liteclip folder or the original liteCLIP ``.pt``), or a
+            liteclip model on the Hugging Face Hub (``"hf-hub:owner/name"``).
+        image_weights: timm ConvNeXt weights for the image tower: a ``.pth``/``.safetensors``
+            file, or a Hub id such as ``"timm/convnext_tiny.in12k_ft_in1k"`` (needs
+            ``pip install 'liteclip[hub]'``; fetched into the Hugging Face cache).
+        text_weights: Hugging Face BERT weights for the text tower: a folder or file, or a Hub
+            id such as ``"google/bert_uncased_L-4_H-256_A-4"``.
         early_stopping_patience: stop after this many epochs without a better validation
             loss; ``None`` disables it.
         progress: draw a progress bar per epoch (loss, pairs/s) and an epoch summary.
@@ -221,6 +237,14 @@ def train(
             as at epoch ends), so that a crash loses at most that many steps: ``resume=True``
             then continues inside the epoch, and the run ends with the same weights as an
             unbroken one. ``None``: at epoch ends only.
+        zero_shot_data: an ImageFolder (one sub-folder per class, named by its class) that is
+            classified zero-shot at the end of every epoch, as open_clip checks ImageNet-val:
+            top-1 and top-5 accuracy go into the history, ``metrics.jsonl`` and the progress
+            line (``zero_shot_top1``, ``zero_shot_top5``).
+        zero_shot_templates: its prompts, as ``evaluate``'s ``templates``: one (``"a photo of
+            a {}."`` when ``None``), a list whose embeddings are averaged, or ``"ensemble"``.
+        monitor: what picks ``best/`` and drives early stopping: ``"val_loss"`` (lower is
+            better) or ``"zero_shot_top1"`` (higher is better; needs ``zero_shot_data``).
 
     Returns:
         A :class:`TrainResult`. Images that cannot be decoded are skipped and counted, not
@@ -229,6 +253,13 @@ def train(
     # Every argument but the three below is a core option, passed on as it is: the core holds
     # the defaults and checks the values (tests/test_options.py keeps this signature in step).
     options = {k: v for k, v in locals().items() if k not in _PYTHON_ONLY}
+    if isinstance(zero_shot_templates, str):
+        options["zero_shot_templates"] = [zero_shot_templates]
+    # Hub ids become files in the Hugging Face cache (fetched unless HF_HUB_OFFLINE is set).
+    for option in ("image_weights", "text_weights"):
+        options[option] = hub.tower_weights(option, options[option])
+    if init is not None and os.fspath(init).startswith(hub.PREFIX):
+        options["init"] = hub.model_folder(os.fspath(init))
     group = None
     if requested(distributed):
         options["device"] = rank_device(device)

@@ -71,6 +71,7 @@ impl PyLiteClip {
         let device = device.to_owned();
         let config = config.map(str::to_owned);
         let precision = Precision::parse(precision).py_err(py)?;
+        let path = hub_model_folder(py, path)?;
         let model = run_released(py, move || {
             let device = parse_device(&device)?;
             let mut model = LiteClip::load(&path, device, config_from_arg(config.as_deref())?)?;
@@ -80,6 +81,18 @@ impl PyLiteClip {
         Ok(PyLiteClip {
             inner: Arc::new(SharedModel(model)),
         })
+    }
+}
+
+/// A `hf-hub:owner/name` model as its folder in the Hugging Face cache (fetched through the
+/// Python `huggingface_hub` by `liteclip.hub`); any other path as it is.
+fn hub_model_folder(py: Python<'_>, path: PathBuf) -> PyResult<PathBuf> {
+    match path.to_str() {
+        Some(spec) if spec.starts_with("hf-hub:") => py
+            .import("liteclip.hub")?
+            .call_method1("model_folder", (spec,))?
+            .extract(),
+        _ => Ok(path),
     }
 }
 
@@ -127,6 +140,27 @@ impl PyLiteClip {
         precision: &str,
     ) -> PyResult<Self> {
         Self::load_model(py, path, device, config, precision)
+    }
+
+    /// Uploads this model to the Hugging Face Hub repository `repo_id` (created if needed):
+    /// `config.json`, `model.safetensors` and a short model card. `LiteClip.load("hf-hub:" +
+    /// repo_id)` loads it back. Returns the commit's URL. Needs `pip install 'liteclip[hub]'`
+    /// and a token (`token=`, `HF_TOKEN` or `huggingface-cli login`).
+    #[pyo3(signature = (repo_id, private = false, token = None, commit_message = "Upload liteclip model"))]
+    fn push_to_hub(
+        slf: &Bound<'_, Self>,
+        repo_id: &str,
+        private: bool,
+        token: Option<&str>,
+        commit_message: &str,
+    ) -> PyResult<String> {
+        slf.py()
+            .import("liteclip.hub")?
+            .call_method1(
+                "push_to_hub",
+                (slf, repo_id, private, token, commit_message),
+            )?
+            .extract()
     }
 
     /// The arithmetic of encoding: "fp32", "bf16" or "fp16".

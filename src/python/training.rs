@@ -170,6 +170,7 @@ pub fn add_option_choices(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let train = PyDict::new(py);
     train.set_item("optimizer", OptimizerKind::NAMES.to_vec())?;
     train.set_item("schedule", Schedule::NAMES.to_vec())?;
+    train.set_item("monitor", crate::train::Monitor::NAMES.to_vec())?;
     let mut precisions = vec!["auto"];
     precisions.extend(Precision::NAMES);
     train.set_item("precision", precisions)?;

@@ -27,7 +27,7 @@ mod trainer;
 
 pub use distributed::{Collectives, SingleProcess};
 pub(crate) use options::from_json_named;
-pub use options::{PrecisionChoice, Resume, TrainOptions};
+pub use options::{Monitor, PrecisionChoice, Resume, TrainOptions};
 pub use report::{EpochRecord, Flow, Observer, Silent, StepInfo, TrainResult};
 pub use trainer::{train, train_distributed};
 
@@ -49,7 +49,7 @@ mod tests {
             model: "liteclip-nano".into(),
             epochs: 2,
             batch_size: 16,
-            lr: 1e-3,
+            lr: Some(1e-3),
             device: DeviceSpec::Cpu,
             val_fraction: 0.25,
             early_stopping_patience: None,

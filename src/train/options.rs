@@ -15,6 +15,11 @@ use crate::error::{Error, Result};
 use crate::model::Precision;
 use crate::train::optim::{OptimizerKind, Schedule};
 
+/// The original liteCLIP's learning rate, for towers that start from trained weights.
+pub const PRETRAINED_LR: f64 = 2e-4;
+/// For towers that start from random weights (the demo's rate): ten times the fine-tuning one.
+pub const SCRATCH_LR: f64 = 2e-3;
+
 /// Everything `liteclip.train` takes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -28,7 +33,9 @@ pub struct TrainOptions {
     pub epochs: usize,
     /// Pairs per step (per rank when data-parallel).
     pub batch_size: usize,
-    pub lr: f64,
+    /// Peak learning rate; None: [`PRETRAINED_LR`] when the towers start from trained weights
+    /// (`init`, `image_weights`, `text_weights`), else [`SCRATCH_LR`].
+    pub lr: Option<f64>,
     pub optimizer: OptimizerKind,
     pub weight_decay: f64,
     pub warmup_steps: i64,
@@ -71,6 +78,61 @@ pub struct TrainOptions {
     /// Also save `last/` every this many steps inside an epoch, so that `resume` continues
     /// from there (None: at epoch ends only).
     pub checkpoint_every: Option<usize>,
+    /// An ImageFolder (one sub-folder per class) classified zero-shot at each epoch's end.
+    pub zero_shot_data: Option<PathBuf>,
+    /// Its prompt templates (None: "a photo of a {}."; `["ensemble"]`: the 18 built in).
+    pub zero_shot_templates: Option<Vec<String>>,
+    /// What picks `best/` and drives early stopping.
+    pub monitor: Monitor,
+}
+
+/// The figure that decides which epoch is best (and whether training stops early).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Monitor {
+    /// The validation loss, lower is better.
+    ValLoss,
+    /// Zero-shot top-1 accuracy on `zero_shot_data`, higher is better.
+    ZeroShotTop1,
+}
+
+crate::serde_by_name!(Monitor);
+
+impl Monitor {
+    pub const NAMES: [&'static str; 2] = ["val_loss", "zero_shot_top1"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Monitor::ValLoss => "val_loss",
+            Monitor::ZeroShotTop1 => "zero_shot_top1",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "val_loss" => Ok(Monitor::ValLoss),
+            "zero_shot_top1" => Ok(Monitor::ZeroShotTop1),
+            other => Err(Error::invalid(format!(
+                "unknown monitor {other:?}: expected \"val_loss\" or \"zero_shot_top1\""
+            ))),
+        }
+    }
+
+    /// The monitored figure of an epoch, if it was measured.
+    pub fn of(self, record: &super::report::EpochRecord) -> Option<f64> {
+        match self {
+            Monitor::ValLoss => record.val_loss,
+            Monitor::ZeroShotTop1 => record.zero_shot_top1,
+        }
+    }
+
+    /// Whether `new` is better than `best`.
+    pub fn improves(self, new: f64, best: f64) -> bool {
+        match self {
+            Monitor::ValLoss => new < best,
+            Monitor::ZeroShotTop1 => new > best,
+        }
+    }
 }
 
 impl Default for TrainOptions {
@@ -82,7 +144,7 @@ impl Default for TrainOptions {
             model: "liteclip".into(),
             epochs: 5,
             batch_size: 64,
-            lr: 2e-4,
+            lr: None,
             optimizer: OptimizerKind::Adam,
             weight_decay: 0.0,
             warmup_steps: 0,
@@ -106,6 +168,9 @@ impl Default for TrainOptions {
             local_loss: false,
             accum_steps: 1,
             checkpoint_every: None,
+            zero_shot_data: None,
+            zero_shot_templates: None,
+            monitor: Monitor::ValLoss,
         }
     }
 }
@@ -129,6 +194,17 @@ impl TrainOptions {
         }
     }
 
+    /// The peak learning rate: `lr`, or the default for how the towers start.
+    pub fn learning_rate(&self) -> f64 {
+        let pretrained =
+            self.init.is_some() || self.image_weights.is_some() || self.text_weights.is_some();
+        self.lr.unwrap_or(if pretrained {
+            PRETRAINED_LR
+        } else {
+            SCRATCH_LR
+        })
+    }
+
     /// Pairs of one step's contrastive batch on one rank: `batch_size * accum_steps`.
     pub fn contrastive_batch(&self) -> usize {
         self.batch_size * self.accum_steps.max(1)
@@ -146,14 +222,18 @@ impl TrainOptions {
                 self.batch_size
             ));
         }
+        if self.monitor == Monitor::ZeroShotTop1 && self.zero_shot_data.is_none() {
+            return bad("monitor=\"zero_shot_top1\" needs zero_shot_data (an ImageFolder)".into());
+        }
         if self.checkpoint_every == Some(0) {
             return bad("checkpoint_every must be at least 1 step (or None)".into());
         }
         if self.accum_steps == 0 {
             return bad("accum_steps must be at least 1".into());
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!("lr must be a positive number, got {}", self.lr));
+        let lr = self.learning_rate();
+        if !(lr.is_finite() && lr > 0.0) {
+            return bad(format!("lr must be a positive number, got {lr}"));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad(format!(

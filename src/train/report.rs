@@ -29,6 +29,9 @@ pub struct EpochRecord {
     pub val_t2i_r1: Option<f64>,
     pub val_t2i_r5: Option<f64>,
     pub val_t2i_r10: Option<f64>,
+    /// Zero-shot accuracy on `zero_shot_data`, when given.
+    pub zero_shot_top1: Option<f64>,
+    pub zero_shot_top5: Option<f64>,
     pub skipped_images: usize,
 }
 

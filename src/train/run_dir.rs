@@ -34,7 +34,9 @@ const METRICS_FILE: &str = "metrics.jsonl";
 pub(crate) struct TrainState {
     pub epochs_completed: usize,
     pub global_step: i64,
-    pub best_val_loss: Option<f64>,
+    /// The best value so far of the monitored figure (`TrainOptions::monitor`).
+    #[serde(alias = "best_val_loss")]
+    pub best_score: Option<f64>,
     pub bad_epochs: usize,
     pub history: Vec<EpochRecord>,
     pub batch_size: usize,
@@ -67,7 +69,7 @@ impl TrainState {
         TrainState {
             epochs_completed: 0,
             global_step: 0,
-            best_val_loss: None,
+            best_score: None,
             bad_epochs: 0,
             history: Vec::new(),
             batch_size,

@@ -47,7 +47,7 @@ impl Trainer<'_> {
         read_loss: bool,
     ) -> Result<StepOutcome> {
         let lr = self.options.schedule.lr(
-            self.options.lr,
+            self.options.learning_rate(),
             self.state.global_step,
             self.options.warmup_steps,
             self.total_steps(),

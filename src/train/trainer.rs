@@ -15,15 +15,17 @@ use tch::{Device, Kind, Tensor};
 
 use super::distributed::{shard_batches, Collectives, SingleProcess};
 use super::optim::{AdamConfig, FlatAdam};
-use super::options::TrainOptions;
+use super::options::{Monitor, TrainOptions};
 use super::report::{EpochRecord, Flow, Observer, StepInfo, TrainResult};
 use super::run_dir::{read_state, PartialEpoch, RunDir, TrainState};
 use crate::checkpoint;
 use crate::config::LiteClipConfig;
 use crate::data::loader::{ImageTransform, Loader, LoaderConfig};
-use crate::data::{epoch_samples, make_batches, DataInfo, Dataset};
+use crate::data::{epoch_samples, make_batches, DataInfo, Dataset, ImageFolder};
 use crate::error::{Error, Result};
-use crate::eval::{retrieval, tokenize_captions, RetrievalMetrics};
+use crate::eval::{
+    resolve_templates, retrieval, tokenize_captions, zero_shot, RetrievalMetrics, ZeroShotMetrics,
+};
 use crate::image::Normalizer;
 use crate::liteclip::LiteClip;
 use crate::model::Precision;
@@ -54,6 +56,8 @@ struct TrainData {
     info: DataInfo,
     malformed_rows: usize,
     missing_images: usize,
+    /// Classified zero-shot at each epoch's end, with its templates.
+    zero_shot: Option<(ImageFolder, Vec<String>)>,
 }
 
 pub(super) struct Trainer<'a> {
@@ -170,7 +174,15 @@ impl<'a> Trainer<'a> {
     fn patience_exhausted(&self) -> bool {
         self.options
             .early_stopping_patience
-            .is_some_and(|p| self.state.bad_epochs >= p && !self.data.val.entries.is_empty())
+            .is_some_and(|p| self.state.bad_epochs >= p && self.monitored())
+    }
+
+    /// Whether the monitored figure is measured at all (no validation images: no loss).
+    fn monitored(&self) -> bool {
+        match self.options.monitor {
+            Monitor::ValLoss => !self.data.val.entries.is_empty(),
+            Monitor::ZeroShotTop1 => self.data.zero_shot.is_some(),
+        }
     }
 
     pub(super) fn total_steps(&self) -> i64 {
@@ -209,7 +221,8 @@ impl<'a> Trainer<'a> {
         // The loss is read back every step on the CPU (free) and every few steps on a GPU (a
         // read waits for the GPU), or every step when non-finite losses are to be skipped.
         let read_every = if self.device.is_cuda() { 10 } else { 1 };
-        let mut totals = EpochTotals::new(self.device, self.options.lr, partial.as_ref())?;
+        let mut totals =
+            EpochTotals::new(self.device, self.options.learning_rate(), partial.as_ref())?;
         let mut batches = loader.enumerate().map(|(i, b)| (i + done, b));
         loop {
             let waited = Instant::now();
@@ -308,24 +321,36 @@ impl<'a> Trainer<'a> {
 
     /// Validates over the whole validation set (once, in batches of the global batch size: the
     /// validation loss's negatives are those of a training batch, so runs with the same global
-    /// batch compare), records the epoch, and saves `best/` (when it improved) and `last/`.
+    /// batch compare), classifies `zero_shot_data` if given, records the epoch, and saves
+    /// `best/` (when the monitored figure improved) and `last/`.
     fn validate_and_save(&mut self, epoch: usize, summary: &EpochSummary) -> Result<EpochOutcome> {
         let val = if self.data.val.entries.is_empty() {
             None
         } else {
             Some(retrieval(&self.model, &self.data.val, self.global_batch())?)
         };
-        let record = self.epoch_record(epoch, summary, val.as_ref())?;
+        let zero_shot = match &self.data.zero_shot {
+            Some((folder, templates)) => Some(zero_shot(
+                &self.model,
+                folder,
+                templates,
+                self.global_batch(),
+            )?),
+            None => None,
+        };
+        let record = self.epoch_record(epoch, summary, val.as_ref(), zero_shot.as_ref())?;
         self.state.history.push(record.clone());
         self.state.epochs_completed = epoch + 1;
-        let improved = match (&val, self.state.best_val_loss) {
-            (Some(v), Some(best)) => v.loss < best,
+        let monitor = self.options.monitor;
+        let score = monitor.of(&record);
+        let improved = match (score, self.state.best_score) {
+            (Some(new), Some(best)) => monitor.improves(new, best),
             (Some(_), None) => true,
             (None, _) => false,
         };
-        if let Some(v) = &val {
+        if score.is_some() {
             if improved {
-                self.state.best_val_loss = Some(v.loss);
+                self.state.best_score = score;
                 self.state.bad_epochs = 0;
                 self.run_dir.save_best(&self.model, &self.data.info)?;
             } else {
@@ -369,6 +394,7 @@ impl<'a> Trainer<'a> {
         epoch: usize,
         s: &EpochSummary,
         val: Option<&RetrievalMetrics>,
+        zero_shot: Option<&ZeroShotMetrics>,
     ) -> Result<EpochRecord> {
         Ok(EpochRecord {
             epoch: epoch + 1,
@@ -387,13 +413,15 @@ impl<'a> Trainer<'a> {
             val_t2i_r1: val.map(|v| v.t2i_r1),
             val_t2i_r5: val.map(|v| v.t2i_r5),
             val_t2i_r10: val.map(|v| v.t2i_r10),
+            zero_shot_top1: zero_shot.map(|z| z.top1),
+            zero_shot_top5: zero_shot.map(|z| z.top5),
             skipped_images: self.skipped.list.len(),
         })
     }
 
     fn result(self, stopped_early: bool, interrupted: bool) -> TrainResult {
         let last = self.run_dir.existing_last();
-        let no_validation = self.data.val.entries.is_empty();
+        let no_validation = !self.monitored();
         TrainResult {
             best_checkpoint: self
                 .best_checkpoint
@@ -438,7 +466,16 @@ fn open_data(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
                 .unwrap_or_default()
         ));
     }
+    // Opened now, so that a bad folder fails before anything is trained.
+    let zero_shot = match &options.zero_shot_data {
+        Some(root) => Some((
+            ImageFolder::open(root)?,
+            resolve_templates(options.zero_shot_templates.clone()),
+        )),
+        None => None,
+    };
     Ok(TrainData {
+        zero_shot,
         train: Arc::new(train),
         val,
         info: DataInfo {
