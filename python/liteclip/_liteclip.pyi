@@ -27,6 +27,7 @@ __all__ = [
     "train_defaults",
     "evaluate_defaults",
     "make_shapes",
+    "write_shards",
     "SHAPES_INFO",
     "OPTION_CHOICES",
     "INDEX_DEFAULTS",
@@ -281,6 +282,14 @@ SHAPES_INFO: dict[str, Any]
 OPTION_CHOICES: dict[str, dict[str, list[str]]]
 INDEX_DEFAULTS: dict[str, Any]
 
+def write_shards(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    samples_per_shard: int = 1000,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    images_dir: str | os.PathLike[str] | None = None,
+) -> list[str]: ...
 def make_shapes(
     path: str | os.PathLike[str],
     n_images: int = 1000,

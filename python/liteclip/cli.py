@@ -299,6 +299,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_precision(search)
     search.add_argument("--json", action="store_true", help="print JSON")
 
+    shard = sub.add_parser(
+        "shard",
+        help="write a captioned data set (folder or CSV) as WebDataset tar shards",
+        description="Write SRC (a Flickr8k-layout folder or a CSV of image paths and captions) "
+        "as WebDataset shards OUT/00000.tar, ...: {key}.jpg|png|webp + {key}.txt (first "
+        "caption) + {key}.json (all captions), as img2dataset writes them.",
+    )
+    shard.add_argument("source", metavar="SRC")
+    shard.add_argument("output", metavar="OUT")
+    shard.add_argument("--samples-per-shard", type=int, default=1000)
+    shard.add_argument("--image-column", default="image")
+    shard.add_argument("--caption-column", default="caption")
+    shard.add_argument("--images-dir", default=None)
+
     serve = sub.add_parser(
         "serve",
         help="an HTTP service and web page: zero-shot prediction, embeddings, photo search",
@@ -559,6 +573,24 @@ def _search_npy(args: argparse.Namespace, query: Any) -> int:
     return EXIT_OK
 
 
+def _shard(args: argparse.Namespace) -> int:
+    from .datasets import write_shards
+
+    paths = write_shards(
+        args.source,
+        args.output,
+        samples_per_shard=args.samples_per_shard,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        images_dir=args.images_dir,
+    )
+    last = len(paths) - 1
+    width = len(paths[-1].stem) if paths else 5
+    pattern = os.path.join(args.output, f"{{{0:0{width}d}..{last:0{width}d}}}.tar")
+    print(f"wrote {len(paths)} shards: {pattern}")
+    return EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .serve import serve
     from .serve.options import ServeOptions, option_fields
@@ -592,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         "embed": _embed,
         "index": _index,
         "search": _search,
+        "shard": _shard,
         "serve": _serve,
         "demo": _demo,
     }

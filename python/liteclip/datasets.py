@@ -1,4 +1,5 @@
-"""Built-in data: a captioned data set of coloured shapes, generated from a seed.
+"""Built-in data (a captioned data set of coloured shapes, generated from a seed) and
+``write_shards``, which turns a captioned data set into WebDataset shards.
 
 Nothing is downloaded: the images are drawn by liteclip's Rust core. Each image shows one of
 six colours (``COLORS``) of one of four shapes (``SHAPES``), large or small, on a textured grey
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from ._liteclip import SHAPES_INFO as _INFO
 from ._liteclip import make_shapes as _make_shapes
+from ._liteclip import write_shards as _write_shards
 
 CLASSES: list[str] = list(_INFO["classes"])
 COLORS: list[str] = list(_INFO["colors"])
@@ -40,3 +42,31 @@ def make_shapes(
     return Path(
         _make_shapes(path, n_images=n_images, seed=seed, image_size=image_size, layout=layout)
     )
+
+
+def write_shards(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    samples_per_shard: int = 1000,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    images_dir: str | os.PathLike[str] | None = None,
+) -> list[Path]:
+    """Writes the captioned data set ``source`` (a Flickr8k-layout folder or a CSV, read as
+    ``liteclip.train`` reads it) as WebDataset shards ``output/00000.tar``, ... of
+    ``samples_per_shard`` samples each, and returns their paths.
+
+    One sample per image, as img2dataset writes them: ``{key}.jpg`` (or ``.png``/``.webp``: the
+    file's bytes, not re-encoded), ``{key}.txt`` (its first caption) and ``{key}.json``
+    (``{"captions": [all of them], "source": path}``). Each shard is written atomically. Name
+    them all with a brace pattern: ``output/{00000..000NN}.tar``.
+    """
+    paths = _write_shards(
+        source,
+        output,
+        samples_per_shard=samples_per_shard,
+        image_column=image_column,
+        caption_column=caption_column,
+        images_dir=images_dir,
+    )
+    return [Path(p) for p in paths]

@@ -3,6 +3,7 @@
 //! in [`synthetic`].
 
 pub mod loader;
+pub mod shards;
 pub mod synthetic;
 
 use std::collections::HashMap;

@@ -136,6 +136,7 @@ fn liteclip_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(training::train_defaults, m)?)?;
     m.add_function(wrap_pyfunction!(training::evaluate_defaults, m)?)?;
     m.add_function(wrap_pyfunction!(training::make_shapes, m)?)?;
+    m.add_function(wrap_pyfunction!(training::write_shards, m)?)?;
     training::add_dataset_constants(m)?;
     training::add_option_choices(m)?;
     index::add_index_defaults(m)?;

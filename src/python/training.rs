@@ -161,6 +161,29 @@ pub fn make_shapes(
     Ok(path)
 }
 
+/// Writes a captioned data set as WebDataset shards (see `liteclip.datasets.write_shards`).
+#[pyfunction]
+#[pyo3(signature = (source, output, samples_per_shard = 1000, image_column = "image", caption_column = "caption", images_dir = None))]
+pub fn write_shards(
+    py: Python<'_>,
+    source: PathBuf,
+    output: PathBuf,
+    samples_per_shard: usize,
+    image_column: &str,
+    caption_column: &str,
+    images_dir: Option<PathBuf>,
+) -> PyResult<Vec<PathBuf>> {
+    let csv = crate::data::CsvOptions {
+        image_column: image_column.to_owned(),
+        caption_column: caption_column.to_owned(),
+        images_dir,
+    };
+    run_released(py, move || {
+        let dataset = crate::data::Dataset::open(&source, &csv)?;
+        crate::data::shards::write_shards(&dataset, &output, samples_per_shard)
+    })
+}
+
 /// The values each enumerated option takes, from the core's own lists (command-line choices).
 pub fn add_option_choices(m: &Bound<'_, PyModule>) -> PyResult<()> {
     use crate::eval::{Split, Task};
