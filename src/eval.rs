@@ -572,6 +572,17 @@ pub fn evaluate(model: &LiteClip, options: &EvalOptions) -> Result<Report> {
                     .unwrap_or(defaults.caption_column),
                 images_dir: options.images_dir.clone().or(defaults.images_dir),
             };
+            // A run with its own validation set: that set is its "val" split.
+            let recorded_val = info.as_ref().and_then(|i| i.val_data.clone());
+            if let (Split::Val, None, Some(val_data)) = (options.split, &options.data, recorded_val)
+            {
+                let chosen = Dataset::open(&val_data, &csv)?;
+                return Ok(Report::Retrieval(retrieval(
+                    model,
+                    &chosen,
+                    options.batch_size.max(2),
+                )?));
+            }
             let dataset = Dataset::open(&data, &csv)?;
             let fraction = options
                 .val_fraction

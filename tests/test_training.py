@@ -262,6 +262,31 @@ def test_zero_shot_accuracy_each_epoch_can_pick_best(shapes, tmp_path):
         liteclip.train(train_dir, tmp_path / "bad", zero_shot_data=tmp_path / "nope")
 
 
+def test_val_data_is_a_separate_validation_set(shapes, tmp_path):
+    train_dir, _ = shapes
+    val_dir = datasets.make_shapes(tmp_path / "val", n_images=40, seed=7, image_size=48)
+    result = liteclip.train(
+        train_dir,
+        tmp_path / "run",
+        model="liteclip-nano",
+        epochs=1,
+        batch_size=32,
+        max_steps_per_epoch=2,
+        device="cpu",
+        progress=False,
+        val_fraction=0.5,  # not used: val_data is given
+        val_data=val_dir,
+    )
+    assert result.val_images == 40 and result.train_images == 800
+    record = result.history[0]
+    again = liteclip.evaluate(result.last_checkpoint, split="val", batch_size=32, device="cpu")
+    assert again["images"] == 40
+    assert again["loss"] == pytest.approx(record["val_loss"], abs=1e-5)
+    assert again["i2t_r1"] == pytest.approx(record["val_i2t_r1"], abs=1e-9)
+    with pytest.raises(FileNotFoundError):
+        liteclip.train(train_dir, tmp_path / "bad", val_data=tmp_path / "nope", device="cpu")
+
+
 def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path):
     data = datasets.make_shapes(tmp_path / "data", n_images=40, seed=3, image_size=32)
     images = sorted((data / "Images").iterdir())

@@ -158,6 +158,7 @@ def train(
     zero_shot_data: PathLike | None = None,
     zero_shot_templates: list[str] | str | None = None,
     monitor: str = "val_loss",
+    val_data: PathLike | None = None,
 ) -> TrainResult:
     """Trains a liteclip model contrastively on captioned images.
 
@@ -245,6 +246,9 @@ def train(
             a {}."`` when ``None``), a list whose embeddings are averaged, or ``"ensemble"``.
         monitor: what picks ``best/`` and drives early stopping: ``"val_loss"`` (lower is
             better) or ``"zero_shot_top1"`` (higher is better; needs ``zero_shot_data``).
+        val_data: a separate validation set, in the same layouts as ``data`` (and read with the
+            same CSV options). ``data`` is then trained on whole and ``val_fraction`` is not
+            used; ``evaluate(checkpoint, split="val")`` later evaluates on ``val_data``.
 
     Returns:
         A :class:`TrainResult`. Images that cannot be decoded are skipped and counted, not

@@ -421,6 +421,9 @@ pub struct DataInfo {
     pub images_dir: Option<PathBuf>,
     pub val_fraction: f64,
     pub seed: u64,
+    /// A separate validation set (`val_data`): then `data` is trained on whole.
+    #[serde(default)]
+    pub val_data: Option<PathBuf>,
 }
 
 impl DataInfo {

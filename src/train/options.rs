@@ -42,6 +42,9 @@ pub struct TrainOptions {
     pub schedule: Schedule,
     /// Share of images (not caption rows) held out for validation.
     pub val_fraction: f64,
+    /// A separate validation set (same layouts as `data`); then `data` is trained on whole and
+    /// `val_fraction` is not used.
+    pub val_data: Option<PathBuf>,
     pub seed: u64,
     pub device: DeviceSpec,
     pub precision: PrecisionChoice,
@@ -169,6 +172,7 @@ impl Default for TrainOptions {
             accum_steps: 1,
             checkpoint_every: None,
             zero_shot_data: None,
+            val_data: None,
             zero_shot_templates: None,
             monitor: Monitor::ValLoss,
         }

@@ -445,7 +445,13 @@ impl<'a> Trainer<'a> {
 fn open_data(options: &TrainOptions, observer: &mut dyn Observer) -> Result<TrainData> {
     let csv = options.csv();
     let dataset = Dataset::open(&options.data, &csv)?;
-    let (train, val) = dataset.split(options.val_fraction, options.seed)?;
+    let (train, val) = match &options.val_data {
+        Some(val_data) => (
+            dataset.split(0.0, options.seed)?.0,
+            Dataset::open(val_data, &csv)?,
+        ),
+        None => dataset.split(options.val_fraction, options.seed)?,
+    };
     if train.num_images() < 2 {
         return Err(Error::invalid(format!(
             "{}: need at least 2 training images, found {}",
@@ -485,6 +491,7 @@ fn open_data(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
             images_dir: csv.images_dir,
             val_fraction: options.val_fraction,
             seed: options.seed,
+            val_data: options.val_data.clone(),
         },
         malformed_rows: report.malformed_rows,
         missing_images: report.missing_images,
