@@ -116,6 +116,19 @@ def test_two_ranks_with_batch_b_end_with_the_weights_of_one_process_with_batch_2
 
 
 @pytest.mark.slow
+def test_gradient_caching_composes_with_ranks(data, start, tmp_path):
+    """Two ranks, each with accum_steps=2 micro-batches of 4: one contrastive batch of 16 per
+    step, trained like one process with batch 16."""
+    single = liteclip.train(**common(data, start, tmp_path / "single", 16, distributed=False))
+    kwargs = common(data, start, tmp_path / "ddp", 4, distributed=True, accum_steps=2)
+    ranks = finish(launch(2, kwargs))
+    for a, b in zip(ranks[0]["history"], single.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    assert_same_weights(tmp_path / "ddp" / "last", tmp_path / "single" / "last")
+
+
+@pytest.mark.slow
 def test_a_wrong_global_batch_is_detected(data, start, tmp_path):
     """The comparison above can fail: two ranks of B do not match one process of B."""
     liteclip.train(**common(data, start, tmp_path / "single", 8, distributed=False))
