@@ -75,3 +75,11 @@ def nano_model(nano_ckpt):
 
     # The original .pt format stores no image size; the nano preset says 64 px.
     return liteclip.LiteClip.load(nano_ckpt, device="cpu", config="liteclip-nano")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(nano_model, tmp_path_factory):
+    """The nano model saved in liteclip's own format (a folder)."""
+    path = tmp_path_factory.mktemp("ck") / "nano"
+    nano_model.save(path)
+    return path

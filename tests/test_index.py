@@ -26,13 +26,6 @@ from conftest import make_photos
 
 
 @pytest.fixture(scope="module")
-def checkpoint(nano_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("ck") / "nano"
-    nano_model.save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def full_checkpoint(tmp_path_factory):
     """The full-size architecture (random weights): seconds of work per run, so that a signal
     sent once the first chunks are committed lands mid-run even on a loaded machine."""

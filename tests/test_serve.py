@@ -73,13 +73,6 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(nano_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("ck") / "nano"
-    nano_model.save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def library(checkpoint, tmp_path_factory):
     """An index of the five real photos and 20 generated ones."""
     root = tmp_path_factory.mktemp("photos")
