@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::loader::{ImageTransform, Loader, LoaderConfig};
+use crate::data::loader::{BatchCaptions, ImageTransform, Loader, LoaderConfig};
 use crate::data::{
     epoch_samples, make_batches, CsvOptions, DataInfo, Dataset, Entry, ImageFolder, Sample,
 };
@@ -83,7 +83,10 @@ pub fn embed_entries(
     for batch in loader {
         let batch = batch?;
         failed.extend(batch.failed);
-        if batch.kept.is_empty() {
+        let BatchCaptions::Samples(samples) = &batch.captions else {
+            continue; // the folder loader's batches carry samples
+        };
+        if samples.is_empty() {
             continue;
         }
         let pixels = normalizer.apply(&to_device_async(
@@ -92,7 +95,7 @@ pub fn embed_entries(
             batch.pinned,
         )?)?;
         parts.push(model.encode_pixels(&pixels)?);
-        kept.extend(batch.kept.iter().map(|s| s.entry as usize));
+        kept.extend(samples.iter().map(|s| s.entry as usize));
     }
     let embeddings = if parts.is_empty() {
         Tensor::f_zeros([0, model.config().embed_dim], (Kind::Float, Device::Cpu))?
@@ -582,6 +585,13 @@ pub fn evaluate(model: &LiteClip, options: &EvalOptions) -> Result<Report> {
                     &chosen,
                     options.batch_size.max(2),
                 )?));
+            }
+            if options.data.is_none() && info.as_ref().is_some_and(|i| i.shards) {
+                return Err(Error::invalid(
+                    "this run trained on WebDataset shards, which are not split for validation: \
+                     pass data= (a captioned folder or CSV), or train with val_data= to record \
+                     a validation set",
+                ));
             }
             let dataset = Dataset::open(&data, &csv)?;
             let fraction = options

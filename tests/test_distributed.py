@@ -153,6 +153,59 @@ def test_only_rank_0_writes_and_a_distributed_run_resumes_like_an_unbroken_one(
 
 
 @pytest.mark.slow
+def test_shards_over_two_ranks_pad_the_shorter_and_resume_inside_an_epoch_exactly(
+    data, start, tmp_path
+):
+    """48 samples in shards of 5 over 2 ranks x 2 workers: rank 0 streams shards 0,1,4,5,8,9
+    (28 samples), rank 1 shards 2,3,6,7 (20), so an epoch is 7 steps of 4 per rank and rank 1
+    pads its last two. Both ranks killed after a checkpoint inside epoch 2, then resumed: the
+    weights and records of an unbroken run (each rank's streams continue where they were)."""
+    datasets.write_shards(data, tmp_path / "shards", samples_per_shard=5)
+    shards = f"{tmp_path}/shards/*.tar"
+    more = dict(distributed=True, checkpoint_every=2, workers=2, shuffle_buffer=3)
+
+    def kwargs(output):
+        args = common(shards, start, tmp_path / output, 4, **more)
+        args["max_steps_per_epoch"] = None
+        return args
+
+    unbroken = finish(launch(2, kwargs("unbroken")))
+    assert unbroken[0]["history"] == unbroken[1]["history"]
+    assert [h["step"] for h in unbroken[0]["history"]] == [7, 14]
+
+    state_file = tmp_path / "broken" / "last" / "train_state.json"
+
+    def position():
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        partial = state.get("partial_epoch")
+        return state["epochs_completed"], partial and partial["steps_done"]
+
+    procs = launch(2, kwargs("broken"))
+    try:
+        deadline = time.monotonic() + 300
+        while (position() or (0, None))[0] < 1 or not position()[1]:
+            assert all(p.poll() is None for p in procs), "ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.communicate()
+    killed_at = position()
+    assert killed_at[0] == 1 and killed_at[1] in (2, 4, 6), killed_at
+    cursor = json.loads(state_file.read_text())["partial_epoch"]["shard_cursor"]
+    assert cursor["workers"] == 2 and len(cursor["ranks"]) == 2
+    resumed = finish(launch(2, {**kwargs("broken"), "resume": True}))
+    for a, b in zip(unbroken[0]["history"], resumed[0]["history"]):
+        for key in ("epoch", "step", "train_loss", "lr", "logit_scale"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+    assert_same_weights(tmp_path / "broken" / "last", tmp_path / "unbroken" / "last", 1e-6)
+
+
+@pytest.mark.slow
 def test_killing_a_rank_stops_the_others_with_an_error_naming_it(data, start, tmp_path):
     kwargs = common(data, start, tmp_path / "run", 8, distributed=True, epochs=50)
     kwargs["max_steps_per_epoch"] = None

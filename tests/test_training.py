@@ -166,11 +166,18 @@ def test_accum_steps_trains_on_the_whole_contrastive_batch(shapes, tmp_path):
         liteclip.train(train_dir, tmp_path / "bad", batch_size=8, accum_steps=0, **common)
 
 
-def test_sigkill_inside_an_epoch_then_resume_ends_as_an_unbroken_run(shapes, tmp_path):
+@pytest.mark.parametrize("layout", ["folder", "shards"])
+def test_sigkill_inside_an_epoch_then_resume_ends_as_an_unbroken_run(shapes, tmp_path, layout):
     """checkpoint_every saves last/ inside the epoch; a run killed there and resumed ends with the
-    weights and epoch records of a run never stopped (augmentation and dropout on)."""
+    weights and epoch records of a run never stopped (augmentation and dropout on). Shards: the
+    streams continue from their recorded positions (two workers, small shuffle blocks)."""
     train_dir, _ = shapes
+    if layout == "shards":
+        datasets.write_shards(train_dir, tmp_path / "shards", samples_per_shard=90)
+        train_dir = f"{tmp_path}/shards/*.tar"
     common = dict(
+        workers=2,
+        shuffle_buffer=50,
         model="liteclip-nano",
         epochs=2,
         batch_size=16,

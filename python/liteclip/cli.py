@@ -175,10 +175,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "data",
-        nargs="?",
-        help="Flickr8k-layout folder (Images/ + captions.txt) or a CSV of image,caption",
+        nargs="*",
+        help="Flickr8k-layout folder (Images/ + captions.txt), a CSV of image,caption, or "
+        "WebDataset shards (.tar files, a pattern such as 'shards/{00000..00009}.tar', a glob, "
+        "or a folder of .tar files)",
     )
-    train.add_argument("--data", dest="data_option", metavar="DATA", help="the same as DATA")
+    train.add_argument(
+        "--data", dest="data_option", metavar="DATA", action="append", help="the same as DATA"
+    )
     train.set_defaults(
         api_options=add_api_options(train, train_api, skip=("resume", "distributed"))
     )
@@ -614,9 +618,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "train":
-        if (args.data is None) == (args.data_option is None):
+        if bool(args.data) == bool(args.data_option):
             parser.error("train needs the data set once: DATA or --data DATA")
-        args.data = args.data or args.data_option
+        data = args.data or args.data_option
+        args.data = data[0] if len(data) == 1 else data
     commands = {
         "predict": _predict,
         "train": _train,

@@ -7,6 +7,7 @@ passes arguments through and draws progress bars.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -32,9 +33,15 @@ class TrainResult:
             ``metrics.jsonl``).
         stopped_early: early stopping ended the run.
         interrupted: the run was stopped (Ctrl-C) before its last epoch.
-        skipped_images: ``(path, reason)`` of images that could not be decoded.
+        skipped_images: ``(path, reason)`` of images that could not be decoded (in shards:
+            ``shard.tar/key``).
         malformed_rows, missing_images: rows of the captions file that were skipped.
-        train_images, val_images: images on each side of the split.
+        train_images, val_images: images on each side of the split (shards: the samples
+            counted from the shards' member names, 0 with ``samples_per_epoch``).
+        samples_without_caption, samples_without_image: shard samples skipped for lacking
+            their caption or their image (over the shards this process read).
+        truncated_shards: shards that end inside a member (damaged or cut short; the samples
+            before the damage were used).
         device, precision: where and in what arithmetic the run trained.
 
     The fields are those of the Rust core's result (``src/train/report.rs``); a test keeps the
@@ -51,6 +58,9 @@ class TrainResult:
     missing_images: int = 0
     train_images: int = 0
     val_images: int = 0
+    samples_without_caption: int = 0
+    samples_without_image: int = 0
+    truncated_shards: list[str] = field(default_factory=list)
     device: str = "cpu"
     precision: str = "fp32"
 
@@ -123,7 +133,7 @@ class _Progress:
 
 
 def train(
-    data: PathLike,
+    data: PathLike | Sequence[PathLike],
     output: PathLike = "runs/liteclip",
     model: str = "liteclip",
     epochs: int = 5,
@@ -159,6 +169,9 @@ def train(
     zero_shot_templates: list[str] | str | None = None,
     monitor: str = "val_loss",
     val_data: PathLike | None = None,
+    workers: int = 2,
+    shuffle_buffer: int = 1000,
+    samples_per_epoch: int | None = None,
 ) -> TrainResult:
     """Trains a liteclip model contrastively on captioned images.
 
@@ -167,6 +180,13 @@ def train(
             header ``image,caption``, several rows per image), or any CSV file of image paths
             and captions (column names: ``image_column``, ``caption_column``; paths relative to
             ``images_dir``, by default ``Images/`` beside the CSV or the CSV's folder).
+            Or WebDataset tar shards as img2dataset writes them (``{key}.jpg|jpeg|png|webp``
+            with ``{key}.txt`` and/or ``{key}.json``): a ``.tar`` file, a brace pattern
+            (``"shards/{00000..00127}.tar"``), a glob, a folder of ``.tar`` files, or a list of
+            them. Shards are streamed (memory does not grow with the data set), dealt to
+            ranks x ``workers`` streams, and shuffled in blocks of ``shuffle_buffer`` by seed and
+            epoch; each sample trains once per epoch with one of its captions. Samples without
+            an image or a caption, and undecodable images, are skipped and counted.
         output: run folder; receives ``best/``, ``last/`` and ``metrics.jsonl``.
         model: ``"liteclip"`` (convnext_tiny + bert-mini, 224 px), ``"liteclip-nano"`` (small
             widths, 64 px, trains on a CPU in minutes), or the path of a config JSON.
@@ -248,7 +268,17 @@ def train(
             better) or ``"zero_shot_top1"`` (higher is better; needs ``zero_shot_data``).
         val_data: a separate validation set, in the same layouts as ``data`` (and read with the
             same CSV options). ``data`` is then trained on whole and ``val_fraction`` is not
-            used; ``evaluate(checkpoint, split="val")`` later evaluates on ``val_data``.
+            used; ``evaluate(checkpoint, split="val")`` later evaluates on ``val_data``. Shards
+            are never split: with shard ``data``, ``val_data`` is the only validation set.
+        workers: shard data: streams per process, each reading its own shards in a thread
+            (images are decoded on all cores either way). A resume inside an epoch continues
+            exactly with the same ``workers`` and number of processes.
+        shuffle_buffer: shard data: samples each stream reads ahead and shuffles together.
+            Memory holds about ``workers * shuffle_buffer`` encoded samples.
+        samples_per_epoch: shard data: pairs per epoch over all processes (open_clip's
+            ``--train-num-samples``); a stream that reaches the end of its shards starts them
+            again, in a new order. ``None``: an epoch is one pass over the shards (counted from
+            their tar headers at start; processes whose shards end first pad with no pairs).
 
     Returns:
         A :class:`TrainResult`. Images that cannot be decoded are skipped and counted, not

@@ -15,9 +15,11 @@ use std::thread::JoinHandle;
 use rayon::prelude::*;
 use tch::{Kind, Tensor};
 
+use super::stream::StreamProgress;
 use super::{Dataset, Sample, AUGMENT_STREAM};
 use crate::image::{decode, transform};
 use crate::rng::Rng;
+use crate::text::TokenizedCaptions;
 
 /// How training images become `size x size` pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,12 +53,38 @@ pub struct ImageBatch {
     pub index: usize,
     /// `(k, S, S, 3)` uint8, for the `k` samples that decoded.
     pub pixels: Tensor,
-    /// The samples behind the rows of `pixels`, in order.
-    pub kept: Vec<Sample>,
+    /// The captions of the rows of `pixels`, in order.
+    pub captions: BatchCaptions,
     /// Images that could not be used, with the reason.
     pub failed: Vec<(PathBuf, String)>,
     /// Whether `pixels` is in page-locked memory (see [`LoaderConfig::pin_memory`]).
     pub pinned: bool,
+    /// Shard data: where the streams are once this batch is used (see [`super::stream`]).
+    pub stream: Option<StreamProgress>,
+}
+
+/// The captions of a batch's rows.
+pub enum BatchCaptions {
+    /// Folder data: the samples (image and caption indices into the data set) of the rows; the
+    /// trainer holds every caption tokenized.
+    Samples(Vec<Sample>),
+    /// Shard data: the rows' captions tokenized by the loader, followed by one empty caption
+    /// (the text of padding rows).
+    Tokens(TokenizedCaptions),
+}
+
+impl BatchCaptions {
+    /// Rows of the batch.
+    pub fn len(&self) -> usize {
+        match self {
+            BatchCaptions::Samples(samples) => samples.len(),
+            BatchCaptions::Tokens(tokens) => tokens.len().saturating_sub(1),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub struct Loader {
@@ -150,21 +178,35 @@ impl Drop for Loader {
     }
 }
 
-/// Decodes and transforms one image to packed RGB bytes.
-fn load_one(
-    path: &std::path::Path,
+/// Transforms a decoded image to `size x size` packed RGB bytes.
+pub(super) fn transform_image(
+    rgb: &image::RgbImage,
     config: &LoaderConfig,
     rng: &mut Rng,
-) -> crate::Result<Vec<u8>> {
-    let rgb = decode::decode_file(path)?;
-    Ok(match config.transform {
-        ImageTransform::Center => transform::resize_center_crop(&rgb, config.image_size),
+) -> Vec<u8> {
+    match config.transform {
+        ImageTransform::Center => transform::resize_center_crop(rgb, config.image_size),
         ImageTransform::RandomResizedCrop { scale, ratio } => {
             let (w, h) = rgb.dimensions();
             let region = transform::random_resized_crop_box(w, h, scale, ratio, rng);
-            transform::resize_region(&rgb, region, config.image_size)
+            transform::resize_region(rgb, region, config.image_size)
         }
-    })
+    }
+}
+
+/// The packed RGB rows of a batch as a `(rows, S, S, 3)` uint8 tensor, page-locked when the
+/// configuration asks; and whether it is.
+pub(super) fn pixels_tensor(
+    bytes: &[u8],
+    rows: usize,
+    config: &LoaderConfig,
+) -> crate::Result<(Tensor, bool)> {
+    let s = config.image_size as i64;
+    let mut pixels = Tensor::f_from_data_size(bytes, &[rows as i64, s, s, 3], Kind::Uint8)?;
+    if let Some(device) = config.pin_memory {
+        pixels = crate::liteclip::pin(&pixels, device)?;
+    }
+    Ok((pixels, config.pin_memory.is_some()))
 }
 
 fn prepare(
@@ -183,11 +225,8 @@ fn prepare(
                 config.epoch,
                 first_position + i as u64,
             );
-            load_one(
-                &dataset.entries[sample.entry as usize].path,
-                config,
-                &mut rng,
-            )
+            let rgb = decode::decode_file(&dataset.entries[sample.entry as usize].path)?;
+            Ok(transform_image(&rgb, config, &mut rng))
         })
         .collect();
     let s = config.image_size as i64;
@@ -206,16 +245,14 @@ fn prepare(
             )),
         }
     }
-    let mut pixels = Tensor::f_from_data_size(&bytes, &[kept.len() as i64, s, s, 3], Kind::Uint8)?;
-    if let Some(device) = config.pin_memory {
-        pixels = crate::liteclip::pin(&pixels, device)?;
-    }
+    let (pixels, pinned) = pixels_tensor(&bytes, kept.len(), config)?;
     Ok(ImageBatch {
         index,
         pixels,
-        kept,
+        captions: BatchCaptions::Samples(kept),
         failed,
-        pinned: config.pin_memory.is_some(),
+        pinned,
+        stream: None,
     })
 }
 
@@ -257,7 +294,10 @@ mod tests {
                 assert_eq!(batch.index, i);
                 let expected: Vec<Sample> =
                     planned.iter().copied().filter(|s| s.entry != 7).collect();
-                assert_eq!(batch.kept, expected);
+                let BatchCaptions::Samples(kept) = &batch.captions else {
+                    panic!("folder batches carry samples");
+                };
+                assert_eq!(kept, &expected);
                 assert_eq!(batch.pixels.size(), [expected.len() as i64, 16, 16, 3]);
                 let failed = planned.len() - expected.len();
                 assert_eq!(batch.failed.len(), failed);

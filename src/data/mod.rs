@@ -4,6 +4,8 @@
 
 pub mod loader;
 pub mod shards;
+pub mod source;
+pub mod stream;
 pub mod synthetic;
 
 use std::collections::HashMap;
@@ -164,6 +166,14 @@ impl<'a> GroupedCaptions<'a> {
 /// Names tried, in order, for the captions file of a data set folder.
 const CAPTION_FILES: [&str; 3] = ["captions.txt", "captions.csv", "captions.tsv"];
 
+/// The captions file of a data set folder, if it has one.
+pub(crate) fn captions_file(folder: &Path) -> Option<PathBuf> {
+    CAPTION_FILES
+        .iter()
+        .map(|name| folder.join(name))
+        .find(|p| p.is_file())
+}
+
 impl Dataset {
     /// Reads a data set: a folder in the Flickr8k layout (`Images/` + `captions.txt`, a CSV with
     /// header `image,caption`), or a CSV file. Rows that cannot be parsed and images that do not
@@ -172,23 +182,23 @@ impl Dataset {
         if !data.exists() {
             return Err(Error::FileNotFound {
                 path: data.to_owned(),
-                hint: Some("expected a data set folder (Images/ + captions.txt) or a CSV".into()),
+                hint: Some(
+                    "expected a data set folder (Images/ + captions.txt), a CSV, or WebDataset \
+                     shards (.tar files or a pattern such as shards/{00000..00009}.tar)"
+                        .into(),
+                ),
             });
         }
         let csv_path = if data.is_dir() {
-            CAPTION_FILES
-                .iter()
-                .map(|name| data.join(name))
-                .find(|p| p.is_file())
-                .ok_or_else(|| Error::FileNotFound {
-                    path: data.join(CAPTION_FILES[0]),
-                    hint: Some(format!(
-                        "a data set folder needs a captions file ({}) with columns \"{}\" and \"{}\"",
-                        CAPTION_FILES.join(", "),
-                        options.image_column,
-                        options.caption_column
-                    )),
-                })?
+            captions_file(data).ok_or_else(|| Error::FileNotFound {
+                path: data.join(CAPTION_FILES[0]),
+                hint: Some(format!(
+                    "a data set folder needs a captions file ({}) with columns \"{}\" and \"{}\"",
+                    CAPTION_FILES.join(", "),
+                    options.image_column,
+                    options.caption_column
+                )),
+            })?
         } else {
             data.to_owned()
         };
@@ -424,6 +434,9 @@ pub struct DataInfo {
     /// A separate validation set (`val_data`): then `data` is trained on whole.
     #[serde(default)]
     pub val_data: Option<PathBuf>,
+    /// `data` named WebDataset shards (not split: `val_data` is the validation set).
+    #[serde(default)]
+    pub shards: bool,
 }
 
 impl DataInfo {
@@ -450,6 +463,11 @@ impl DataInfo {
 pub const SPLIT_STREAM: u64 = 1;
 pub const ORDER_STREAM: u64 = 2;
 pub const AUGMENT_STREAM: u64 = 3;
+/// Shard streams: the order of a stream's shards, the shuffle of its blocks, and the caption
+/// picked for a sample with several.
+pub const SHARD_ORDER_STREAM: u64 = 4;
+pub const BLOCK_SHUFFLE_STREAM: u64 = 5;
+pub const CAPTION_STREAM: u64 = 6;
 
 /// One training pair: an image and one of its captions (indices into a [`Dataset`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

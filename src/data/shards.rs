@@ -328,6 +328,40 @@ fn image_extension(path: &Path) -> String {
     }
 }
 
+/// The samples of a shard as its member names promise them (an image member and a `.txt` or
+/// `.json` one under one key), from the tar headers alone: member contents are seeked over,
+/// not read. An upper bound of what [`read_shard`] delivers (an empty caption or a truncated
+/// shard gives fewer); it sizes epochs before any sample is read.
+pub fn count_keys(shard: &Path) -> Result<usize> {
+    let file = File::open(shard).map_err(|e| Error::io(shard, e))?;
+    let mut archive = tar::Archive::new(file);
+    let entries = archive
+        .entries_with_seek()
+        .map_err(|e| Error::io(shard, e))?;
+    let (mut count, mut key, mut image, mut caption) = (0, String::new(), false, false);
+    for entry in entries {
+        let Ok(entry) = entry else {
+            break; // damaged from here on: read_shard stops here too
+        };
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let Ok(path) = entry.path() else { continue };
+        let name = path.to_string_lossy();
+        let Some((k, ext)) = split_member(&name) else {
+            continue;
+        };
+        if k != key {
+            count += usize::from(image && caption);
+            (key, image, caption) = (k.to_owned(), false, false);
+        }
+        let ext = ext.rsplit('.').next().unwrap_or(ext).to_ascii_lowercase();
+        image |= IMAGE_EXTENSIONS.contains(&ext.as_str());
+        caption |= ext == "txt" || ext == "json";
+    }
+    Ok(count + usize::from(image && caption))
+}
+
 /// How many samples each shard of `shards` holds (reads them all: for tests and tools).
 pub fn count_samples(shards: &[PathBuf]) -> Result<BTreeMap<PathBuf, ShardCounts>> {
     shards
@@ -418,6 +452,7 @@ mod tests {
             (counts.samples, counts.no_caption, counts.no_image),
             (2, 1, 1)
         );
+        assert_eq!(count_keys(&path).unwrap(), 2);
         assert!(!counts.truncated);
         // Skipping resumes at a sample.
         let (rest, _) = read_all(&path, 1);

@@ -44,7 +44,7 @@ mod tests {
 
     fn options(data: &Path, output: &Path) -> TrainOptions {
         TrainOptions {
-            data: data.to_owned(),
+            data: data.into(),
             output: output.to_owned(),
             model: "liteclip-nano".into(),
             epochs: 2,

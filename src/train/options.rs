@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::source::DataSpec;
 use crate::data::CsvOptions;
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
@@ -24,8 +25,9 @@ pub const SCRATCH_LR: f64 = 2e-3;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainOptions {
-    /// A Flickr8k-layout folder or a CSV of image paths and captions.
-    pub data: PathBuf,
+    /// A Flickr8k-layout folder, a CSV of image paths and captions, or WebDataset shards (a
+    /// `.tar`, a brace pattern or glob, a folder of `.tar` files, or a list of them).
+    pub data: DataSpec,
     /// The run folder: `best/`, `last/`, `metrics.jsonl`.
     pub output: PathBuf,
     /// Preset name or config JSON path.
@@ -87,6 +89,15 @@ pub struct TrainOptions {
     pub zero_shot_templates: Option<Vec<String>>,
     /// What picks `best/` and drives early stopping.
     pub monitor: Monitor,
+    /// Shards: streams per process, each reading its own shards (shards are dealt over ranks x
+    /// workers); a resume inside an epoch is exact with the same number.
+    pub workers: usize,
+    /// Shards: samples each stream shuffles together (a block, shuffled by seed, epoch and
+    /// block).
+    pub shuffle_buffer: usize,
+    /// Shards: pairs per epoch over all ranks (streams start their shards again when they end);
+    /// None: one pass over the shards.
+    pub samples_per_epoch: Option<usize>,
 }
 
 /// The figure that decides which epoch is best (and whether training stops early).
@@ -142,7 +153,7 @@ impl Default for TrainOptions {
     fn default() -> Self {
         let csv = CsvOptions::default();
         TrainOptions {
-            data: PathBuf::new(),
+            data: DataSpec::default(),
             output: PathBuf::from("runs/liteclip"),
             model: "liteclip".into(),
             epochs: 5,
@@ -175,6 +186,9 @@ impl Default for TrainOptions {
             val_data: None,
             zero_shot_templates: None,
             monitor: Monitor::ValLoss,
+            workers: 2,
+            shuffle_buffer: 1000,
+            samples_per_epoch: None,
         }
     }
 }
@@ -266,8 +280,15 @@ impl TrainOptions {
         if self.max_steps_per_epoch == Some(0) {
             return bad("max_steps_per_epoch must be at least 1 (or None)".into());
         }
-        if self.data.as_os_str().is_empty() {
-            return bad("data is required: a data set folder or a CSV of image,caption".into());
+        if self.workers == 0 || self.shuffle_buffer == 0 || self.samples_per_epoch == Some(0) {
+            return bad("workers, shuffle_buffer and samples_per_epoch must be at least 1".into());
+        }
+        if self.data.is_empty() {
+            return bad(
+                "data is required: a data set folder, a CSV of image,caption, or WebDataset \
+                 shards"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -51,8 +51,15 @@ pub struct TrainResult {
     pub malformed_rows: usize,
     /// Rows whose image file does not exist.
     pub missing_images: usize,
+    /// Images trained on (shards: samples counted from the shards' member names).
     pub train_images: usize,
     pub val_images: usize,
+    /// Shards: samples skipped for having no caption, or no image (over the shards this
+    /// process read).
+    pub samples_without_caption: usize,
+    pub samples_without_image: usize,
+    /// Shards that ended inside a member (the samples before the damage were used).
+    pub truncated_shards: Vec<PathBuf>,
     pub device: String,
     pub precision: String,
 }

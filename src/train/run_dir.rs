@@ -62,6 +62,9 @@ pub(crate) struct PartialEpoch {
     pub nonfinite_skipped: usize,
     pub seconds: f64,
     pub data_wait: f64,
+    /// Shard data: where every rank's streams stood.
+    #[serde(default)]
+    pub shard_cursor: Option<crate::data::stream::ShardCursor>,
 }
 
 impl TrainState {

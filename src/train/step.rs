@@ -7,12 +7,13 @@ use tch::{Kind, Tensor};
 use super::distributed::{backward_global_batch, GlobalStep, LossForm};
 use super::grad_cache::grad_cache_backward;
 use super::trainer::Trainer;
-use crate::data::loader::ImageBatch;
+use crate::data::loader::{BatchCaptions, ImageBatch};
 use crate::error::{Error, Result};
 use crate::liteclip::{to_device_async, token_tensors};
 use crate::loss::clamp_logit_scale;
 use crate::model::{l2_normalize, Precision};
 use crate::rng::Rng;
+use crate::text::TokenBatch;
 
 /// What a step did.
 pub(super) struct StepOutcome {
@@ -126,19 +127,13 @@ impl Trainer<'_> {
     /// `batch_size * accum_steps` rows, as the collectives need one shape on every rank; padding rows are
     /// masked out of the loss. A single process needs no padding.
     fn step_inputs(&self, batch: &ImageBatch) -> Result<StepInputs> {
-        let kept = batch.kept.len();
+        let kept = batch.captions.len();
         let rows = if self.comm.world_size() > 1 {
             self.options.contrastive_batch()
         } else {
             kept
         };
-        let mut indices: Vec<usize> = batch
-            .kept
-            .iter()
-            .map(|s| self.offsets[s.entry as usize] + s.caption as usize)
-            .collect();
-        indices.resize(rows, 0);
-        let (ids, mask) = token_tensors(&self.captions.batch(&indices), self.device)?;
+        let (ids, mask) = token_tensors(&self.batch_tokens(&batch.captions, rows), self.device)?;
         let mut pixels =
             self.normalizer
                 .apply(&to_device_async(&batch.pixels, self.device, batch.pinned)?)?;
@@ -161,6 +156,27 @@ impl Trainer<'_> {
             mask,
             real,
         })
+    }
+
+    /// The tokens of a batch's captions, padded with filler rows to `rows`.
+    fn batch_tokens(&self, captions: &BatchCaptions, rows: usize) -> TokenBatch {
+        let kept = captions.len();
+        match captions {
+            BatchCaptions::Samples(samples) => {
+                let mut indices: Vec<usize> = samples
+                    .iter()
+                    .map(|s| self.offsets[s.entry as usize] + s.caption as usize)
+                    .collect();
+                indices.resize(rows, 0);
+                self.captions.batch(&indices)
+            }
+            BatchCaptions::Tokens(tokens) => {
+                // The loader's tokens end with the padding rows' caption.
+                let mut indices: Vec<usize> = (0..kept).collect();
+                indices.resize(rows, kept);
+                tokens.batch(&indices)
+            }
+        }
     }
 
     /// The Adam step, unless fp16 gradients overflowed (then the loss scale halves instead).

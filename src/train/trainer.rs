@@ -5,7 +5,7 @@
 //! One process is the one-rank case of data-parallel training ([`SingleProcess`]): every run
 //! takes the same path, and the collectives of a world of one cost nothing.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +20,12 @@ use super::report::{EpochRecord, Flow, Observer, StepInfo, TrainResult};
 use super::run_dir::{read_state, PartialEpoch, RunDir, TrainState};
 use crate::checkpoint;
 use crate::config::LiteClipConfig;
-use crate::data::loader::{ImageTransform, Loader, LoaderConfig};
+use crate::data::loader::{ImageBatch, ImageTransform, Loader, LoaderConfig};
+use crate::data::shards::{count_keys, ShardCounts};
+use crate::data::source::DataSource;
+use crate::data::stream::{
+    rank_samples, RankCursor, ShardCursor, ShardLoader, StreamConfig, StreamProgress,
+};
 use crate::data::{epoch_samples, make_batches, DataInfo, Dataset, ImageFolder};
 use crate::error::{Error, Result};
 use crate::eval::{
@@ -50,7 +55,7 @@ pub fn train_distributed(
 
 /// The training and validation sets of a run, and where they came from.
 struct TrainData {
-    train: Arc<Dataset>,
+    train: TrainSet,
     val: Dataset,
     /// Recorded with each checkpoint, so evaluation finds the same split.
     info: DataInfo,
@@ -58,6 +63,53 @@ struct TrainData {
     missing_images: usize,
     /// Classified zero-shot at each epoch's end, with its templates.
     zero_shot: Option<(ImageFolder, Vec<String>)>,
+}
+
+/// The pairs a run trains on.
+enum TrainSet {
+    /// A folder or CSV: image paths and captions held whole, every caption tokenized once.
+    Captioned(Arc<Dataset>),
+    /// WebDataset shards, streamed (see [`crate::data::stream`]).
+    Shards {
+        shards: Arc<Vec<PathBuf>>,
+        /// Samples per shard from the member names; not counted with `samples_per_epoch`.
+        counts: Option<Vec<usize>>,
+    },
+}
+
+impl TrainSet {
+    fn num_images(&self) -> usize {
+        match self {
+            TrainSet::Captioned(dataset) => dataset.num_images(),
+            TrainSet::Shards { counts, .. } => counts.iter().flatten().sum(),
+        }
+    }
+
+    /// Steps of one epoch (before `max_steps_per_epoch`). Shards: a pass over the rank with the
+    /// most samples (ranks that end sooner pad), or `samples_per_epoch` over all ranks.
+    fn steps_per_epoch(&self, options: &TrainOptions, world: usize) -> usize {
+        let rank_batch = options.contrastive_batch();
+        match self {
+            TrainSet::Captioned(dataset) => {
+                make_batches(epoch_samples(dataset, options.seed, 0), rank_batch * world).len()
+            }
+            TrainSet::Shards { counts, .. } => match (options.samples_per_epoch, counts) {
+                (Some(n), _) => n.div_ceil(rank_batch * world),
+                (None, Some(counts)) => (0..world)
+                    .map(|r| rank_samples(counts, r, world, options.workers).div_ceil(rank_batch))
+                    .max()
+                    .unwrap_or(0),
+                (None, None) => 0,
+            },
+        }
+    }
+}
+
+/// A rank's batches for (the rest of) an epoch.
+struct EpochBatches {
+    batches: Box<dyn Iterator<Item = Result<ImageBatch>>>,
+    /// Folder data: pairs of each global batch of the epoch (shards: not known ahead).
+    global_sizes: Option<Vec<usize>>,
 }
 
 pub(super) struct Trainer<'a> {
@@ -79,6 +131,10 @@ pub(super) struct Trainer<'a> {
     total_steps: i64,
     skipped: SkippedImages,
     best_checkpoint: Option<PathBuf>,
+    /// Shard data: where this rank's streams stand after the last batch, and what the shards
+    /// read so far skipped.
+    stream_cursor: Option<RankCursor>,
+    shard_counts: BTreeMap<PathBuf, ShardCounts>,
 }
 
 /// What rank 0 tells the other ranks after an epoch (it alone validates and saves).
@@ -101,7 +157,7 @@ impl<'a> Trainer<'a> {
         let device = options.device.resolve()?;
         let precision = options.precision.on(device);
         let main = comm.rank() == 0;
-        let data = open_data(options, observer)?;
+        let data = open_data(options, observer, comm.world_size())?;
         let run_dir = RunDir::new(&options.output);
         if main {
             run_dir.check_writable()?;
@@ -124,10 +180,12 @@ impl<'a> Trainer<'a> {
             Some(dir) => restore(dir, options, &mut opt, observer)?,
             None => TrainState::new(options.contrastive_batch(), options.seed),
         };
-        let (captions, offsets) = tokenize_captions(&model, &data.train)?;
+        let (captions, offsets) = match &data.train {
+            TrainSet::Captioned(dataset) => tokenize_captions(&model, dataset)?,
+            TrainSet::Shards { .. } => Default::default(), // tokenized batch by batch
+        };
         let steps_per_epoch = {
-            let global_batch = options.contrastive_batch() * comm.world_size();
-            let n = make_batches(epoch_samples(&data.train, options.seed, 0), global_batch).len();
+            let n = data.train.steps_per_epoch(options, comm.world_size());
             options.max_steps_per_epoch.map_or(n, |m| n.min(m))
         };
         Ok(Trainer {
@@ -148,6 +206,8 @@ impl<'a> Trainer<'a> {
             steps_per_epoch,
             total_steps: (steps_per_epoch * options.epochs) as i64,
             skipped: SkippedImages::default(),
+            stream_cursor: None,
+            shard_counts: BTreeMap::new(),
         })
     }
 
@@ -197,33 +257,21 @@ impl<'a> Trainer<'a> {
     /// Trains one epoch, or the rest of one a checkpoint was saved inside; `None` when the
     /// observer stopped it (Ctrl-C).
     fn train_epoch(&mut self, epoch: usize) -> Result<Option<EpochTotals>> {
-        let (rank, world) = (self.comm.rank(), self.comm.world_size());
-        let mut batches = make_batches(
-            epoch_samples(&self.data.train, self.options.seed, epoch as u64),
-            self.global_batch(),
-        );
-        batches.truncate(self.steps_per_epoch);
-        let global_sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
-        let steps = batches.len();
+        let steps = self.steps_per_epoch;
         if self.observer.epoch_start(epoch, self.options.epochs, steps) == Flow::Stop {
             return Ok(None);
         }
         let partial = self.state.partial_epoch.take();
         let done = partial.as_ref().map_or(0, |p| p.steps_done.min(steps));
-        // The epoch's order and each pair's augmentation (keyed by its position in the epoch)
-        // are those of the whole epoch; a resumed one starts at its next batch.
-        let shards = shard_batches(batches, rank, world).into_iter().skip(done);
-        let loader = Loader::start_at(
-            self.data.train.clone(),
-            shards.collect(),
-            self.loader_config(epoch),
-        );
+        let plan = self.epoch_batches(epoch, steps, done, partial.as_ref())?;
         // The loss is read back every step on the CPU (free) and every few steps on a GPU (a
         // read waits for the GPU), or every step when non-finite losses are to be skipped.
         let read_every = if self.device.is_cuda() { 10 } else { 1 };
         let mut totals =
             EpochTotals::new(self.device, self.options.learning_rate(), partial.as_ref())?;
-        let mut batches = loader.enumerate().map(|(i, b)| (i + done, b));
+        let (mut pairs_seen, since) = (0, Instant::now());
+        self.stream_cursor = None;
+        let mut batches = plan.batches.enumerate().map(|(i, b)| (i + done, b));
         loop {
             let waited = Instant::now();
             let Some((i, batch)) = batches.next() else {
@@ -231,16 +279,19 @@ impl<'a> Trainer<'a> {
             };
             totals.data_wait += waited.elapsed().as_secs_f64();
             let mut batch = batch?;
-            self.skipped.add(std::mem::take(&mut batch.failed));
-            // Alone, the global batch is known here: too few pairs leave nothing to contrast.
-            // (Ranks of a group always step together; their padding is masked.)
-            if world == 1 && batch.kept.len() < 2 {
+            self.take_batch_news(&mut batch);
+            if !self.enough_pairs(&batch)? {
                 continue;
             }
             let read_loss = (i + 1) % read_every == 0 || i + 1 == steps;
             let step = self.step(epoch, &batch, read_loss || self.options.skip_nonfinite)?;
             totals.add(&step)?;
             self.state.global_step += 1;
+            let pairs = match &plan.global_sizes {
+                Some(sizes) => sizes[i],
+                None => batch.captions.len() * self.comm.world_size(),
+            };
+            pairs_seen += pairs;
             let info = StepInfo {
                 epoch,
                 step: i + 1,
@@ -248,9 +299,8 @@ impl<'a> Trainer<'a> {
                 global_step: self.state.global_step,
                 loss: step.loss_value,
                 lr: step.lr,
-                pairs: global_sizes[i],
-                pairs_per_second: global_sizes[done..=i].iter().sum::<usize>() as f64
-                    / totals.started.elapsed().as_secs_f64().max(1e-9),
+                pairs,
+                pairs_per_second: pairs_seen as f64 / since.elapsed().as_secs_f64().max(1e-9),
             };
             if self.observer.step(&info) == Flow::Stop {
                 return Ok(None);
@@ -262,6 +312,122 @@ impl<'a> Trainer<'a> {
         Ok(Some(totals))
     }
 
+    /// This rank's batches of epoch `epoch` from step `done` on.
+    fn epoch_batches(
+        &mut self,
+        epoch: usize,
+        steps: usize,
+        done: usize,
+        partial: Option<&PartialEpoch>,
+    ) -> Result<EpochBatches> {
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        let config = self.loader_config(epoch);
+        match &self.data.train {
+            TrainSet::Captioned(dataset) => {
+                let mut batches = make_batches(
+                    epoch_samples(dataset, self.options.seed, epoch as u64),
+                    self.global_batch(),
+                );
+                batches.truncate(steps);
+                let global_sizes = batches.iter().map(Vec::len).collect();
+                // The epoch's order and each pair's augmentation (keyed by its position in the
+                // epoch) are those of the whole epoch; a resumed one starts at its next batch.
+                let shards = shard_batches(batches, rank, world).into_iter().skip(done);
+                let loader = Loader::start_at(dataset.clone(), shards.collect(), config);
+                Ok(EpochBatches {
+                    batches: Box::new(loader),
+                    global_sizes: Some(global_sizes),
+                })
+            }
+            TrainSet::Shards { shards, .. } => {
+                let stream = StreamConfig {
+                    shards: shards.clone(),
+                    rank,
+                    world,
+                    workers: self.options.workers,
+                    shuffle_buffer: self.options.shuffle_buffer,
+                    repeat: self.options.samples_per_epoch.is_some(),
+                    batch_size: self.options.contrastive_batch(),
+                    batches: steps - done,
+                    pad: world > 1,
+                    loader: config,
+                };
+                let cursor = self.resume_cursor(partial);
+                let tokenizer = self.model.tokenizer().clone();
+                Ok(EpochBatches {
+                    batches: Box::new(ShardLoader::start(stream, cursor, tokenizer)),
+                    global_sizes: None,
+                })
+            }
+        }
+    }
+
+    /// Where this rank's shard streams start: the epoch's beginning, or where a checkpoint
+    /// inside it left them (when saved with the same ranks and workers; otherwise the rest of
+    /// the epoch is read from the beginning of the shards, which the message says).
+    fn resume_cursor(&mut self, partial: Option<&PartialEpoch>) -> RankCursor {
+        let (rank, world, workers) = (
+            self.comm.rank(),
+            self.comm.world_size(),
+            self.options.workers,
+        );
+        let saved = partial.and_then(|p| p.shard_cursor.as_ref());
+        match saved {
+            Some(c) if c.workers == workers && c.ranks.len() == world => c.ranks[rank].clone(),
+            Some(c) => {
+                if rank == 0 {
+                    self.observer.message(&format!(
+                        "the checkpoint was saved by {} ranks x {} workers, this run has {world} \
+                         x {workers}: the rest of the epoch reads the shards from their start \
+                         (its samples differ from an unbroken run's)",
+                        c.ranks.len(),
+                        c.workers
+                    ));
+                }
+                RankCursor::start(workers)
+            }
+            None => RankCursor::start(workers),
+        }
+    }
+
+    /// Takes what a batch reports besides its rows: undecodable images, and (shards) the
+    /// streams' position and the samples finished shards skipped.
+    fn take_batch_news(&mut self, batch: &mut ImageBatch) {
+        self.skipped.add(std::mem::take(&mut batch.failed));
+        if let Some(StreamProgress {
+            cursor,
+            shards_done,
+        }) = batch.stream.take()
+        {
+            self.stream_cursor = Some(cursor);
+            for (shard, counts) in shards_done {
+                // A shard read again (another epoch, a resume) is counted once.
+                let seen = self.shard_counts.entry(shard).or_default();
+                if counts.samples + counts.no_caption + counts.no_image
+                    >= seen.samples + seen.no_caption + seen.no_image
+                {
+                    *seen = counts;
+                }
+            }
+        }
+    }
+
+    /// Whether the global batch has the two pairs a contrastive loss needs. Alone, that is
+    /// known here. In a group, folder batches always have them; shard ranks whose streams
+    /// have ended send padding, so the ranks count their pairs together.
+    fn enough_pairs(&self, batch: &ImageBatch) -> Result<bool> {
+        let kept = batch.captions.len();
+        if self.comm.world_size() == 1 {
+            return Ok(kept >= 2);
+        }
+        if matches!(self.data.train, TrainSet::Captioned(_)) {
+            return Ok(true);
+        }
+        let count = Tensor::f_from_slice(&[kept as f32])?.f_to_device(self.device)?;
+        self.comm.all_reduce_sum(&count)?;
+        Ok(count.f_double_value(&[0])? >= 2.0)
+    }
+
     /// A checkpoint every `checkpoint_every` steps of an epoch (its end saves anyway).
     fn checkpoint_due(&self, steps_done: usize, steps: usize) -> bool {
         self.options
@@ -270,15 +436,40 @@ impl<'a> Trainer<'a> {
     }
 
     /// Rank 0 saves `last/` with the position inside the epoch. The other ranks go on: their
-    /// state is rank 0's (every rank steps the same), and a resume reads rank 0's folder.
+    /// state is rank 0's (every rank steps the same), and a resume reads rank 0's folder. With
+    /// shards, every rank first sends rank 0 where its streams stand.
     fn save_inside_epoch(&mut self, steps_done: usize, totals: &EpochTotals) -> Result<()> {
+        let shard_cursor = self.gather_shard_cursor()?;
         if self.comm.rank() != 0 {
             return Ok(());
         }
         let mut state = self.state.clone();
-        state.partial_epoch = Some(totals.partial(steps_done)?);
+        state.partial_epoch = Some(PartialEpoch {
+            shard_cursor,
+            ..totals.partial(steps_done)?
+        });
         self.run_dir
             .save_last(&self.model, &self.opt, &state, &self.data.info)
+    }
+
+    /// Every rank's stream positions (a collective: all ranks call it), for shard data.
+    fn gather_shard_cursor(&self) -> Result<Option<ShardCursor>> {
+        if !matches!(self.data.train, TrainSet::Shards { .. }) {
+            return Ok(None);
+        }
+        let workers = self.options.workers;
+        let local = self
+            .stream_cursor
+            .clone()
+            .unwrap_or_else(|| RankCursor::start(workers))
+            .encode();
+        let local = Tensor::f_from_slice(&local)?.f_to_device(self.device)?;
+        let all = self.comm.all_gather(&local)?.f_to_device(Device::Cpu)?;
+        let values = Vec::<i64>::try_from(&all)?;
+        Ok(Some(ShardCursor {
+            workers,
+            ranks: RankCursor::decode_all(&values, workers),
+        }))
     }
 
     fn loader_config(&self, epoch: usize) -> LoaderConfig {
@@ -433,6 +624,14 @@ impl<'a> Trainer<'a> {
             skipped_images: self.skipped.list,
             malformed_rows: self.data.malformed_rows,
             missing_images: self.data.missing_images,
+            samples_without_caption: self.shard_counts.values().map(|c| c.no_caption).sum(),
+            samples_without_image: self.shard_counts.values().map(|c| c.no_image).sum(),
+            truncated_shards: self
+                .shard_counts
+                .iter()
+                .filter(|(_, c)| c.truncated)
+                .map(|(p, _)| p.clone())
+                .collect(),
             train_images: self.data.train.num_images(),
             val_images: self.data.val.num_images(),
             device: crate::device::device_name(self.device),
@@ -441,25 +640,19 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// Opens the data set and splits it by image; says what was dropped while reading it.
-fn open_data(options: &TrainOptions, observer: &mut dyn Observer) -> Result<TrainData> {
+/// Opens the training data (a captioned set split by image, or shards) and the validation and
+/// zero-shot sets; says what was dropped while reading them.
+fn open_data(
+    options: &TrainOptions,
+    observer: &mut dyn Observer,
+    world: usize,
+) -> Result<TrainData> {
     let csv = options.csv();
-    let dataset = Dataset::open(&options.data, &csv)?;
-    let (train, val) = match &options.val_data {
-        Some(val_data) => (
-            dataset.split(0.0, options.seed)?.0,
-            Dataset::open(val_data, &csv)?,
-        ),
-        None => dataset.split(options.val_fraction, options.seed)?,
+    let source = options.data.resolve()?;
+    let (train, val, report) = match &source {
+        DataSource::Captioned(path) => open_captioned(options, path)?,
+        DataSource::Shards(shards) => open_shards(options, shards, world, observer)?,
     };
-    if train.num_images() < 2 {
-        return Err(Error::invalid(format!(
-            "{}: need at least 2 training images, found {}",
-            options.data.display(),
-            train.num_images()
-        )));
-    }
-    let report = &dataset.report;
     if report.malformed_rows + report.missing_images > 0 {
         observer.message(&format!(
             "data: skipped {} malformed rows and {} rows whose image is missing{}",
@@ -482,20 +675,100 @@ fn open_data(options: &TrainOptions, observer: &mut dyn Observer) -> Result<Trai
     };
     Ok(TrainData {
         zero_shot,
-        train: Arc::new(train),
+        train,
         val,
         info: DataInfo {
-            data: options.data.clone(),
+            data: options.data.first(),
             image_column: csv.image_column,
             caption_column: csv.caption_column,
             images_dir: csv.images_dir,
             val_fraction: options.val_fraction,
             seed: options.seed,
             val_data: options.val_data.clone(),
+            shards: matches!(source, DataSource::Shards(_)),
         },
         malformed_rows: report.malformed_rows,
         missing_images: report.missing_images,
     })
+}
+
+/// A folder or CSV, split by image (or whole, with `val_data`).
+fn open_captioned(
+    options: &TrainOptions,
+    path: &Path,
+) -> Result<(TrainSet, Dataset, crate::data::ReadReport)> {
+    let csv = options.csv();
+    let dataset = Dataset::open(path, &csv)?;
+    let (train, val) = match &options.val_data {
+        Some(val_data) => (
+            dataset.split(0.0, options.seed)?.0,
+            Dataset::open(val_data, &csv)?,
+        ),
+        None => dataset.split(options.val_fraction, options.seed)?,
+    };
+    if train.num_images() < 2 {
+        return Err(Error::invalid(format!(
+            "{}: need at least 2 training images, found {}",
+            path.display(),
+            train.num_images()
+        )));
+    }
+    let report = dataset.report.clone();
+    Ok((TrainSet::Captioned(Arc::new(train)), val, report))
+}
+
+/// Shards, counted from their member names unless `samples_per_epoch` sizes the epoch. No
+/// validation split is cut from a stream: validation comes from `val_data`.
+fn open_shards(
+    options: &TrainOptions,
+    shards: &[PathBuf],
+    world: usize,
+    observer: &mut dyn Observer,
+) -> Result<(TrainSet, Dataset, crate::data::ReadReport)> {
+    if shards.len() < world {
+        return Err(Error::invalid(format!(
+            "{} shards for {world} processes: every process needs at least one shard (write \
+             smaller shards, e.g. liteclip shard --samples-per-shard)",
+            shards.len()
+        )));
+    }
+    let counts = match options.samples_per_epoch {
+        Some(_) => None,
+        None => {
+            let counts = shards
+                .iter()
+                .map(|s| count_keys(s))
+                .collect::<Result<Vec<_>>>()?;
+            if counts.iter().sum::<usize>() < 2 {
+                return Err(Error::invalid(format!(
+                    "{}: the shards hold {} samples (an image member and a .txt or .json \
+                     caption under one key); need at least 2",
+                    options.data.display(),
+                    counts.iter().sum::<usize>()
+                )));
+            }
+            Some(counts)
+        }
+    };
+    let (val, report) = match &options.val_data {
+        Some(val_data) => {
+            let val = Dataset::open(val_data, &options.csv())?;
+            let report = val.report.clone();
+            (val, report)
+        }
+        None => {
+            observer.message(
+                "data: WebDataset shards are not split for validation; pass val_data= (a folder \
+                 or CSV) to validate each epoch",
+            );
+            (Dataset::from_entries(Vec::new()), Default::default())
+        }
+    };
+    let train = TrainSet::Shards {
+        shards: Arc::new(shards.to_vec()),
+        counts,
+    };
+    Ok((train, val, report))
 }
 
 /// The model to train: the run being resumed, or a fresh one (from `init`, or random), with
@@ -640,6 +913,7 @@ impl EpochTotals {
             nonfinite_skipped: self.nonfinite_skipped,
             seconds: self.started.elapsed().as_secs_f64(),
             data_wait: self.data_wait,
+            shard_cursor: None, // filled in by the trainer
         })
     }
 
