@@ -177,6 +177,36 @@ def image_folder(n: int = 256, seed: int = 0) -> list[Path]:
     return paths
 
 
+def phone_photos(n: int = 16, quality: int = 90, seed: int = 0) -> list[Path]:
+    """`n` 12-megapixel JPEGs (4032x3024, a third of them portrait) as phones write them: the
+    real test photos cropped, upscaled, with sensor-like noise (luma and chroma), saved at
+    `quality` (cached under runs/). Nothing is downloaded."""
+    folder = CACHE / f"phone-{n}-{quality}-{seed}"
+    paths = sorted(folder.glob("*.jpg"))
+    if len(paths) == n:
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sources = [Image.open(p).convert("RGB") for p in PHOTOS]
+    paths = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        size = (3024, 4032) if i % 3 == 2 else (4032, 3024)
+        cw, ch = int(src.width * rng.uniform(0.7, 1.0)), int(src.height * rng.uniform(0.7, 1.0))
+        x, y = int(rng.integers(0, src.width - cw + 1)), int(rng.integers(0, src.height - ch + 1))
+        img = src.crop((x, y, x + cw, y + ch)).resize(size, Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        pixels = np.asarray(img, dtype=np.float32)
+        luma = rng.normal(0, 3.0, pixels.shape[:2])[..., None]
+        chroma = rng.normal(0, 1.5, pixels.shape)
+        noisy = (pixels + luma + chroma).clip(0, 255).astype(np.uint8)
+        path = folder / f"{i:04d}.jpg"
+        Image.fromarray(noisy).save(path, quality=quality)
+        paths.append(path)
+    return paths
+
+
 WORDS = {
     "who": [
         "A man",

@@ -13,7 +13,7 @@ use crate::data::{
 };
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
-use crate::image::Normalizer;
+use crate::image::{DecodeMode, Normalizer};
 use crate::liteclip::to_device_async;
 use crate::liteclip::LiteClip;
 use crate::loss::clip_loss;
@@ -74,6 +74,7 @@ pub fn embed_entries(
             seed: 0,
             epoch: 0,
             pin_memory: model.device().is_cuda().then(|| model.device()),
+            decode: model.decode(),
         },
     );
     let normalizer = Normalizer::new(model.device())?;
@@ -500,6 +501,8 @@ pub struct EvalOptions {
     pub image_column: Option<String>,
     pub caption_column: Option<String>,
     pub images_dir: Option<PathBuf>,
+    /// How images are decoded (scaled JPEG decoding, or every pixel).
+    pub decode: DecodeMode,
 }
 
 impl Default for EvalOptions {
@@ -518,6 +521,7 @@ impl Default for EvalOptions {
             image_column: None,
             caption_column: None,
             images_dir: None,
+            decode: DecodeMode::default(),
         }
     }
 }
@@ -540,6 +544,7 @@ impl EvalOptions {
 pub fn evaluate_checkpoint(options: &EvalOptions) -> Result<Report> {
     let mut model = LiteClip::load(&options.checkpoint, options.device.resolve()?, None)?;
     model.set_precision(options.precision);
+    model.set_decode(options.decode);
     evaluate(&model, options)
 }
 

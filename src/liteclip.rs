@@ -9,7 +9,7 @@ use crate::cancel;
 use crate::checkpoint;
 use crate::config::LiteClipConfig;
 use crate::error::{Error, Result};
-use crate::image::{preprocess_batch, ImageInput};
+use crate::image::{preprocess_batch, DecodeMode, ImageInput};
 use crate::model::{ClipModel, Precision};
 use crate::text::{Padding, TextTokenizer, TokenBatch, TokenizedCaptions};
 
@@ -32,6 +32,8 @@ pub struct LiteClip {
     tokenizer: TextTokenizer,
     /// Arithmetic of inference passes (fp32 unless the user asks otherwise).
     precision: Precision,
+    /// How images are decoded before the resize (scaled JPEG decoding, or every pixel).
+    decode: DecodeMode,
 }
 
 impl std::fmt::Debug for LiteClip {
@@ -56,6 +58,7 @@ impl LiteClip {
             model,
             tokenizer,
             precision: Precision::Fp32,
+            decode: DecodeMode::default(),
         })
     }
 
@@ -128,6 +131,15 @@ impl LiteClip {
         self.precision
     }
 
+    /// Sets how images given by path or bytes are decoded ([`DecodeMode`]).
+    pub fn set_decode(&mut self, decode: DecodeMode) {
+        self.decode = decode;
+    }
+
+    pub fn decode(&self) -> DecodeMode {
+        self.decode
+    }
+
     /// Channels-last convolutions pay off on CUDA only.
     fn enter_precision(&self) -> crate::model::precision::PrecisionGuard {
         self.precision.enter(self.device().is_cuda())
@@ -169,7 +181,7 @@ impl LiteClip {
     /// Decodes and transforms images into a `(N, 3, S, S)` float batch on the CPU.
     pub fn preprocess(&self, images: &[ImageInput]) -> Result<Tensor> {
         let size = self.config.image_size;
-        let data = preprocess_batch(images, size as u32)?;
+        let data = preprocess_batch(images, size as u32, self.decode)?;
         Ok(Tensor::f_from_slice(&data)?.f_view([images.len() as i64, 3, size, size])?)
     }
 

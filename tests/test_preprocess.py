@@ -166,3 +166,103 @@ def test_other_sizes():
     got = liteclip.preprocess(str(CAT), image_size=64)
     assert got.shape == (3, 64, 64)
     assert _mad(got, _reference(io.BytesIO(CAT.read_bytes()), 64)) <= MAD_LIMIT
+
+
+# -- decode="fast": large JPEGs decoded at a reduced DCT scale -----------------------------------
+
+
+def _camera_jpeg(path: Path, size=(2400, 1800), quality=90, seed=0, exif=None) -> Path:
+    """A real photo upscaled to camera-like size, with noise, as a JPEG."""
+    rng = np.random.default_rng(seed)
+    img = Image.open(CAT).convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 3, (size[1], size[0], 3))
+    kwargs = {"exif": exif} if exif is not None else {}
+    Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=quality, **kwargs)
+    return path
+
+
+def _pil_draft_reference(path: Path, scale: int, size=224) -> np.ndarray:
+    """PIL's own DCT-scaled decoding (`Image.draft`, libjpeg's scaled IDCT) + the original
+    transform: an independent implementation of what decode="fast" does."""
+    img = Image.open(path)
+    w, h = img.size
+    img.draft("RGB", (-(-w // scale), -(-h // scale)))
+    assert img.size == (-(-w // scale), -(-h // scale)), img.size
+    return reference.image_transform(size)(img.convert("RGB")).numpy()
+
+
+@pytest.mark.parametrize("size,scale", [((2400, 1800), 4), ((1800, 2400), 4), ((1000, 900), 2)])
+def test_fast_decoding_matches_pils_draft_mode(tmp_path, size, scale):
+    """1800 px short side: 1/4 scale keeps 450 >= 2 x 224; 900 px: only 1/2 does."""
+    path = _camera_jpeg(tmp_path / "p.jpg", size=size)
+    fast = liteclip.preprocess(str(path), decode="fast")
+    # libjpeg's scaled IDCT on both sides, then the same resize: at most one 8-bit level apart
+    # anywhere (bit-identical with the Pillow this was written against).
+    one_level = 1.01 / 255 / min(reference.CLIP_STD)
+    assert np.abs(fast - _pil_draft_reference(path, scale)).max() <= one_level
+    # Not the exact decode (which it would equal if nothing were scaled) ...
+    exact = liteclip.preprocess(str(path))
+    assert not np.array_equal(fast, exact)
+    # ... but close to it: the resize to 224 throws most of the difference away.
+    assert _mad(fast, exact) < 0.01
+
+
+def test_fast_decoding_leaves_small_images_and_other_formats_exact(tmp_path):
+    small = _camera_jpeg(tmp_path / "small.jpg", size=(640, 440))  # 440 < 2 x 224: no scaling
+    png = tmp_path / "big.png"
+    Image.open(_camera_jpeg(tmp_path / "big.jpg")).save(png)
+    for path in (small, png, *REAL_IMAGES):
+        np.testing.assert_array_equal(
+            liteclip.preprocess(str(path), decode="fast"), liteclip.preprocess(str(path))
+        )
+
+
+def test_fast_decoding_honours_exif_orientation_and_falls_back_for_cmyk(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = Image.open(_camera_jpeg(tmp_path / "up.jpg")).transpose(Image.Transpose.ROTATE_90)
+    rotated = tmp_path / "rotated.jpg"
+    stored.save(rotated, quality=95, exif=exif.tobytes())
+    fast = liteclip.preprocess(str(rotated), decode="fast")
+    assert _mad(fast, liteclip.preprocess(str(rotated))) < 0.02
+    assert _mad(fast, liteclip.preprocess(str(tmp_path / "up.jpg"), decode="fast")) < 0.03
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.open(tmp_path / "up.jpg").convert("CMYK").save(cmyk, quality=92)
+    np.testing.assert_array_equal(
+        liteclip.preprocess(str(cmyk), decode="fast"), liteclip.preprocess(str(cmyk))
+    )
+
+
+def test_fast_decoding_reports_broken_files_as_exact_decoding_does(tmp_path):
+    data = _camera_jpeg(tmp_path / "p.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.jpg").write_bytes(data[:600] + bytes(range(256)) * 40 + b"\xff\xd9")
+    for name in ("cut.jpg", "garbage.jpg"):
+        messages = []
+        for decode in ("exact", "fast"):
+            with pytest.raises(liteclip.ImageDecodeError) as e:
+                liteclip.preprocess(str(tmp_path / name), decode=decode)
+            messages.append(str(e.value))
+        assert messages[0] == messages[1]
+    with pytest.raises(ValueError, match="decode"):
+        liteclip.preprocess(str(tmp_path / "p.jpg"), decode="quick")
+
+
+def test_decode_mode_reaches_every_entry_point(tmp_path):
+    """The model, the pipeline and encode_image all decode as they are told."""
+    big = str(_camera_jpeg(tmp_path / "big.jpg"))
+    exact = liteclip.LiteClip("liteclip-nano", device="cpu", seed=0)
+    fast = liteclip.LiteClip("liteclip-nano", device="cpu", seed=0, decode="fast")
+    assert (exact.decode, fast.decode) == ("exact", "fast")
+    e, f = exact.encode_image(big), fast.encode_image(big)
+    # nano takes 64 px: 1/8 scale keeps 225 >= 128 rows; the embeddings differ, slightly.
+    assert not np.array_equal(e, f) and float((e * f).sum()) > 0.999
+    np.testing.assert_array_equal(
+        fast.encode_image(liteclip.preprocess(big, image_size=64, decode="fast")), f
+    )
+    saved = tmp_path / "nano"
+    exact.save(saved)
+    pipe = liteclip.ZeroShotPipeline(saved, device="cpu", decode="fast")
+    assert pipe.model.decode == "fast"
+    with pytest.raises(ValueError, match="decode"):
+        liteclip.LiteClip.load(saved, decode="draft")

@@ -101,6 +101,7 @@ class LiteClip:
         device: str = "auto",
         seed: int | None = None,
         precision: str = "fp32",
+        decode: str = "exact",
     ) -> Self: ...
     @staticmethod
     def load(
@@ -108,9 +109,12 @@ class LiteClip:
         device: str = "auto",
         config: str | None = None,
         precision: str = "fp32",
+        decode: str = "exact",
     ) -> LiteClip: ...
     @property
     def precision(self) -> str: ...
+    @property
+    def decode(self) -> str: ...
     def save(self, path: str | os.PathLike[str]) -> None: ...
     def push_to_hub(
         self,
@@ -172,6 +176,7 @@ class ZeroShotPipeline:
         checkpoint: str | os.PathLike[str] | LiteClip | None = None,
         device: str = "auto",
         precision: str = "fp32",
+        decode: str = "exact",
     ) -> Self: ...
     def predict(
         self,
@@ -205,6 +210,7 @@ class Index:
         progress: _Progress | None = None,
         lock_wait: float = 10.0,
         commit_every: int = 1024,
+        decode: str = "exact",
     ) -> Index: ...
     @staticmethod
     def create(
@@ -213,6 +219,7 @@ class Index:
         checkpoint: str | os.PathLike[str],
         device: str = "auto",
         precision: str = "fp32",
+        decode: str = "exact",
     ) -> Index: ...
     @staticmethod
     def open(
@@ -220,6 +227,7 @@ class Index:
         checkpoint: str | os.PathLike[str] | LiteClip | None = None,
         device: str = "auto",
         precision: str = "fp32",
+        decode: str = "exact",
     ) -> Index: ...
     def update(
         self,
@@ -266,7 +274,7 @@ class Index:
     def device(self) -> str: ...
 
 def preprocess(
-    image: _Image | Sequence[_Image], image_size: int = 224
+    image: _Image | Sequence[_Image], image_size: int = 224, decode: str = "exact"
 ) -> npt.NDArray[np.float32]: ...
 def tokenize(
     texts: str | Sequence[str],

@@ -104,6 +104,7 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_precision(parser: argparse.ArgumentParser) -> None:
+    """--precision and --decode: how a loaded model computes and decodes."""
     from ._liteclip import OPTION_CHOICES
 
     parser.add_argument(
@@ -112,6 +113,13 @@ def _add_precision(parser: argparse.ArgumentParser) -> None:
         choices=OPTION_CHOICES["evaluate"]["precision"],
         help='"fp32" (exact), "bf16" (faster on CPUs and GPUs with bf16 units) or "fp16" '
         "(default: fp32)",
+    )
+    parser.add_argument(
+        "--decode",
+        default="exact",
+        choices=OPTION_CHOICES["evaluate"]["decode"],
+        help='"exact" (every pixel, as PIL) or "fast" (large JPEGs decoded at a reduced DCT '
+        "scale) (default: exact)",
     )
 
 
@@ -128,8 +136,8 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif field.type in ("int", "float"):
             kwargs["type"] = int if field.type == "int" else float
-        if field.name == "precision":
-            kwargs["choices"] = OPTION_CHOICES["evaluate"]["precision"]
+        if field.name in ("precision", "decode"):
+            kwargs["choices"] = OPTION_CHOICES["evaluate"][field.name]
         parser.add_argument(flag, **kwargs)
 
 
@@ -342,7 +350,9 @@ def _parser() -> argparse.ArgumentParser:
 def _predict(args: argparse.Namespace) -> int:
     from . import ZeroShotPipeline
 
-    pipeline = ZeroShotPipeline(args.checkpoint, device=args.device, precision=args.precision)
+    pipeline = ZeroShotPipeline(
+        args.checkpoint, device=args.device, precision=args.precision, decode=args.decode
+    )
     ranking = pipeline.predict(
         args.image, args.labels, top_k=args.top_k, hypothesis_template=args.template
     )
@@ -413,7 +423,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from . import LiteClip
 
-    model = LiteClip.load(args.checkpoint, device=args.device, precision=args.precision)
+    model = LiteClip.load(
+        args.checkpoint, device=args.device, precision=args.precision, decode=args.decode
+    )
     summary = model.embed_to_file(
         args.source, args.output, batch_size=args.batch_size, checkpoint=str(args.checkpoint)
     )
@@ -476,13 +488,16 @@ def _index(args: argparse.Namespace) -> int:
                 args.checkpoint,
                 device=args.device,
                 precision=args.precision,
+                decode=args.decode,
                 **options,
             )
             report = index.last_report
         else:
             if not (Path(args.index) / "manifest.json").exists():
                 raise ValueError(f"{args.index} is not an index yet: give --checkpoint to build it")
-            index = Index.open(args.index, device=args.device, precision=args.precision)
+            index = Index.open(
+                args.index, device=args.device, precision=args.precision, decode=args.decode
+            )
             if Path(args.root).resolve() != Path(index.root):
                 raise BadIndexError(f"{args.index} is an index of {index.root}, not {args.root}")
             report = index.update(**options)
@@ -530,7 +545,11 @@ def _search(args: argparse.Namespace) -> int:
     if str(args.index).endswith(".npy"):
         return _search_npy(args, query)
     index = Index.open(
-        args.index, checkpoint=args.checkpoint, device=args.device, precision=args.precision
+        args.index,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        decode=args.decode,
     )
     hits = [{"path": path, "score": score} for path, score in index.search(query, k=args.top_k)]
     if args.json:
@@ -559,7 +578,9 @@ def _search_npy(args: argparse.Namespace, query: Any) -> int:
             f"{index_path}: the index lists {len(meta['items'])} items for "
             f"{len(embeddings)} embeddings"
         )
-    model = LiteClip.load(args.checkpoint, device=args.device, precision=args.precision)
+    model = LiteClip.load(
+        args.checkpoint, device=args.device, precision=args.precision, decode=args.decode
+    )
     vector = model.encode_image(query) if isinstance(query, Path) else model.encode_text(query)
     if vector.shape[1] != embeddings.shape[1]:
         raise ValueError(

@@ -172,6 +172,7 @@ def train(
     workers: int = 2,
     shuffle_buffer: int = 1000,
     samples_per_epoch: int | None = None,
+    decode: str = "exact",
 ) -> TrainResult:
     """Trains a liteclip model contrastively on captioned images.
 
@@ -279,6 +280,9 @@ def train(
             ``--train-num-samples``); a stream that reaches the end of its shards starts them
             again, in a new order. ``None``: an epoch is one pass over the shards (counted from
             their tar headers at start; processes whose shards end first pad with no pairs).
+        decode: ``"exact"`` (every pixel, as PIL) or ``"fast"``: large JPEGs (phone photos) are
+            decoded at 1/2, 1/4 or 1/8 scale in the DCT domain, keeping at least twice the
+            resolution the crop is resized to (see ``LiteClip.load``).
 
     Returns:
         A :class:`TrainResult`. Images that cannot be decoded are skipped and counted, not
@@ -331,6 +335,7 @@ def evaluate(
     image_column: str | None = None,
     caption_column: str | None = None,
     images_dir: PathLike | None = None,
+    decode: str = "exact",
 ) -> dict[str, Any]:
     """Evaluates a checkpoint.
 
@@ -360,6 +365,8 @@ def evaluate(
         image_column: retrieval: CSV column of image paths (default: the run's).
         caption_column: retrieval: CSV column of captions (default: the run's).
         images_dir: retrieval: folder the image paths are relative to (default: the run's).
+        decode: ``"exact"`` or ``"fast"`` (scaled decoding of large JPEGs; see
+            ``LiteClip.load``).
 
     Returns:
         A dict of metrics (see above), with ``images`` (and ``captions``) counted.

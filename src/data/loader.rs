@@ -17,7 +17,7 @@ use tch::{Kind, Tensor};
 
 use super::stream::StreamProgress;
 use super::{Dataset, Sample, AUGMENT_STREAM};
-use crate::image::{decode, transform};
+use crate::image::{decode, transform, DecodeMode, Resolution};
 use crate::rng::Rng;
 use crate::text::TokenizedCaptions;
 
@@ -45,6 +45,25 @@ pub struct LoaderConfig {
     pub epoch: u64,
     /// Put batches in page-locked memory for asynchronous copies to this GPU.
     pub pin_memory: Option<tch::Device>,
+    /// Scaled JPEG decoding, or every pixel.
+    pub decode: DecodeMode,
+}
+
+impl LoaderConfig {
+    /// How much of each image the transform needs decoded: the output size for the center
+    /// crop; for random crops, enough that the smallest crop (`scale.0` of the area at the most
+    /// extreme aspect ratio) still has it.
+    pub fn resolution(&self) -> Resolution {
+        let short_side = match self.transform {
+            ImageTransform::Center => self.image_size,
+            ImageTransform::RandomResizedCrop { scale, ratio } => {
+                let extreme = ratio.1.max(1.0 / ratio.0);
+                let fraction = (scale.0 / extreme).sqrt().clamp(1e-3, 1.0);
+                (f64::from(self.image_size) / fraction).ceil() as u32
+            }
+        };
+        self.decode.resolution(short_side)
+    }
 }
 
 /// One batch of images, ready to be moved to the device.
@@ -225,7 +244,8 @@ fn prepare(
                 config.epoch,
                 first_position + i as u64,
             );
-            let rgb = decode::decode_file(&dataset.entries[sample.entry as usize].path)?;
+            let path = &dataset.entries[sample.entry as usize].path;
+            let rgb = decode::decode_file_at(path, config.resolution())?;
             Ok(transform_image(&rgb, config, &mut rng))
         })
         .collect();
@@ -270,6 +290,7 @@ mod tests {
             seed: 3,
             epoch: 1,
             pin_memory: None,
+            decode: DecodeMode::Exact,
         }
     }
 

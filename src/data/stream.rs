@@ -355,7 +355,8 @@ fn prepare_rows(samples: Vec<StreamSample>, config: &LoaderConfig) -> Rows {
     let prepared: Vec<Result<Vec<u8>>> = samples
         .par_iter()
         .map(|s| {
-            let rgb = decode::decode_bytes(&s.sample.image, &s.origin.to_string_lossy())?;
+            let origin = s.origin.to_string_lossy();
+            let rgb = decode::decode_bytes_at(&s.sample.image, &origin, config.resolution())?;
             let mut rng = Rng::derive(config.seed ^ AUGMENT_STREAM, config.epoch, s.key);
             Ok(transform_image(&rgb, config, &mut rng))
         })
@@ -560,6 +561,7 @@ mod tests {
                 seed: 11,
                 epoch,
                 pin_memory: None,
+                decode: crate::image::DecodeMode::Exact,
             },
         }
     }

@@ -3,6 +3,7 @@
 //! [`transform`]; this module only dispatches and batches them across threads.
 
 pub mod decode;
+pub mod scaled_jpeg;
 pub mod thumbnail;
 pub mod transform;
 
@@ -14,7 +15,9 @@ use rayon::prelude::*;
 use crate::error::Result;
 use tch::{Kind, Tensor};
 
-pub use decode::{max_image_pixels, set_max_image_pixels, DEFAULT_MAX_IMAGE_PIXELS};
+pub use decode::{
+    max_image_pixels, set_max_image_pixels, DecodeMode, Resolution, DEFAULT_MAX_IMAGE_PIXELS,
+};
 
 /// One image, in any of the forms the public API accepts.
 #[derive(Debug, Clone)]
@@ -28,32 +31,37 @@ pub enum ImageInput {
 }
 
 impl ImageInput {
-    /// Decodes (if needed) to 8-bit RGB.
-    pub fn to_rgb(&self) -> Result<std::borrow::Cow<'_, RgbImage>> {
+    /// Decodes (if needed) to 8-bit RGB, at the resolution `need` asks for or more.
+    pub fn to_rgb(&self, need: Resolution) -> Result<std::borrow::Cow<'_, RgbImage>> {
         use std::borrow::Cow;
         Ok(match self {
-            ImageInput::Path(path) => Cow::Owned(decode::decode_file(path)?),
-            ImageInput::Encoded(bytes) => Cow::Owned(decode::decode_bytes(bytes, "image bytes")?),
+            ImageInput::Path(path) => Cow::Owned(decode::decode_file_at(path, need)?),
+            ImageInput::Encoded(bytes) => {
+                Cow::Owned(decode::decode_bytes_at(bytes, "image bytes", need)?)
+            }
             ImageInput::Pixels(rgb) => Cow::Borrowed(rgb),
         })
     }
 
     /// Decodes and transforms to a `3 x size x size` normalised float array.
-    pub fn preprocess(&self, size: u32) -> Result<Vec<f32>> {
-        Ok(transform::preprocess(&*self.to_rgb()?, size))
+    pub fn preprocess(&self, size: u32, decode: DecodeMode) -> Result<Vec<f32>> {
+        Ok(transform::preprocess(
+            &*self.to_rgb(decode.resolution(size))?,
+            size,
+        ))
     }
 }
 
 /// Preprocesses many images in parallel into one contiguous `N x 3 x size x size` buffer. The
 /// first failing image (in input order) is the error reported.
-pub fn preprocess_batch(images: &[ImageInput], size: u32) -> Result<Vec<f32>> {
+pub fn preprocess_batch(images: &[ImageInput], size: u32, decode: DecodeMode) -> Result<Vec<f32>> {
     let per_image = 3 * size as usize * size as usize;
     let mut out = vec![0f32; per_image * images.len()];
     let outcomes: Vec<Result<()>> = out
         .par_chunks_mut(per_image)
         .zip(images.par_iter())
         .map(|(slot, image)| {
-            slot.copy_from_slice(&image.preprocess(size)?);
+            slot.copy_from_slice(&image.preprocess(size, decode)?);
             Ok(())
         })
         .collect();

@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 use super::scan::{hash_bytes, FoundFile};
 use crate::cancel;
 use crate::error::{Error, Result};
-use crate::image::{decode, transform};
+use crate::image::{decode, transform, DecodeMode};
 use crate::liteclip::LiteClip;
 
 /// Batches decoded ahead of the model: one waiting while the next is decoded.
@@ -47,7 +47,7 @@ pub fn embed_files(
     mut sink: impl FnMut(BatchOutcome) -> Result<()>,
 ) -> Result<()> {
     let size = model.config().image_size as u32;
-    let (batches, producer) = start_decoding(files, batch_size.max(1), size);
+    let (batches, producer) = start_decoding(files, batch_size.max(1), size, model.decode());
     let result = (|| {
         for batch in &batches {
             cancel::check()?;
@@ -65,6 +65,7 @@ fn start_decoding(
     files: Vec<FoundFile>,
     batch_size: usize,
     size: u32,
+    decode: DecodeMode,
 ) -> (Receiver<Vec<Decoded>>, JoinHandle<()>) {
     let (send, receive) = sync_channel(DECODED_AHEAD);
     let producer = std::thread::spawn(move || {
@@ -74,7 +75,7 @@ fn start_decoding(
             let decoded: Vec<Decoded> = batch
                 .into_par_iter()
                 .map(|file| Decoded {
-                    outcome: read_and_preprocess(&file, size),
+                    outcome: read_and_preprocess(&file, size, decode),
                     file,
                 })
                 .collect();
@@ -90,9 +91,11 @@ fn start_decoding(
 fn read_and_preprocess(
     file: &FoundFile,
     size: u32,
+    mode: DecodeMode,
 ) -> std::result::Result<(String, Vec<f32>), String> {
     let bytes = std::fs::read(&file.absolute).map_err(|e| format!("cannot read: {e}"))?;
-    let rgb = decode::decode_bytes(&bytes, &file.path).map_err(|e| match e {
+    let need = mode.resolution(size);
+    let rgb = decode::decode_bytes_at(&bytes, &file.path, need).map_err(|e| match e {
         Error::ImageDecode { message, .. } => message,
         other => other.to_string(),
     })?;

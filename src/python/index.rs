@@ -16,8 +16,9 @@ use crate::error::{Error, Result};
 // The signature defaults below (commit_every = 1024, lock_wait = 10.0) are the core's
 // COMMIT_EVERY and LOCK_WAIT_SECONDS written out, so that help() shows them;
 // tests/test_index.py checks them (and the CLI's) against INDEX_DEFAULTS, made from the core.
-use crate::image::decode::decode_file;
+use crate::image::decode::decode_file_at;
 use crate::image::thumbnail::thumbnail_jpeg;
+use crate::image::{DecodeMode, Resolution};
 use crate::index::{Hit, PhotoIndex, Progress, UpdateOptions, UpdateReport};
 
 /// `INDEX_DEFAULTS`: the core's defaults of an update, for the signature and CLI checks.
@@ -43,6 +44,7 @@ pub struct PyIndex {
     checkpoint: Option<PathBuf>,
     device: String,
     precision: Precision,
+    decode: DecodeMode,
     last_report: Mutex<Option<UpdateReport>>,
 }
 
@@ -126,9 +128,10 @@ impl PyIndex {
             return Ok(model.clone());
         }
         let device = parse_device(&self.device)?;
-        let model = self
-            .locked()
-            .load_model(self.checkpoint.as_deref(), device, self.precision)?;
+        let mut model =
+            self.locked()
+                .load_model(self.checkpoint.as_deref(), device, self.precision)?;
+        model.set_decode(self.decode);
         let model = Arc::new(SharedModel::new(model));
         *slot = Some(model.clone());
         Ok(model)
@@ -142,7 +145,7 @@ impl PyIndex {
     /// `progress`, if given, is called with a dict (`done`, `to_embed`, `skipped`, `seconds`)
     /// after each batch. The report of this first update is `index.last_report`.
     #[staticmethod]
-    #[pyo3(signature = (root, path, checkpoint, device = "auto", precision = "fp32", batch_size = 64, progress = None, lock_wait = 10.0, commit_every = 1024))]
+    #[pyo3(signature = (root, path, checkpoint, device = "auto", precision = "fp32", batch_size = 64, progress = None, lock_wait = 10.0, commit_every = 1024, decode = "exact"))]
     #[allow(clippy::too_many_arguments)]
     fn build(
         py: Python<'_>,
@@ -155,9 +158,10 @@ impl PyIndex {
         progress: Option<Py<PyAny>>,
         lock_wait: f64,
         commit_every: usize,
+        decode: &str,
     ) -> PyResult<Self> {
         let options = update_options(batch_size, commit_every, lock_wait).py_err(py)?;
-        let built = Self::create(py, root, path, checkpoint, device, precision)?;
+        let built = Self::create(py, root, path, checkpoint, device, precision, decode)?;
         let mut report_progress = progress_callback(progress);
         let report = run_released(py, || {
             let model = built.model()?;
@@ -173,7 +177,7 @@ impl PyIndex {
     /// existing one, which must be of that folder and those weights), without embedding
     /// anything yet: `update()` does that.
     #[staticmethod]
-    #[pyo3(signature = (root, path, checkpoint, device = "auto", precision = "fp32"))]
+    #[pyo3(signature = (root, path, checkpoint, device = "auto", precision = "fp32", decode = "exact"))]
     fn create(
         py: Python<'_>,
         root: PathBuf,
@@ -181,12 +185,15 @@ impl PyIndex {
         checkpoint: PathBuf,
         device: &str,
         precision: &str,
+        decode: &str,
     ) -> PyResult<Self> {
         let precision = Precision::parse(precision).py_err(py)?;
+        let decode = DecodeMode::parse(decode).py_err(py)?;
         let device_spec = device.to_owned();
         let (index, model) = run_released(py, move || {
             let mut model = LiteClip::load(&checkpoint, parse_device(&device_spec)?, None)?;
             model.set_precision(precision);
+            model.set_decode(decode);
             let index = PhotoIndex::create(&path, &root, &model, &checkpoint)?;
             Ok((index, model))
         })?;
@@ -196,6 +203,7 @@ impl PyIndex {
             checkpoint: None,
             device: device.to_owned(),
             precision,
+            decode,
             last_report: Mutex::new(None),
         })
     }
@@ -228,15 +236,17 @@ impl PyIndex {
     /// recorded checkpoint (loaded at the first search or update); a `checkpoint` given here
     /// (a path, or a loaded `LiteClip` to share) must hold the same weights, and is checked now.
     #[staticmethod]
-    #[pyo3(signature = (path, checkpoint = None, device = "auto", precision = "fp32"))]
+    #[pyo3(signature = (path, checkpoint = None, device = "auto", precision = "fp32", decode = "exact"))]
     fn open(
         py: Python<'_>,
         path: PathBuf,
         checkpoint: Option<&Bound<'_, PyAny>>,
         device: &str,
         precision: &str,
+        decode: &str,
     ) -> PyResult<Self> {
         let precision = Precision::parse(precision).py_err(py)?;
+        let decode = DecodeMode::parse(decode).py_err(py)?;
         let (checkpoint, loaded) = match checkpoint {
             None => (None, None),
             Some(obj) => match obj.downcast::<PyLiteClip>() {
@@ -270,6 +280,7 @@ impl PyIndex {
             checkpoint,
             device: device.to_owned(),
             precision,
+            decode,
             last_report: Mutex::new(None),
         };
         if opened.checkpoint.is_some() {
@@ -393,7 +404,9 @@ impl PyIndex {
                 index.path_of(id)
             };
             // Decoded outside the lock: searches go on meanwhile.
-            path.map(|p| thumbnail_jpeg(&decode_file(&p)?, size))
+            // A thumbnail needs no more than twice its own size decoded.
+            let need = Resolution::AtLeast(size.saturating_mul(2));
+            path.map(|p| thumbnail_jpeg(&decode_file_at(&p, need)?, size))
                 .transpose()
         })?;
         Ok(jpeg.map(|bytes| pyo3::types::PyBytes::new(py, &bytes)))

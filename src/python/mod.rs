@@ -23,17 +23,19 @@ use crate::text::{Padding, TextTokenizer};
 
 /// Applies liteCLIP's image transform (resize shorter side with bicubic antialiasing, center
 /// crop, normalise with CLIP's mean/std). One image gives float32 `(3, S, S)`; a list gives
-/// `(N, 3, S, S)`.
+/// `(N, 3, S, S)`. `decode="fast"` decodes large JPEGs at a reduced DCT scale first.
 #[pyfunction]
-#[pyo3(signature = (image, image_size = 224))]
+#[pyo3(signature = (image, image_size = 224, decode = "exact"))]
 fn preprocess<'py>(
     py: Python<'py>,
     image: &Bound<'py, PyAny>,
     image_size: u32,
+    decode: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     if image_size == 0 {
         return Err(Error::invalid("image_size must be positive")).py_err(py);
     }
+    let decode = img::DecodeMode::parse(decode).py_err(py)?;
     let (list, batched) = match extract_images(image).py_err(py)?.into_core() {
         (liteclip::Images::Inputs(list), batched) => (list, batched),
         (liteclip::Images::Pixels(_), _) => {
@@ -44,7 +46,7 @@ fn preprocess<'py>(
         }
     };
     let n = list.len();
-    let data = run_released(py, move || preprocess_batch(&list, image_size))?;
+    let data = run_released(py, move || preprocess_batch(&list, image_size, decode))?;
     let s = image_size as usize;
     let shape = if batched {
         vec![n, 3, s, s]

@@ -12,6 +12,7 @@ use super::errors::{run_released, IntoPyResult};
 use crate::config::LiteClipConfig;
 use crate::device::{device_name, parse_device};
 use crate::error::Result;
+use crate::image::DecodeMode;
 use crate::liteclip::LiteClip;
 use crate::model::Precision;
 
@@ -67,15 +68,18 @@ impl PyLiteClip {
         device: &str,
         config: Option<&str>,
         precision: &str,
+        decode: &str,
     ) -> PyResult<Self> {
         let device = device.to_owned();
         let config = config.map(str::to_owned);
         let precision = Precision::parse(precision).py_err(py)?;
+        let decode = DecodeMode::parse(decode).py_err(py)?;
         let path = hub_model_folder(py, path)?;
         let model = run_released(py, move || {
             let device = parse_device(&device)?;
             let mut model = LiteClip::load(&path, device, config_from_arg(config.as_deref())?)?;
             model.set_precision(precision);
+            model.set_decode(decode);
             Ok(model)
         })?;
         Ok(PyLiteClip {
@@ -101,16 +105,18 @@ impl PyLiteClip {
     /// A new, randomly initialised model: `config` is a preset name ("liteclip",
     /// "liteclip-nano") or the path of a JSON config; `seed` makes the initialisation repeatable.
     #[new]
-    #[pyo3(signature = (config = "liteclip", device = "auto", seed = None, precision = "fp32"))]
+    #[pyo3(signature = (config = "liteclip", device = "auto", seed = None, precision = "fp32", decode = "exact"))]
     fn new(
         py: Python<'_>,
         config: &str,
         device: &str,
         seed: Option<i64>,
         precision: &str,
+        decode: &str,
     ) -> PyResult<Self> {
         let (config, device) = (config.to_owned(), device.to_owned());
         let precision = Precision::parse(precision).py_err(py)?;
+        let decode = DecodeMode::parse(decode).py_err(py)?;
         let model = run_released(py, move || {
             let device = parse_device(&device)?;
             if let Some(seed) = seed {
@@ -118,6 +124,7 @@ impl PyLiteClip {
             }
             let mut model = LiteClip::new(LiteClipConfig::from_name_or_file(&config)?, device)?;
             model.set_precision(precision);
+            model.set_decode(decode);
             Ok(model)
         })?;
         Ok(PyLiteClip {
@@ -130,16 +137,20 @@ impl PyLiteClip {
     /// "cpu", "cuda" or "cuda:N"; `config` overrides the stored or inferred model config.
     /// `precision` is the arithmetic of encoding: "fp32" (exact parity with the original) or
     /// "bf16" (faster where the hardware has bf16 units, at a small, measured accuracy cost).
+    /// `decode` is how images given by path or bytes are decoded: "exact" (every pixel, as
+    /// PIL) or "fast" (large JPEGs decoded at a reduced DCT scale that keeps twice the
+    /// resolution the resize produces).
     #[staticmethod]
-    #[pyo3(signature = (path, device = "auto", config = None, precision = "fp32"))]
+    #[pyo3(signature = (path, device = "auto", config = None, precision = "fp32", decode = "exact"))]
     fn load(
         py: Python<'_>,
         path: PathBuf,
         device: &str,
         config: Option<&str>,
         precision: &str,
+        decode: &str,
     ) -> PyResult<Self> {
-        Self::load_model(py, path, device, config, precision)
+        Self::load_model(py, path, device, config, precision, decode)
     }
 
     /// Uploads this model to the Hugging Face Hub repository `repo_id` (created if needed):
@@ -167,6 +178,12 @@ impl PyLiteClip {
     #[getter]
     fn precision(&self) -> &'static str {
         self.inner.precision().name()
+    }
+
+    /// How images given by path or bytes are decoded: "exact" or "fast".
+    #[getter]
+    fn decode(&self) -> &'static str {
+        self.inner.decode().name()
     }
 
     /// Saves in liteclip's own format: a folder with `config.json` and `model.safetensors`,

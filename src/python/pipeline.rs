@@ -60,12 +60,13 @@ impl PyZeroShotPipeline {
 #[pymethods]
 impl PyZeroShotPipeline {
     #[new]
-    #[pyo3(signature = (checkpoint = None, device = "auto", precision = "fp32"))]
+    #[pyo3(signature = (checkpoint = None, device = "auto", precision = "fp32", decode = "exact"))]
     fn new(
         py: Python<'_>,
         checkpoint: Option<&Bound<'_, PyAny>>,
         device: &str,
         precision: &str,
+        decode: &str,
     ) -> PyResult<Self> {
         if let Some(obj) = checkpoint {
             if let Ok(model) = obj.downcast::<PyLiteClip>() {
@@ -95,7 +96,7 @@ impl PyZeroShotPipeline {
             })
             .py_err(py);
         }
-        let model = PyLiteClip::load_model(py, path, device, None, precision)?;
+        let model = PyLiteClip::load_model(py, path, device, None, precision, decode)?;
         Ok(Self::with_model(model.inner))
     }
 

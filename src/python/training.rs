@@ -197,7 +197,10 @@ pub fn add_option_choices(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let mut precisions = vec!["auto"];
     precisions.extend(Precision::NAMES);
     train.set_item("precision", precisions)?;
+    let decode = crate::image::DecodeMode::NAMES.to_vec();
+    train.set_item("decode", decode.clone())?;
     let evaluate = PyDict::new(py);
+    evaluate.set_item("decode", decode)?;
     evaluate.set_item("split", Split::NAMES.to_vec())?;
     evaluate.set_item("task", [Task::Retrieval.name(), Task::ZeroShot.name()])?;
     evaluate.set_item("precision", Precision::NAMES.to_vec())?;

@@ -13,6 +13,7 @@ use crate::data::source::DataSpec;
 use crate::data::CsvOptions;
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
+use crate::image::DecodeMode;
 use crate::model::Precision;
 use crate::train::optim::{OptimizerKind, Schedule};
 
@@ -98,6 +99,8 @@ pub struct TrainOptions {
     /// Shards: pairs per epoch over all ranks (streams start their shards again when they end);
     /// None: one pass over the shards.
     pub samples_per_epoch: Option<usize>,
+    /// How training and validation images are decoded (scaled JPEG decoding, or every pixel).
+    pub decode: DecodeMode,
 }
 
 /// The figure that decides which epoch is best (and whether training stops early).
@@ -189,6 +192,7 @@ impl Default for TrainOptions {
             workers: 2,
             shuffle_buffer: 1000,
             samples_per_epoch: None,
+            decode: DecodeMode::default(),
         }
     }
 }

@@ -165,6 +165,7 @@ impl<'a> Trainer<'a> {
         let resume_from = run_dir.resume_from(&options.resume)?;
         let mut model = build_model(options, resume_from.as_deref(), device)?;
         model.set_precision(precision);
+        model.set_decode(options.decode);
         if main {
             run_dir.check_free_space(model.num_parameters())?;
         }
@@ -487,6 +488,7 @@ impl<'a> Trainer<'a> {
             seed: self.options.seed,
             epoch: epoch as u64,
             pin_memory: self.device.is_cuda().then_some(self.device),
+            decode: self.options.decode,
         }
     }
 

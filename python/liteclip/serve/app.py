@@ -70,7 +70,9 @@ class Service:
         if options.index is not None:
             self.index = Index.open(options.index, device=device, precision=precision)
         self.checkpoint = options.checkpoint or (self.index.checkpoint if self.index else "")
-        self.pipeline = ZeroShotPipeline(self.checkpoint, device=device, precision=precision)
+        self.pipeline = ZeroShotPipeline(
+            self.checkpoint, device=device, precision=precision, decode=options.decode
+        )
         self.model = self.pipeline.model
         if self.index is not None:
             # The index searches with this same model (checked to hold the index's weights).

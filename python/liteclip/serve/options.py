@@ -24,6 +24,9 @@ class ServeOptions:
     port: int = _option(8000, "port to listen on (0: any free port, printed at start)")
     device: str = _option("auto", '"auto", "cpu", "cuda" or "cuda:N"')
     precision: str = _option("fp32", '"fp32", "bf16" or "fp16"')
+    decode: str = _option(
+        "exact", '"exact" (every pixel) or "fast" (large JPEGs decoded at a reduced DCT scale)'
+    )
     max_batch: int = _option(32, "most requests gathered into one model call")
     max_wait_ms: float = _option(
         5.0, "longest a request waits for others to join its batch (milliseconds)"
