@@ -16,6 +16,12 @@ use crate::text::{Padding, TextTokenizer, TokenBatch, TokenizedCaptions};
 /// Images per forward pass when encoding many: bounds activation memory, keeps batches large
 /// enough for the kernels to be efficient.
 const IMAGE_CHUNK: usize = 64;
+
+/// Images per step of the decode/embed pipeline of `n` images: a quarter of them (so that the
+/// decoding of a small batch still overlaps its embedding), between 8 and [`IMAGE_CHUNK`].
+fn pipeline_chunk(n: usize) -> usize {
+    n.div_ceil(4).clamp(8, IMAGE_CHUNK)
+}
 const TEXT_CHUNK: usize = 256;
 
 /// Images to embed: inputs still to decode and transform, or a batch already preprocessed
@@ -197,15 +203,34 @@ impl LiteClip {
         }
     }
 
-    /// L2-normalised embeddings `(N, embed_dim)` of images, on the CPU. Long lists are decoded
-    /// and embedded in chunks, polling [`cancel::check`] between them.
+    /// L2-normalised embeddings `(N, embed_dim)` of images, on the CPU. A list is a pipeline:
+    /// a thread decodes the next chunk while the model embeds the current one (on a 2-core
+    /// CPU each side leaves the other idle time to fill). [`cancel::check`] is polled between
+    /// chunks.
     pub fn encode_images(&self, images: &[ImageInput]) -> Result<Tensor> {
-        let mut parts = Vec::new();
-        for chunk in images.chunks(IMAGE_CHUNK) {
-            cancel::check()?;
-            parts.push(self.encode_pixels(&self.preprocess(chunk)?)?);
+        let chunk = pipeline_chunk(images.len());
+        if images.len() <= chunk {
+            return self.concat(vec![self.encode_pixels(&self.preprocess(images)?)?]);
         }
-        self.concat(parts)
+        let (size, decode) = (self.config.image_size, self.decode);
+        std::thread::scope(|scope| {
+            let (send, receive) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                for part in images.chunks(chunk) {
+                    let pixels = preprocess_batch(part, size as u32, decode);
+                    if send.send((part.len(), pixels)).is_err() {
+                        break; // the consumer stopped
+                    }
+                }
+            });
+            let mut parts = Vec::new();
+            for (n, pixels) in receive {
+                cancel::check()?;
+                let pixels = Tensor::f_from_slice(&pixels?)?.f_view([n as i64, 3, size, size])?;
+                parts.push(self.encode_pixels(&pixels)?);
+            }
+            self.concat(parts)
+        })
     }
 
     /// The `(N, M)` logits between N images and M texts: `exp(logit_scale)` times the cosine

@@ -281,7 +281,7 @@ def train(
             again, in a new order. ``None``: an epoch is one pass over the shards (counted from
             their tar headers at start; processes whose shards end first pad with no pairs).
         decode: ``"exact"`` (every pixel, as PIL) or ``"fast"``: large JPEGs (phone photos) are
-            decoded at 1/2, 1/4 or 1/8 scale in the DCT domain, keeping at least twice the
+            decoded at 1/2, 1/4 or 1/8 scale in the DCT domain, keeping at least 1.5 times the
             resolution the crop is resized to (see ``LiteClip.load``).
 
     Returns:

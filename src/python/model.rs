@@ -138,7 +138,7 @@ impl PyLiteClip {
     /// `precision` is the arithmetic of encoding: "fp32" (exact parity with the original) or
     /// "bf16" (faster where the hardware has bf16 units, at a small, measured accuracy cost).
     /// `decode` is how images given by path or bytes are decoded: "exact" (every pixel, as
-    /// PIL) or "fast" (large JPEGs decoded at a reduced DCT scale that keeps twice the
+    /// PIL) or "fast" (large JPEGs decoded at a reduced DCT scale that keeps 1.5 times the
     /// resolution the resize produces).
     #[staticmethod]
     #[pyo3(signature = (path, device = "auto", config = None, precision = "fp32", decode = "exact"))]
