@@ -123,6 +123,7 @@ def test_cli_flags_reach_the_api():
         ["search", "q", "--index", "lib.lcx", "--precision", "bf16"],
         ["index", "photos", "--index", "lib.lcx", "--precision", "fp16"],
         ["embed", "src", "--checkpoint", "c", "--precision", "fp16"],
+        ["predict", "x.jpg", "a", "b", "--precision", "int8"],
     ],
 )
 def test_every_inference_command_takes_every_precision(argv):

@@ -166,6 +166,22 @@ def test_bf16_inference_agrees_with_fp32(nano_ckpt):
         liteclip.LiteClip.load(nano_ckpt, device="cpu", precision="int4")
 
 
+def test_int8_inference_agrees_with_fp32_and_is_refused_for_training(nano_ckpt, tmp_path):
+    """Dynamic int8 linear layers: close to fp32 (the error of 8-bit rounding), not equal."""
+    fp32 = liteclip.LiteClip.load(nano_ckpt, device="cpu")
+    int8 = liteclip.LiteClip.load(nano_ckpt, device="cpu", precision="int8")
+    assert int8.precision == "int8"
+    images = [str(p) for p in REAL_IMAGES]
+    texts = ["a cat on a sofa", "a rocket launch at night", "a cup of coffee", "a raccoon"]
+    for encode in ("encode_image", "encode_text"):
+        inputs = images if encode == "encode_image" else texts
+        a, b = getattr(fp32, encode)(inputs), getattr(int8, encode)(inputs)
+        assert not np.array_equal(a, b), encode
+        assert (a * b).sum(1).min() > 0.995, encode
+    with pytest.raises(ValueError, match="int8"):
+        liteclip.train(tmp_path, tmp_path / "run", precision="int8", progress=False)
+
+
 def test_hypothesis_template(pipe):
     labels = ["dog", "cat", "rocket"]
     templated = pipe.predict(str(CAT), labels, hypothesis_template="a photo of a {}")

@@ -10,7 +10,10 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::precision::{compute_kind, memory_format_channels_last};
+use std::sync::OnceLock;
+
+use super::int8::Int8Weight;
+use super::precision::{compute_kind, int8_linear, memory_format_channels_last};
 
 const INIT_STD: f64 = 0.02;
 
@@ -21,15 +24,24 @@ fn normal() -> nn::Init {
     }
 }
 
-/// `x @ W^T + b`, in the compute dtype.
+/// `x @ W^T + b`, in the compute dtype (or in int8 on the CPU, see [`super::int8`]).
 #[derive(Debug)]
 pub struct Linear {
     pub ws: Tensor,
     pub bs: Tensor,
+    /// The int8 weight, quantized at the first int8 call (int8 is for inference: the weights
+    /// do not change after it).
+    int8: OnceLock<Int8Weight>,
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
+        if int8_linear() && x.device() == tch::Device::Cpu {
+            return self
+                .int8
+                .get_or_init(|| Int8Weight::new(&self.ws, &self.bs))
+                .forward(x);
+        }
         let kind = compute_kind();
         x.to_kind(kind)
             .linear(&self.ws.to_kind(kind), Some(&self.bs.to_kind(kind)))
@@ -40,6 +52,7 @@ pub fn linear(p: &nn::Path, in_dim: i64, out_dim: i64) -> Linear {
     Linear {
         ws: p.var("weight", &[out_dim, in_dim], normal()),
         bs: p.var("bias", &[out_dim], nn::Init::Const(0.0)),
+        int8: OnceLock::new(),
     }
 }
 

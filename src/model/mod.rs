@@ -5,6 +5,7 @@ pub mod bert;
 pub mod clip;
 pub mod convnext;
 pub mod head;
+mod int8;
 mod layers;
 pub mod precision;
 

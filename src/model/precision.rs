@@ -21,21 +21,27 @@ pub enum Precision {
     Bf16,
     /// fp16 likewise (training needs loss scaling).
     Fp16,
+    /// Inference on the CPU: linear layers in int8 (dynamic quantization, see
+    /// [`super::int8`]); convolutions, norms and attention products in fp32.
+    Int8,
 }
 
 crate::serde_by_name!(Precision);
 
 impl Precision {
-    /// The names `parse` takes, for command-line choices.
+    /// The precisions training takes, for command-line choices.
     pub const NAMES: [&'static str; 3] = ["fp32", "bf16", "fp16"];
+    /// The precisions inference takes.
+    pub const INFERENCE_NAMES: [&'static str; 4] = ["fp32", "bf16", "fp16", "int8"];
 
     pub fn parse(name: &str) -> Result<Self> {
         match name.to_ascii_lowercase().as_str() {
             "fp32" | "float32" => Ok(Precision::Fp32),
             "bf16" | "bfloat16" => Ok(Precision::Bf16),
             "fp16" | "float16" | "half" => Ok(Precision::Fp16),
+            "int8" => Ok(Precision::Int8),
             other => Err(Error::invalid(format!(
-                "unknown precision {other:?}: expected \"fp32\", \"bf16\" or \"fp16\""
+                "unknown precision {other:?}: expected \"fp32\", \"bf16\", \"fp16\" or \"int8\""
             ))),
         }
     }
@@ -45,6 +51,7 @@ impl Precision {
             Precision::Fp32 => "fp32",
             Precision::Bf16 => "bf16",
             Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
         }
     }
 
@@ -53,14 +60,16 @@ impl Precision {
             Precision::Fp32 => Kind::Float,
             Precision::Bf16 => Kind::BFloat16,
             Precision::Fp16 => Kind::Half,
+            Precision::Int8 => Kind::Float,
         }
     }
 
     /// Makes this precision (and memory format) current on this thread until the guard drops.
     pub fn enter(self, channels_last: bool) -> PrecisionGuard {
-        let previous = (COMPUTE.get(), CHANNELS_LAST.get());
+        let previous = (COMPUTE.get(), CHANNELS_LAST.get(), INT8.get());
         COMPUTE.set(self.compute_kind());
         CHANNELS_LAST.set(channels_last);
+        INT8.set(self == Precision::Int8);
         PrecisionGuard { previous }
     }
 }
@@ -68,18 +77,25 @@ impl Precision {
 thread_local! {
     static COMPUTE: Cell<Kind> = const { Cell::new(Kind::Float) };
     static CHANNELS_LAST: Cell<bool> = const { Cell::new(false) };
+    static INT8: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Restores the previous precision when dropped.
 pub struct PrecisionGuard {
-    previous: (Kind, bool),
+    previous: (Kind, bool, bool),
 }
 
 impl Drop for PrecisionGuard {
     fn drop(&mut self) {
         COMPUTE.set(self.previous.0);
         CHANNELS_LAST.set(self.previous.1);
+        INT8.set(self.previous.2);
     }
+}
+
+/// Whether linear layers on this thread compute in int8 ([`Precision::Int8`]).
+pub fn int8_linear() -> bool {
+    INT8.get()
 }
 
 /// The dtype matrix layers compute in on this thread.

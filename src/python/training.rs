@@ -203,7 +203,7 @@ pub fn add_option_choices(m: &Bound<'_, PyModule>) -> PyResult<()> {
     evaluate.set_item("decode", decode)?;
     evaluate.set_item("split", Split::NAMES.to_vec())?;
     evaluate.set_item("task", [Task::Retrieval.name(), Task::ZeroShot.name()])?;
-    evaluate.set_item("precision", Precision::NAMES.to_vec())?;
+    evaluate.set_item("precision", Precision::INFERENCE_NAMES.to_vec())?;
     let choices = PyDict::new(py);
     choices.set_item("train", train)?;
     choices.set_item("evaluate", evaluate)?;

@@ -247,6 +247,13 @@ impl TrainOptions {
         if self.monitor == Monitor::ZeroShotTop1 && self.zero_shot_data.is_none() {
             return bad("monitor=\"zero_shot_top1\" needs zero_shot_data (an ImageFolder)".into());
         }
+        if self.precision == PrecisionChoice::Fixed(Precision::Int8) {
+            return bad(
+                "precision=\"int8\" is for inference (predict, embed, index, evaluate); train \
+                 in \"fp32\", \"bf16\" or \"fp16\""
+                    .into(),
+            );
+        }
         if self.checkpoint_every == Some(0) {
             return bad("checkpoint_every must be at least 1 step (or None)".into());
         }
