@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import (
-    CACHE,
-    PHOTOS,
+    cached_jpegs,
     compare,
     print_table,
+    random_crop,
     reference_model,
     saved_checkpoint,
     write_json,
@@ -40,42 +40,23 @@ import liteclip
 
 def phone_folder(n: int, seed: int = 0) -> list[Path]:
     """12-MP camera-like JPEGs: a real photo upscaled, plus per-pixel noise, at quality 90."""
-    folder = CACHE / f"phone-{n}-{seed}"
-    paths = sorted(folder.glob("*.jpg"))
-    if len(paths) == n:
-        return paths
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    sources = [Image.open(p).convert("RGB") for p in PHOTOS]
-    paths = []
-    for i in range(n):
+
+    def draw(i: int, rng: np.random.Generator, sources: list) -> Image.Image:
         big = sources[i % len(sources)].resize((4032, 3024), Image.Resampling.BICUBIC)
         noisy = np.asarray(big, dtype=np.int16) + rng.normal(0, 4, (3024, 4032, 3)).astype(np.int16)
-        path = folder / f"IMG_{i:04d}.jpg"
-        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=90)
-        paths.append(path)
-    return paths
+        return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
+
+    return cached_jpegs(f"phone-{n}-{seed}", n, seed, draw, prefix="IMG_")
 
 
 def flickr_folder(n: int, seed: int = 0) -> list[Path]:
     """500x375 JPEGs (Flickr8k's typical size) cut from the real photos, quality 90."""
-    folder = CACHE / f"flickr-{n}-{seed}"
-    paths = sorted(folder.glob("*.jpg"))
-    if len(paths) == n:
-        return paths
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    sources = [Image.open(p).convert("RGB") for p in PHOTOS]
-    paths = []
-    for i in range(n):
-        src = sources[i % len(sources)]
-        w, h = int(src.width * rng.uniform(0.6, 1)), int(src.height * rng.uniform(0.6, 1))
-        x, y = int(rng.integers(0, src.width - w + 1)), int(rng.integers(0, src.height - h + 1))
-        img = src.crop((x, y, x + w, y + h)).resize((500, 375), Image.Resampling.BILINEAR)
-        path = folder / f"{i:05d}.jpg"
-        img.save(path, quality=90)
-        paths.append(path)
-    return paths
+
+    def draw(i: int, rng: np.random.Generator, sources: list) -> Image.Image:
+        crop = random_crop(sources[i % len(sources)], rng, 0.6)
+        return crop.resize((500, 375), Image.Resampling.BILINEAR)
+
+    return cached_jpegs(f"flickr-{n}-{seed}", n, seed, draw)
 
 
 class Files(torch.utils.data.Dataset):

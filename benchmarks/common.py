@@ -177,11 +177,17 @@ def image_folder(n: int = 256, seed: int = 0) -> list[Path]:
     return paths
 
 
-def phone_photos(n: int = 16, quality: int = 90, seed: int = 0) -> list[Path]:
-    """`n` 12-megapixel JPEGs (4032x3024, a third of them portrait) as phones write them: the
-    real test photos cropped, upscaled, with sensor-like noise (luma and chroma), saved at
-    `quality` (cached under runs/). Nothing is downloaded."""
-    folder = CACHE / f"phone-{n}-{quality}-{seed}"
+def cached_jpegs(
+    name: str,
+    n: int,
+    seed: int,
+    draw: Callable[[int, np.random.Generator, list], Image.Image],
+    quality: int = 90,
+    prefix: str = "",
+) -> list[Path]:
+    """`n` JPEGs made once by `draw(i, rng, sources)` from the real test photos and kept under
+    runs/bench-data/`name` (made again only when the count differs)."""
+    folder = CACHE / name
     paths = sorted(folder.glob("*.jpg"))
     if len(paths) == n:
         return paths
@@ -190,21 +196,39 @@ def phone_photos(n: int = 16, quality: int = 90, seed: int = 0) -> list[Path]:
     sources = [Image.open(p).convert("RGB") for p in PHOTOS]
     paths = []
     for i in range(n):
-        src = sources[i % len(sources)]
+        path = folder / f"{prefix}{i:04d}.jpg"
+        draw(i, rng, sources).save(path, quality=quality)
+        paths.append(path)
+    return paths
+
+
+def random_crop(src: Image.Image, rng: np.random.Generator, smallest: float) -> Image.Image:
+    """A crop of `src` keeping between `smallest` and all of each side."""
+    cw, ch = (
+        int(src.width * rng.uniform(smallest, 1.0)),
+        int(src.height * rng.uniform(smallest, 1.0)),
+    )
+    x, y = int(rng.integers(0, src.width - cw + 1)), int(rng.integers(0, src.height - ch + 1))
+    return src.crop((x, y, x + cw, y + ch))
+
+
+def phone_photos(n: int = 16, quality: int = 90, seed: int = 0) -> list[Path]:
+    """`n` 12-megapixel JPEGs (4032x3024, a third of them portrait) as phones write them: the
+    real test photos cropped, upscaled, with sensor-like noise (luma and chroma), saved at
+    `quality` (cached under runs/). Nothing is downloaded."""
+
+    def draw(i: int, rng: np.random.Generator, sources: list) -> Image.Image:
         size = (3024, 4032) if i % 3 == 2 else (4032, 3024)
-        cw, ch = int(src.width * rng.uniform(0.7, 1.0)), int(src.height * rng.uniform(0.7, 1.0))
-        x, y = int(rng.integers(0, src.width - cw + 1)), int(rng.integers(0, src.height - ch + 1))
-        img = src.crop((x, y, x + cw, y + ch)).resize(size, Image.Resampling.BICUBIC)
+        src = sources[i % len(sources)]
+        img = random_crop(src, rng, 0.7).resize(size, Image.Resampling.BICUBIC)
         if rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         pixels = np.asarray(img, dtype=np.float32)
         luma = rng.normal(0, 3.0, pixels.shape[:2])[..., None]
         chroma = rng.normal(0, 1.5, pixels.shape)
-        noisy = (pixels + luma + chroma).clip(0, 255).astype(np.uint8)
-        path = folder / f"{i:04d}.jpg"
-        Image.fromarray(noisy).save(path, quality=quality)
-        paths.append(path)
-    return paths
+        return Image.fromarray((pixels + luma + chroma).clip(0, 255).astype(np.uint8))
+
+    return cached_jpegs(f"phone-{n}-{quality}-{seed}", n, seed, draw, quality=quality)
 
 
 WORDS = {
