@@ -5,7 +5,7 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::layers::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear};
+use super::layers::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, Mlp};
 use crate::config::BertConfig;
 
 #[derive(Debug)]
@@ -15,8 +15,8 @@ struct Layer {
     value: Linear,
     attn_out: Linear,
     attn_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
+    /// `intermediate.dense -> GELU -> output.dense`.
+    ffn: Mlp,
     out_norm: LayerNorm,
 }
 
@@ -30,8 +30,10 @@ impl Layer {
             value: linear(&(&att / "self" / "value"), h, h),
             attn_out: linear(&(&att / "output" / "dense"), h, h),
             attn_norm: layer_norm(&(&att / "output" / "LayerNorm"), h, eps),
-            intermediate: linear(&(p / "intermediate" / "dense"), h, cfg.intermediate_size),
-            output: linear(&(p / "output" / "dense"), cfg.intermediate_size, h),
+            ffn: Mlp {
+                fc1: linear(&(p / "intermediate" / "dense"), h, cfg.intermediate_size),
+                fc2: linear(&(p / "output" / "dense"), cfg.intermediate_size, h),
+            },
             out_norm: layer_norm(&(p / "output" / "LayerNorm"), h, eps),
         }
     }
@@ -64,12 +66,7 @@ impl Layer {
             .dropout(cfg.hidden_dropout, train)
             + x)
             .apply(&self.attn_norm);
-        let ffn = self
-            .intermediate
-            .forward(&attn)
-            .gelu("none")
-            .apply(&self.output)
-            .dropout(cfg.hidden_dropout, train);
+        let ffn = attn.apply(&self.ffn).dropout(cfg.hidden_dropout, train);
         (ffn + attn).apply(&self.out_norm)
     }
 }

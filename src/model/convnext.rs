@@ -6,7 +6,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::layers::{conv2d, layer_norm, linear, Conv2d, LayerNorm, Linear};
+use super::layers::{conv2d, layer_norm, linear, Conv2d, LayerNorm, Mlp};
 use super::precision::{memory_format_channels_last, to_channels_last};
 use crate::config::ConvNextConfig;
 
@@ -20,8 +20,7 @@ fn layer_norm_2d(x: &Tensor, norm: &LayerNorm) -> Tensor {
 struct Block {
     conv_dw: Conv2d,
     norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    mlp: Mlp,
     gamma: Tensor,
 }
 
@@ -40,8 +39,10 @@ impl Block {
         Block {
             conv_dw,
             norm: layer_norm(&(p / "norm"), dim, cfg.layer_norm_eps),
-            fc1: linear(&(p / "mlp" / "fc1"), dim, hidden),
-            fc2: linear(&(p / "mlp" / "fc2"), hidden, dim),
+            mlp: Mlp {
+                fc1: linear(&(p / "mlp" / "fc1"), dim, hidden),
+                fc2: linear(&(p / "mlp" / "fc2"), hidden, dim),
+            },
             gamma: p.var("gamma", &[dim], nn::Init::Const(cfg.layer_scale_init)),
         }
     }
@@ -52,9 +53,7 @@ impl Block {
             .apply(&self.conv_dw)
             .permute([0, 2, 3, 1])
             .apply(&self.norm)
-            .apply(&self.fc1)
-            .gelu("none")
-            .apply(&self.fc2)
+            .apply(&self.mlp)
             * &self.gamma;
         y.permute([0, 3, 1, 2]) + x
     }
