@@ -1,13 +1,19 @@
-"""The accuracy cost of bf16 inference, measured against liteclip's own fp32.
+"""Reduced precision (bf16, int8) against liteclip's own fp32 on the CPU: speed and accuracy.
 
-    python benchmarks/bench_precision.py [--json out.json]
+    python benchmarks/bench_precision.py [--json out.json] [--precisions bf16 int8] [--speed-only]
 
-1. The full `liteclip` architecture (seeded weights, as in the other benchmarks): cosine
-   similarity of bf16 to fp32 embeddings for 256 photos of mixed sizes and 2,000 captions,
-   and agreement of the zero-shot top-1 label among 24 prompts for every photo.
-2. A trained model: `liteclip-nano` trained for a few epochs on the built-in shapes set, then
-   zero-shot on 480 new images: top-1 agreement and accuracy in fp32 and bf16.
-Targets (issue #4): mean cosine >= 0.995, same top-1 label on >= 99% of the images.
+To see what an older CPU would do, cap the instruction sets libtorch's kernels use, e.g. an
+AVX2-only CPU: `MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`.
+
+1. Speed, alternating with fp32 in one run: the image tower on 16 preprocessed 224-px images,
+   the text tower on 256 captions, and embedding 32 photos from disk.
+2. The full `liteclip` architecture (seeded weights, as in the other benchmarks): cosine
+   similarity to fp32 embeddings for 256 photos of mixed sizes and 2,000 captions, and agreement
+   of the zero-shot top-1 label among 24 prompts for every photo.
+3. A trained model: `liteclip-nano` trained for a few epochs on the built-in shapes set, then
+   zero-shot on 480 new images: top-1 agreement with fp32 and accuracy.
+Targets: bf16 (issue #4) mean cosine >= 0.995, same top-1 label on >= 99% of the images;
+int8 (issue #15) image tower >= 1.8x fp32, text tower faster, top-1 agreement >= 99%.
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import captions, image_folder, machine, reference_model, saved_checkpoint
+from common import (
+    captions,
+    compare,
+    image_folder,
+    machine,
+    print_table,
+    reference_model,
+    saved_checkpoint,
+)
 
 import liteclip
 from liteclip import datasets
@@ -28,62 +42,118 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+def speed(models: dict, reduced: list[str]) -> list[dict]:
+    """Each reduced precision timed against fp32, alternating (the "reference" column)."""
+    pixels = np.random.default_rng(0).standard_normal((16, 3, 224, 224)).astype(np.float32)
+    texts = captions(256)
+    paths = [str(p) for p in image_folder(32)]
+    fp32, rows = models["fp32"], []
+    for name in reduced:
+        m = models[name]
+        rows += [
+            compare(
+                f"{name} image tower, 16 x 224 px",
+                lambda m=m: m.encode_image(pixels),
+                lambda: fp32.encode_image(pixels),
+                repeats=3,
+                items=16,
+            ),
+            compare(
+                f"{name} text tower, 256 captions",
+                lambda m=m: m.encode_text(texts),
+                lambda: fp32.encode_text(texts),
+                repeats=3,
+                items=256,
+            ),
+            compare(
+                f"{name} 32 photos from disk",
+                lambda m=m: m.encode_image(paths),
+                lambda: fp32.encode_image(paths),
+                repeats=3,
+                items=32,
+            ),
+        ]
+    print_table("speed against fp32 (reference column = liteclip fp32)", rows, "items/s")
+    return rows
+
+
+def full_model_accuracy(models: dict, reduced: list[str]) -> dict:
+    paths = [str(p) for p in image_folder(256)]
+    texts = captions(2000)
+    prompts = [f"a photo of a {c}" for c in datasets.CLASSES]
+    fp32 = models["fp32"]
+    img32, txt32 = fp32.encode_image(paths), fp32.encode_text(texts)
+    top32 = (img32 @ fp32.encode_text(prompts).T).argmax(1)
+    out = {}
+    for name in reduced:
+        m = models[name]
+        img, txt = m.encode_image(paths), m.encode_text(texts)
+        top = (img @ m.encode_text(prompts).T).argmax(1)
+        out[name] = {
+            "image_cosine_mean": float(cosine_rows(img32, img).mean()),
+            "image_cosine_min": float(cosine_rows(img32, img).min()),
+            "text_cosine_mean": float(cosine_rows(txt32, txt).mean()),
+            "text_cosine_min": float(cosine_rows(txt32, txt).min()),
+            "top1_agreement": float((top32 == top).mean()),
+            "images": len(paths),
+        }
+    return out
+
+
+def trained_model_accuracy(tmp: Path, reduced: list[str]) -> dict:
+    train_dir = datasets.make_shapes(tmp / "train", n_images=2000, seed=0)
+    test_dir = datasets.make_shapes(tmp / "test", n_images=480, seed=1, layout="folders")
+    result = liteclip.train(
+        train_dir,
+        tmp / "run",
+        model="liteclip-nano",
+        epochs=10,
+        lr=2e-3,
+        warmup_steps=50,
+        schedule="cosine",
+        device="cpu",
+        progress=False,
+        early_stopping_patience=None,
+        val_fraction=0.0,
+    )
+    files = sorted(test_dir.glob("*/*.png"))
+    truth = np.array([datasets.CLASSES.index(f.parent.name) for f in files])
+    labels = [datasets.HELD_OUT_TEMPLATE.format(c) for c in datasets.CLASSES]
+    preds, embeddings, out = {}, {}, {"images": len(files)}
+    for precision in ["fp32", *reduced]:
+        m = liteclip.LiteClip.load(result.last_checkpoint, device="cpu", precision=precision)
+        embeddings[precision] = m.encode_image([str(f) for f in files])
+        preds[precision] = (embeddings[precision] @ m.encode_text(labels).T).argmax(1)
+        out[f"{precision}_accuracy"] = float((preds[precision] == truth).mean())
+    for name in reduced:
+        out[f"{name}_top1_agreement"] = float((preds["fp32"] == preds[name]).mean())
+        out[f"{name}_image_cosine_min"] = float(
+            cosine_rows(embeddings["fp32"], embeddings[name]).min()
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json")
+    parser.add_argument("--precisions", nargs="+", default=["bf16", "int8"])
+    parser.add_argument("--speed-only", action="store_true")
     args = parser.parse_args()
-    out = {"machine": machine()}
+    reduced = args.precisions
+    out: dict = {"machine": machine()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ckpt = saved_checkpoint(reference_model("liteclip"), tmp)
-        fp32 = liteclip.LiteClip.load(ckpt, device="cpu", precision="fp32")
-        bf16 = liteclip.LiteClip.load(ckpt, device="cpu", precision="bf16")
-        paths = [str(p) for p in image_folder(256)]
-        texts = captions(2000)
-        prompts = [f"a photo of a {c}" for c in datasets.CLASSES]
-        img32, img16 = fp32.encode_image(paths), bf16.encode_image(paths)
-        txt32, txt16 = fp32.encode_text(texts), bf16.encode_text(texts)
-        p32, p16 = fp32.encode_text(prompts), bf16.encode_text(prompts)
-        top32 = (img32 @ p32.T).argmax(1)
-        top16 = (img16 @ p16.T).argmax(1)
-        out["liteclip"] = {
-            "image_cosine_mean": float(cosine_rows(img32, img16).mean()),
-            "image_cosine_min": float(cosine_rows(img32, img16).min()),
-            "text_cosine_mean": float(cosine_rows(txt32, txt16).mean()),
-            "text_cosine_min": float(cosine_rows(txt32, txt16).min()),
-            "top1_agreement": float((top32 == top16).mean()),
-            "images": len(paths),
+        models = {
+            p: liteclip.LiteClip.load(ckpt, device="cpu", precision=p) for p in ["fp32", *reduced]
         }
-
-        train_dir = datasets.make_shapes(tmp / "train", n_images=2000, seed=0)
-        test_dir = datasets.make_shapes(tmp / "test", n_images=480, seed=1, layout="folders")
-        result = liteclip.train(
-            train_dir,
-            tmp / "run",
-            model="liteclip-nano",
-            epochs=10,
-            lr=2e-3,
-            warmup_steps=50,
-            schedule="cosine",
-            device="cpu",
-            progress=False,
-            early_stopping_patience=None,
-            val_fraction=0.0,
-        )
-        files = sorted(test_dir.glob("*/*.png"))
-        truth = np.array([datasets.CLASSES.index(f.parent.name) for f in files])
-        labels = [datasets.HELD_OUT_TEMPLATE.format(c) for c in datasets.CLASSES]
-        preds = {}
-        for precision in ["fp32", "bf16"]:
-            m = liteclip.LiteClip.load(result.last_checkpoint, device="cpu", precision=precision)
-            emb = m.encode_image([str(f) for f in files])
-            preds[precision] = (emb @ m.encode_text(labels).T).argmax(1)
-            out.setdefault("nano_trained", {})[f"{precision}_accuracy"] = float(
-                (preds[precision] == truth).mean()
-            )
-        out["nano_trained"]["top1_agreement"] = float((preds["fp32"] == preds["bf16"]).mean())
-        out["nano_trained"]["images"] = len(files)
-    print(json.dumps(out, indent=2))
+        out["speed"] = speed(models, reduced)
+        if args.speed_only:
+            print(json.dumps(out["machine"], indent=2))
+            return
+        out["liteclip"] = full_model_accuracy(models, reduced)
+        out["nano_trained"] = trained_model_accuracy(tmp, reduced)
+    print(json.dumps({k: v for k, v in out.items() if k != "speed"}, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 
