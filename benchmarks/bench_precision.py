@@ -10,7 +10,7 @@ AVX2-only CPU: `MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CA
 2. The full `liteclip` architecture (seeded weights, as in the other benchmarks): cosine
    similarity to fp32 embeddings for 256 photos of mixed sizes and 2,000 captions, and agreement
    of the zero-shot top-1 label among 24 prompts for every photo.
-3. A trained model: `liteclip-nano` trained for a few epochs on the built-in shapes set, then
+3. A trained model: `liteclip-nano` trained by `common.trained_nano` on the built-in shapes, then
    zero-shot on 480 new images: top-1 agreement with fp32 and accuracy.
 Targets: bf16 (issue #4) mean cosine >= 0.995, same top-1 label on >= 99% of the images;
 int8 (issue #15) image tower >= 1.8x fp32, text tower faster, top-1 agreement >= 99%.
@@ -32,6 +32,7 @@ from common import (
     print_table,
     reference_model,
     saved_checkpoint,
+    trained_nano,
 )
 
 import liteclip
@@ -101,27 +102,14 @@ def full_model_accuracy(models: dict, reduced: list[str]) -> dict:
 
 
 def trained_model_accuracy(tmp: Path, reduced: list[str]) -> dict:
-    train_dir = datasets.make_shapes(tmp / "train", n_images=2000, seed=0)
+    checkpoint = trained_nano(tmp)
     test_dir = datasets.make_shapes(tmp / "test", n_images=480, seed=1, layout="folders")
-    result = liteclip.train(
-        train_dir,
-        tmp / "run",
-        model="liteclip-nano",
-        epochs=10,
-        lr=2e-3,
-        warmup_steps=50,
-        schedule="cosine",
-        device="cpu",
-        progress=False,
-        early_stopping_patience=None,
-        val_fraction=0.0,
-    )
     files = sorted(test_dir.glob("*/*.png"))
     truth = np.array([datasets.CLASSES.index(f.parent.name) for f in files])
     labels = [datasets.HELD_OUT_TEMPLATE.format(c) for c in datasets.CLASSES]
     preds, embeddings, out = {}, {}, {"images": len(files)}
     for precision in ["fp32", *reduced]:
-        m = liteclip.LiteClip.load(result.last_checkpoint, device="cpu", precision=precision)
+        m = liteclip.LiteClip.load(checkpoint, device="cpu", precision=precision)
         embeddings[precision] = m.encode_image([str(f) for f in files])
         preds[precision] = (embeddings[precision] @ m.encode_text(labels).T).argmax(1)
         out[f"{precision}_accuracy"] = float((preds[precision] == truth).mean())

@@ -298,3 +298,26 @@ def rss_peak_mb() -> float:
 
 def as_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def trained_nano(work: Path) -> Path:
+    """liteclip-nano trained on 2,000 built-in shapes images for 10 epochs (a few minutes on
+    2 cores; about 85% zero-shot top-1 over the 24 classes): a trained model whose predictions
+    mean something, for the accuracy side of the speed options."""
+    from liteclip import datasets, train
+
+    data = datasets.make_shapes(work / "nano-train", n_images=2000, seed=0)
+    result = train(
+        data,
+        work / "nano-run",
+        model="liteclip-nano",
+        epochs=10,
+        lr=2e-3,
+        warmup_steps=50,
+        schedule="cosine",
+        device="cpu",
+        progress=False,
+        early_stopping_patience=None,
+        val_fraction=0.0,
+    )
+    return Path(result.last_checkpoint)

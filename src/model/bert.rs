@@ -5,7 +5,8 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::layers::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, Mlp};
+use super::layers::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear};
+use super::mlp::Mlp;
 use crate::config::BertConfig;
 
 #[derive(Debug)]

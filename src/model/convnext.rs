@@ -6,7 +6,8 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::layers::{conv2d, layer_norm, linear, Conv2d, LayerNorm, Mlp};
+use super::layers::{conv2d, layer_norm, linear, Conv2d, LayerNorm};
+use super::mlp::Mlp;
 use super::precision::{memory_format_channels_last, to_channels_last};
 use crate::config::ConvNextConfig;
 

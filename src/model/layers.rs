@@ -47,7 +47,7 @@ impl Module for Linear {
 
 impl Linear {
     /// The int8 weight when this thread computes in int8 and `x` is on the CPU.
-    fn int8_weight(&self, x: &Tensor) -> Option<&Int8Weight> {
+    pub(super) fn int8_weight(&self, x: &Tensor) -> Option<&Int8Weight> {
         (int8_linear() && x.device() == tch::Device::Cpu).then(|| {
             self.int8
                 .get_or_init(|| Int8Weight::new(&self.ws, &self.bs))
@@ -60,23 +60,6 @@ pub fn linear(p: &nn::Path, in_dim: i64, out_dim: i64) -> Linear {
         ws: p.var("weight", &[out_dim, in_dim], normal()),
         bs: p.var("bias", &[out_dim], nn::Init::Const(0.0)),
         int8: OnceLock::new(),
-    }
-}
-
-/// `fc2(GELU(fc1(x)))`, the feed-forward part of both towers (exact erf GELU); in int8 the
-/// three steps are fused ([`super::int8::mlp`]).
-#[derive(Debug)]
-pub struct Mlp {
-    pub fc1: Linear,
-    pub fc2: Linear,
-}
-
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        match (self.fc1.int8_weight(x), self.fc2.int8_weight(x)) {
-            (Some(fc1), Some(fc2)) => super::int8::mlp(fc1, fc2, x),
-            _ => x.apply(&self.fc1).gelu("none").apply(&self.fc2),
-        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod convnext;
 pub mod head;
 mod int8;
 mod layers;
+mod mlp;
 pub mod precision;
 
 pub use clip::{l2_normalize, ClipModel};

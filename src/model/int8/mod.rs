@@ -3,17 +3,19 @@
 //! accumulation through libtorch's `_int_mm` (oneDNN, VNNI where the CPU has it), then scaled
 //! back to fp32 with the bias added.
 //!
-//! Rows go through in chunks of a few MB: the passes around each product (quantize, scale
-//! back, GELU) then work in cache, and the buffers are allocated once per call (a whole-batch
-//! int32 product of the first ConvNeXt stage is 77 MB, and faulting in fresh pages for it cost
-//! more than the product). An MLP (`fc1 -> GELU -> fc2`) is fused: fc1's product goes straight
-//! to fc2's int8 input in one pass ([`kernels::gelu_quantize_row`]).
+//! Rows go through in chunks of about 1 MB ([`super::mlp::chunk_rows`]): the passes around
+//! each product (quantize, scale back, GELU) then work in cache, and the buffers are allocated
+//! once per call (a whole-batch int32 product of the first ConvNeXt stage is 77 MB, and
+//! faulting in fresh pages for it cost more than the product). An MLP (`fc1 -> GELU -> fc2`)
+//! is fused: fc1's product goes straight to fc2's int8 input in one pass
+//! ([`kernels::gelu_quantize_row`]).
 
 mod kernels;
 mod team;
 
 use tch::{Device, Kind, Tensor};
 
+use super::mlp::{chunk_rows, row_chunks};
 use kernels::LEVELS;
 
 /// A linear layer's weight in int8: `[in, out]` (the layout `_int_mm` multiplies by), with the
@@ -59,9 +61,9 @@ impl Int8Weight {
         let (rows, shape) = as_rows(x, self.in_features());
         let n = self.out_features();
         let out = Tensor::empty([rows.size()[0], n as i64], (Kind::Float, Device::Cpu));
-        let mut input = Quantized::new(chunk_rows(n, &rows), self.in_features());
+        let mut input = Quantized::new(chunk_rows(n, rows.size()[0] as usize), self.in_features());
         let product = Product::new(input.rows, n);
-        for (start, len) in chunks(rows.size()[0] as usize, input.rows) {
+        for (start, len) in row_chunks(rows.size()[0] as usize, input.rows) {
             input.quantize(&rows, start, len);
             product.multiply(&input, len, self);
             product.scale_back(&input.scales[..len], self, &out, start);
@@ -75,13 +77,16 @@ pub fn mlp(fc1: &Int8Weight, fc2: &Int8Weight, x: &Tensor) -> Tensor {
     let (rows, shape) = as_rows(x, fc1.in_features());
     let (hidden, n) = (fc1.out_features(), fc2.out_features());
     let out = Tensor::empty([rows.size()[0], n as i64], (Kind::Float, Device::Cpu));
-    let mut input = Quantized::new(chunk_rows(hidden, &rows), fc1.in_features());
+    let mut input = Quantized::new(
+        chunk_rows(hidden, rows.size()[0] as usize),
+        fc1.in_features(),
+    );
     let mut activations = Quantized::new(input.rows, hidden);
     let (first, second) = (
         Product::new(input.rows, hidden),
         Product::new(input.rows, n),
     );
-    for (start, len) in chunks(rows.size()[0] as usize, input.rows) {
+    for (start, len) in row_chunks(rows.size()[0] as usize, input.rows) {
         input.quantize(&rows, start, len);
         first.multiply(&input, len, fc1);
         first.gelu_quantize(&input.scales[..len], fc1, &mut activations, len);
@@ -89,20 +94,6 @@ pub fn mlp(fc1: &Int8Weight, fc2: &Int8Weight, x: &Tensor) -> Tensor {
         second.scale_back(&activations.scales[..len], fc2, &out, start);
     }
     with_last_dim(out, shape, n)
-}
-
-/// Rows per chunk for products `width` wide: about 2 MB of int32, at least 256 rows (below
-/// that `_int_mm` loses efficiency), at most the rows there are.
-fn chunk_rows(width: usize, rows: &Tensor) -> usize {
-    let rows = rows.size()[0].max(1) as usize;
-    ((1 << 19) / width.max(1)).max(256).min(rows)
-}
-
-/// `(start, len)` of each chunk of `rows` rows.
-fn chunks(rows: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..rows)
-        .step_by(chunk)
-        .map(move |start| (start, chunk.min(rows - start)))
 }
 
 /// `x` as a contiguous fp32 `[rows, k]` matrix, and its shape.
