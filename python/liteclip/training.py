@@ -359,7 +359,7 @@ def evaluate(
             templates.
         batch_size: images per forward pass (retrieval: also the loss's batch).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"int8"`` (CPU inference).
         val_fraction: retrieval: the held-out share of the split (default: the run's).
         seed: retrieval: the seed of the split (default: the run's).
         image_column: retrieval: CSV column of image paths (default: the run's).

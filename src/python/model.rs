@@ -135,8 +135,9 @@ impl PyLiteClip {
     /// Loads a checkpoint: an original liteCLIP `.pt` state dict, a liteclip folder
     /// (`config.json` + `model.safetensors`) or a `.safetensors` file. `device` is "auto",
     /// "cpu", "cuda" or "cuda:N"; `config` overrides the stored or inferred model config.
-    /// `precision` is the arithmetic of encoding: "fp32" (exact parity with the original) or
-    /// "bf16" (faster where the hardware has bf16 units, at a small, measured accuracy cost).
+    /// `precision` is the arithmetic of encoding: "fp32" (exact parity with the original),
+    /// "bf16" (faster where the hardware has bf16 units, at a small, measured accuracy cost),
+    /// "fp16", or "int8" (CPU inference: int8 linear layers, about 2x fp32 on most x86 CPUs).
     /// `decode` is how images given by path or bytes are decoded: "exact" (every pixel, as
     /// PIL) or "fast" (large JPEGs decoded at a reduced DCT scale that keeps 1.5 times the
     /// resolution the resize produces).
@@ -174,7 +175,7 @@ impl PyLiteClip {
             .extract()
     }
 
-    /// The arithmetic of encoding: "fp32", "bf16" or "fp16".
+    /// The arithmetic of encoding: "fp32", "bf16", "fp16" or "int8".
     #[getter]
     fn precision(&self) -> &'static str {
         self.inner.precision().name()

@@ -23,7 +23,7 @@ class ServeOptions:
     host: str = _option("127.0.0.1", "address to listen on (127.0.0.1: this machine only)")
     port: int = _option(8000, "port to listen on (0: any free port, printed at start)")
     device: str = _option("auto", '"auto", "cpu", "cuda" or "cuda:N"')
-    precision: str = _option("fp32", '"fp32", "bf16" or "fp16"')
+    precision: str = _option("fp32", '"fp32", "bf16", "fp16" or "int8" (CPU inference)')
     decode: str = _option(
         "exact", '"exact" (every pixel) or "fast" (large JPEGs decoded at a reduced DCT scale)'
     )
