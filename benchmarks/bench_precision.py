@@ -48,32 +48,25 @@ def speed(models: dict, reduced: list[str]) -> list[dict]:
     pixels = np.random.default_rng(0).standard_normal((16, 3, 224, 224)).astype(np.float32)
     texts = captions(256)
     paths = [str(p) for p in image_folder(32)]
-    fp32, rows = models["fp32"], []
+    cases = [  # (name, what is encoded, items per call)
+        ("image tower, 16 x 224 px", "encode_image", pixels, 16),
+        ("text tower, 256 captions", "encode_text", texts, 256),
+        ("32 photos from disk", "encode_image", paths, 32),
+    ]
+    rows = []
     for name in reduced:
-        m = models[name]
-        rows += [
-            compare(
-                f"{name} image tower, 16 x 224 px",
-                lambda m=m: m.encode_image(pixels),
-                lambda: fp32.encode_image(pixels),
-                repeats=3,
-                items=16,
-            ),
-            compare(
-                f"{name} text tower, 256 captions",
-                lambda m=m: m.encode_text(texts),
-                lambda: fp32.encode_text(texts),
-                repeats=3,
-                items=256,
-            ),
-            compare(
-                f"{name} 32 photos from disk",
-                lambda m=m: m.encode_image(paths),
-                lambda: fp32.encode_image(paths),
-                repeats=3,
-                items=32,
-            ),
-        ]
+        for case, method, inputs, items in cases:
+            ours = getattr(models[name], method)
+            fp32 = getattr(models["fp32"], method)
+            rows.append(
+                compare(
+                    f"{name} {case}",
+                    lambda f=ours, x=inputs: f(x),
+                    lambda f=fp32, x=inputs: f(x),
+                    repeats=3,
+                    items=items,
+                )
+            )
     print_table("speed against fp32 (reference column = liteclip fp32)", rows, "items/s")
     return rows
 

@@ -10,7 +10,7 @@
 //! - int8 on the CPU: fused around the int8 products ([`super::int8::mlp`]).
 
 use tch::nn::Module;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::layers::Linear;
 use super::precision::compute_kind;
@@ -46,9 +46,7 @@ impl Mlp {
         let (w1, b1) = (self.fc1.ws.to_kind(kind), self.fc1.bs.to_kind(kind));
         let (w2, b2) = (self.fc2.ws.to_kind(kind), self.fc2.bs.to_kind(kind));
         let (hidden, n) = (w1.size()[0], w2.size()[0]);
-        let mut shape = x.size();
-        let k = *shape.last().expect("an MLP's input has dimensions");
-        let rows = x.to_kind(kind).contiguous().view([-1, k]);
+        let (rows, shape) = as_rows(x, kind);
         let m = rows.size()[0];
         let out = Tensor::empty([m, n], (kind, Device::Cpu));
         let chunk = chunk_rows(hidden as usize, m as usize);
@@ -61,9 +59,22 @@ impl Mlp {
             let _ = h.gelu_("none");
             let _ = b2.addmm_out(&out.narrow(0, start, len), &h, &w2t);
         }
-        *shape.last_mut().expect("checked above") = n;
-        out.view(shape.as_slice())
+        with_last_dim(out, shape, n)
     }
+}
+
+/// `x` (`[..., k]`) as a contiguous `[rows, k]` matrix of `kind`, and its shape (for
+/// [`with_last_dim`]).
+pub(super) fn as_rows(x: &Tensor, kind: Kind) -> (Tensor, Vec<i64>) {
+    let shape = x.size();
+    let k = *shape.last().expect("a linear layer's input has dimensions");
+    (x.to_kind(kind).contiguous().view([-1, k]), shape)
+}
+
+/// `out` (`[rows, n]`) in the input's `shape` with the last dimension `n`.
+pub(super) fn with_last_dim(out: Tensor, mut shape: Vec<i64>, n: i64) -> Tensor {
+    *shape.last_mut().expect("as_rows took a last dimension") = n;
+    out.view(shape.as_slice())
 }
 
 /// Rows per chunk for a hidden layer `width` wide: about 1 MB of fp32 (measured best for

@@ -15,7 +15,7 @@ mod team;
 
 use tch::{Device, Kind, Tensor};
 
-use super::mlp::{chunk_rows, row_chunks};
+use super::mlp::{as_rows, chunk_rows, row_chunks, with_last_dim};
 use kernels::LEVELS;
 
 /// A linear layer's weight in int8: `[in, out]` (the layout `_int_mm` multiplies by), with the
@@ -58,7 +58,7 @@ impl Int8Weight {
 
     /// `x @ W^T + b` for fp32 `x` (`[..., in]`) on the CPU.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let (rows, shape) = as_rows(x, self.in_features());
+        let (rows, shape) = as_rows(x, Kind::Float);
         let n = self.out_features();
         let out = Tensor::empty([rows.size()[0], n as i64], (Kind::Float, Device::Cpu));
         let mut input = Quantized::new(chunk_rows(n, rows.size()[0] as usize), self.in_features());
@@ -68,13 +68,13 @@ impl Int8Weight {
             product.multiply(&input, len, self);
             product.scale_back(&input.scales[..len], self, &out, start);
         }
-        with_last_dim(out, shape, n)
+        with_last_dim(out, shape, n as i64)
     }
 }
 
 /// `fc2(GELU(fc1(x)))` for fp32 `x` (`[..., in]`) on the CPU, fused as described above.
 pub fn mlp(fc1: &Int8Weight, fc2: &Int8Weight, x: &Tensor) -> Tensor {
-    let (rows, shape) = as_rows(x, fc1.in_features());
+    let (rows, shape) = as_rows(x, Kind::Float);
     let (hidden, n) = (fc1.out_features(), fc2.out_features());
     let out = Tensor::empty([rows.size()[0], n as i64], (Kind::Float, Device::Cpu));
     let mut input = Quantized::new(
@@ -93,21 +93,7 @@ pub fn mlp(fc1: &Int8Weight, fc2: &Int8Weight, x: &Tensor) -> Tensor {
         second.multiply(&activations, len, fc2);
         second.scale_back(&activations.scales[..len], fc2, &out, start);
     }
-    with_last_dim(out, shape, n)
-}
-
-/// `x` as a contiguous fp32 `[rows, k]` matrix, and its shape.
-fn as_rows(x: &Tensor, k: usize) -> (Tensor, Vec<i64>) {
-    let rows = x.to_kind(Kind::Float).contiguous().view([-1, k as i64]);
-    (rows, x.size())
-}
-
-/// `out` (`[rows, n]`) in the input's shape with the last dimension `n`.
-fn with_last_dim(out: Tensor, mut shape: Vec<i64>, n: usize) -> Tensor {
-    *shape
-        .last_mut()
-        .expect("a linear layer's input has dimensions") = n as i64;
-    out.view(shape.as_slice())
+    with_last_dim(out, shape, n as i64)
 }
 
 /// A chunk's rows in int8 with their scales (a buffer reused from chunk to chunk).
@@ -140,8 +126,8 @@ impl Quantized {
         // `start + len` rows; `values` is this buffer's own int8 storage, written only here.
         let (src, dst) = unsafe {
             (
-                &elements::<f32>(x)[start * w..(start + len) * w],
-                &mut elements_mut::<i8>(&self.values)[..len * w],
+                rows_of::<f32>(x, start, len, w),
+                rows_of_mut::<i8>(&self.values, 0, len, w),
             )
         };
         let per = part_rows(len);
@@ -185,8 +171,8 @@ impl Product {
         // matrix `width` wide with at least `start + len` rows, written only here.
         let (acc, dst) = unsafe {
             (
-                &elements::<i32>(&self.values)[..len * w],
-                &mut elements_mut::<f32>(out)[start * w..(start + len) * w],
+                rows_of::<i32>(&self.values, 0, len, w),
+                rows_of_mut::<f32>(out, start, len, w),
             )
         };
         let (scales, bias) = (&weight.scales, &weight.bias);
@@ -217,8 +203,8 @@ impl Product {
         // layer's own int8 buffer, `width` wide, written only here.
         let (acc, dst) = unsafe {
             (
-                &elements::<i32>(&self.values)[..len * w],
-                &mut elements_mut::<i8>(&next.values)[..len * w],
+                rows_of::<i32>(&self.values, 0, len, w),
+                rows_of_mut::<i8>(&next.values, 0, len, w),
             )
         };
         let (scales, bias) = (&weight.scales, &weight.bias);
@@ -244,25 +230,27 @@ fn part_rows(rows: usize) -> usize {
     rows.div_ceil(team::threads()).max(1)
 }
 
-/// The elements of a contiguous CPU tensor whose kind is `T`.
+/// Rows `start..start + len` of a contiguous CPU matrix `width` wide whose kind is `T`.
 ///
 /// # Safety
 /// `t` must be contiguous, on the CPU, of kind `T`, and not written while the slice lives.
-unsafe fn elements<T>(t: &Tensor) -> &[T] {
+unsafe fn rows_of<T>(t: &Tensor, start: usize, len: usize, width: usize) -> &[T] {
     debug_assert!(t.is_contiguous() && t.device() == Device::Cpu);
     debug_assert_eq!(t.kind().elt_size_in_bytes(), std::mem::size_of::<T>());
-    std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel())
+    let all = std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel());
+    &all[start * width..(start + len) * width]
 }
 
-/// As [`elements`], writable.
+/// As [`rows_of`], writable.
 ///
 /// # Safety
-/// As [`elements`], and no other slice of `t` may live at the same time.
+/// As [`rows_of`], and no other slice of `t` may live at the same time.
 #[allow(clippy::mut_from_ref)]
-unsafe fn elements_mut<T>(t: &Tensor) -> &mut [T] {
+unsafe fn rows_of_mut<T>(t: &Tensor, start: usize, len: usize, width: usize) -> &mut [T] {
     debug_assert!(t.is_contiguous() && t.device() == Device::Cpu);
     debug_assert_eq!(t.kind().elt_size_in_bytes(), std::mem::size_of::<T>());
-    std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, t.numel())
+    let all = std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, t.numel());
+    &mut all[start * width..(start + len) * width]
 }
 
 #[cfg(test)]
