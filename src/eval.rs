@@ -543,7 +543,7 @@ impl EvalOptions {
 /// Loads the checkpoint and evaluates it as `options` say.
 pub fn evaluate_checkpoint(options: &EvalOptions) -> Result<Report> {
     let mut model = LiteClip::load(&options.checkpoint, options.device.resolve()?, None)?;
-    model.set_precision(options.precision);
+    model.set_precision(options.precision)?;
     model.set_decode(options.decode);
     evaluate(&model, options)
 }

@@ -128,9 +128,18 @@ impl LiteClip {
         Ok(format!("xxh3-128:{:032x}", hasher.digest128()))
     }
 
-    /// Sets the arithmetic of inference passes; weights stay fp32.
-    pub fn set_precision(&mut self, precision: Precision) {
+    /// Sets the arithmetic of inference passes; weights stay fp32. int8 runs through the
+    /// CPU's integer kernels only: on a GPU it is refused rather than silently run in fp32.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Int8 && self.device().is_cuda() {
+            return Err(Error::invalid(format!(
+                "precision \"int8\" is for inference on the CPU, but this model is on {}: \
+                 use \"bf16\" (or \"fp16\") on a GPU, or device=\"cpu\"",
+                crate::device::device_name(self.device())
+            )));
+        }
         self.precision = precision;
+        Ok(())
     }
 
     pub fn precision(&self) -> Precision {
@@ -377,7 +386,7 @@ mod tests {
             model.encode_images(&images).unwrap(),
             model.encode_texts(&texts).unwrap(),
         );
-        model.set_precision(Precision::Bf16);
+        model.set_precision(Precision::Bf16).unwrap();
         let (i16_, t16) = (
             model.encode_images(&images).unwrap(),
             model.encode_texts(&texts).unwrap(),

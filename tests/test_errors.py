@@ -141,6 +141,9 @@ def test_bad_device_and_config():
     if not liteclip.cuda_is_available():
         with pytest.raises(liteclip.DeviceError, match="CUDA is not available"):
             liteclip.LiteClip("liteclip-nano", device="cuda")
+    else:  # int8 has CPU kernels only: refused on a GPU, not silently run in fp32
+        with pytest.raises(ValueError, match="int8.*CPU"):
+            liteclip.LiteClip("liteclip-nano", device="cuda", precision="int8")
 
 
 def test_odd_but_valid_labels_work(pipe):

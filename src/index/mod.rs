@@ -239,7 +239,7 @@ impl PhotoIndex {
             other => other,
         })?;
         self.check_model(&model, path)?;
-        model.set_precision(precision);
+        model.set_precision(precision)?;
         Ok(model)
     }
 

@@ -2,18 +2,63 @@
 //! (`embeddings.*`, `encoder.layer.N.attention.self.{query,key,value}`, ..., `pooler.dense`), and
 //! liteCLIP's masked mean pooling on top.
 
+use std::sync::OnceLock;
+
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::layers::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear};
+use super::int8::Int8Weight;
+use super::layers::{computes_int8, embedding, layer_norm, linear, Embedding, LayerNorm, Linear};
 use super::mlp::Mlp;
 use crate::config::BertConfig;
 
+/// The query, key and value projections of one layer. In int8 they run as one product over
+/// their concatenated weights, so the input is quantized once instead of three times.
 #[derive(Debug)]
-struct Layer {
+struct QkvProjection {
     query: Linear,
     key: Linear,
     value: Linear,
+    int8: OnceLock<Int8Weight>,
+}
+
+impl QkvProjection {
+    fn new(p: &nn::Path, h: i64) -> Self {
+        QkvProjection {
+            query: linear(&(p / "query"), h, h),
+            key: linear(&(p / "key"), h, h),
+            value: linear(&(p / "value"), h, h),
+            int8: OnceLock::new(),
+        }
+    }
+
+    /// `(q, k, v)`, each `[..., h]` like `x`.
+    fn forward(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        if !computes_int8(x) {
+            return (
+                self.query.forward(x),
+                self.key.forward(x),
+                self.value.forward(x),
+            );
+        }
+        let fused = self.int8.get_or_init(|| {
+            let parts = [&self.query, &self.key, &self.value];
+            let ws: Vec<&Tensor> = parts.iter().map(|l| &l.ws).collect();
+            let bs: Vec<&Tensor> = parts.iter().map(|l| &l.bs).collect();
+            Int8Weight::new(&Tensor::cat(&ws, 0), &Tensor::cat(&bs, 0))
+        });
+        let qkv = fused.forward(x).chunk(3, -1);
+        (
+            qkv[0].shallow_clone(),
+            qkv[1].shallow_clone(),
+            qkv[2].shallow_clone(),
+        )
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    qkv: QkvProjection,
     attn_out: Linear,
     attn_norm: LayerNorm,
     /// `intermediate.dense -> GELU -> output.dense`.
@@ -26,9 +71,7 @@ impl Layer {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let att = p / "attention";
         Layer {
-            query: linear(&(&att / "self" / "query"), h, h),
-            key: linear(&(&att / "self" / "key"), h, h),
-            value: linear(&(&att / "self" / "value"), h, h),
+            qkv: QkvProjection::new(&(&att / "self"), h),
             attn_out: linear(&(&att / "output" / "dense"), h, h),
             attn_norm: layer_norm(&(&att / "output" / "LayerNorm"), h, eps),
             ffn: Mlp {
@@ -45,9 +88,8 @@ impl Layer {
         let (n, l, h) = (size[0], size[1], size[2]);
         let heads = cfg.num_heads;
         let split = |t: Tensor| t.view([n, l, heads, h / heads]).transpose(1, 2);
-        let q = split(self.query.forward(x));
-        let k = split(self.key.forward(x));
-        let v = split(self.value.forward(x));
+        let (q, k, v) = self.qkv.forward(x);
+        let (q, k, v) = (split(q), split(k), split(v));
         let p_drop = if train { cfg.attention_dropout } else { 0.0 };
         let ctx = Tensor::scaled_dot_product_attention(
             &q,
@@ -141,4 +183,38 @@ pub fn masked_mean(hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
         .sum_dim_intlist([1i64].as_slice(), false, None)
         .clamp_min(1e-9);
     summed / counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::precision::Precision;
+
+    /// The fused int8 projection gives each of q, k, v exactly what that layer alone gives in
+    /// int8 (rows and output channels are quantized independently), in the right order.
+    #[test]
+    fn fused_int8_qkv_equals_the_separate_int8_layers() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let qkv = QkvProjection::new(&vs.root(), 32);
+        tch::no_grad(|| {
+            for l in [&qkv.query, &qkv.key, &qkv.value] {
+                // Shallow clones share storage: this writes the layer's own weights.
+                let (mut ws, mut bs) = (l.ws.shallow_clone(), l.bs.shallow_clone());
+                ws.copy_(&Tensor::randn([32, 32], (Kind::Float, tch::Device::Cpu)));
+                bs.copy_(&Tensor::randn([32], (Kind::Float, tch::Device::Cpu)));
+            }
+        });
+        let x = Tensor::randn([2, 7, 32], (Kind::Float, tch::Device::Cpu));
+        let _int8 = Precision::Int8.enter(false);
+        let (q, k, v) = tch::no_grad(|| qkv.forward(&x));
+        for (got, layer) in [(q, &qkv.query), (k, &qkv.key), (v, &qkv.value)] {
+            let want = Int8Weight::new(&layer.ws, &layer.bs).forward(&x);
+            assert_eq!(got.size(), [2, 7, 32]);
+            assert!(
+                got.equal(&want),
+                "fused output differs from its own layer's"
+            );
+        }
+    }
 }

@@ -48,11 +48,17 @@ impl Module for Linear {
 impl Linear {
     /// The int8 weight when this thread computes in int8 and `x` is on the CPU.
     pub(super) fn int8_weight(&self, x: &Tensor) -> Option<&Int8Weight> {
-        (int8_linear() && x.device() == tch::Device::Cpu).then(|| {
+        computes_int8(x).then(|| {
             self.int8
                 .get_or_init(|| Int8Weight::new(&self.ws, &self.bs))
         })
     }
+}
+
+/// Whether a linear layer given `x` computes in int8: this thread's precision is int8 and `x`
+/// is on the CPU.
+pub(super) fn computes_int8(x: &Tensor) -> bool {
+    int8_linear() && x.device() == tch::Device::Cpu
 }
 
 pub fn linear(p: &nn::Path, in_dim: i64, out_dim: i64) -> Linear {

@@ -192,7 +192,7 @@ impl PyIndex {
         let device_spec = device.to_owned();
         let (index, model) = run_released(py, move || {
             let mut model = LiteClip::load(&checkpoint, parse_device(&device_spec)?, None)?;
-            model.set_precision(precision);
+            model.set_precision(precision)?;
             model.set_decode(decode);
             let index = PhotoIndex::create(&path, &root, &model, &checkpoint)?;
             Ok((index, model))

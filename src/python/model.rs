@@ -78,7 +78,7 @@ impl PyLiteClip {
         let model = run_released(py, move || {
             let device = parse_device(&device)?;
             let mut model = LiteClip::load(&path, device, config_from_arg(config.as_deref())?)?;
-            model.set_precision(precision);
+            model.set_precision(precision)?;
             model.set_decode(decode);
             Ok(model)
         })?;
@@ -123,7 +123,7 @@ impl PyLiteClip {
                 tch::manual_seed(seed);
             }
             let mut model = LiteClip::new(LiteClipConfig::from_name_or_file(&config)?, device)?;
-            model.set_precision(precision);
+            model.set_precision(precision)?;
             model.set_decode(decode);
             Ok(model)
         })?;

@@ -164,7 +164,7 @@ impl<'a> Trainer<'a> {
         }
         let resume_from = run_dir.resume_from(&options.resume)?;
         let mut model = build_model(options, resume_from.as_deref(), device)?;
-        model.set_precision(precision);
+        model.set_precision(precision)?;
         model.set_decode(options.decode);
         if main {
             run_dir.check_free_space(model.num_parameters())?;
