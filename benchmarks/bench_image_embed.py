@@ -1,11 +1,14 @@
 """Image embedding throughput from files on disk: decode + transform + forward.
 
-    python benchmarks/bench_image_embed.py [--n 256] [--batch 32 256] [--device cpu] [--json F]
+    python benchmarks/bench_image_embed.py [--n 256] [--batch 32 256] [--device cpu]
+        [--decode exact [fast]] [--json F]
 
 On a folder of JPEGs of mixed sizes. Reference: a torch `DataLoader` (workers = cores) over a
 Dataset doing `PIL.Image.open(p).convert("RGB")` + the original torchvision transform, feeding
 the eager timm + transformers model batch by batch. liteclip: `LiteClip.encode_image(paths)`
-in chunks of the batch size, in fp32 (exact) and bf16.
+in chunks of the batch size, in fp32 (exact) and bf16, for each `--decode` mode. On a GPU the
+forward-only rate of the eager tower on device-resident tensors is measured too, and each
+liteclip row at the largest batch is given as a share of it (issue #15, part 4: >= 50%).
 """
 
 from __future__ import annotations
@@ -47,10 +50,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--decode", nargs="+", default=["exact"], choices=["exact", "fast"])
     parser.add_argument("--json")
     args = parser.parse_args()
     paths = [str(p) for p in image_folder(args.n)]
-    ref, models = reference_and_liteclip(args.device, liteclip.LiteClip.load)
+
+    def load(checkpoint, **kwargs):
+        return {d: liteclip.LiteClip.load(checkpoint, decode=d, **kwargs) for d in args.decode}
+
+    ref, models = reference_and_liteclip(args.device, load)
     workers = os.cpu_count() or 1
     rows = []
     for batch in args.batch:
@@ -61,23 +69,23 @@ def main() -> None:
             return torch.cat([ref.encode_image(x.to(args.device)).cpu() for x in loader])
 
         for p in PRECISIONS:
+            for d in args.decode:
 
-            def ours(p=p, batch=batch):
-                return [
-                    models[p].encode_image(paths[i : i + batch])
-                    for i in range(0, len(paths), batch)
-                ]
+                def ours(model=models[p][d], batch=batch):
+                    return [
+                        model.encode_image(paths[i : i + batch])
+                        for i in range(0, len(paths), batch)
+                    ]
 
-            rows.append(
-                compare(
-                    f"{len(paths)} files, batch {batch}, {p}",
+                row = compare(
+                    f"{len(paths)} files, batch {batch}, {p}, decode {d}",
                     ours,
                     ref_embed,
                     repeats=args.repeats,
                     items=len(paths),
                     device=args.device,
                 )
-            )
+                rows.append({**row, "batch": batch, "precision": p, "decode": d})
     print_table(f"image embedding from disk ({args.device}), reference fp32", rows, "images/s")
     extra = {}
     if args.device.startswith("cuda"):
@@ -98,12 +106,12 @@ def main() -> None:
                 torch.cuda.synchronize()
             extra[f"forward_only_{name}_per_s"] = 10 * batch / (time.perf_counter() - start)
         for r in rows:
-            if r["case"].startswith(f"{len(paths)} files, batch {batch},"):
-                p = r["case"].rsplit(" ", 1)[1]
-                r["share_of_forward_bound"] = r["liteclip_per_s"] / extra[f"forward_only_{p}_per_s"]
+            if r["batch"] == batch:
+                bound = extra[f"forward_only_{r['precision']}_per_s"]
+                r["share_of_forward_bound"] = r["liteclip_per_s"] / bound
                 print(
                     f"{r['case']}: {r['share_of_forward_bound'] * 100:.1f}% of the forward-only "
-                    f"rate on device-resident tensors ({extra[f'forward_only_{p}_per_s']:.0f}/s)"
+                    f"rate on device-resident tensors ({bound:.0f}/s)"
                 )
     write_json(args.json, "image_embed", rows, device=args.device, **extra)
 

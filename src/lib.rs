@@ -47,6 +47,7 @@ pub mod liteclip;
 pub mod loss;
 pub mod model;
 pub mod pipeline;
+pub mod prefetch;
 pub mod rng;
 pub mod text;
 pub mod train;

@@ -11,6 +11,7 @@ use crate::config::LiteClipConfig;
 use crate::error::{Error, Result};
 use crate::image::{preprocess_batch, DecodeMode, ImageInput};
 use crate::model::{ClipModel, Precision};
+use crate::prefetch;
 use crate::text::{Padding, TextTokenizer, TokenBatch, TokenizedCaptions};
 
 /// Images per forward pass when encoding many: bounds activation memory, keeps batches large
@@ -213,33 +214,30 @@ impl LiteClip {
     }
 
     /// L2-normalised embeddings `(N, embed_dim)` of images, on the CPU. A list is a pipeline:
-    /// a thread decodes the next chunk while the model embeds the current one (on a 2-core
-    /// CPU each side leaves the other idle time to fill). [`cancel::check`] is polled between
-    /// chunks.
+    /// threads decode the images ahead of the model while it embeds the ones before them
+    /// ([`prefetch`]: on a 2-core CPU each side fills the other's idle time; on a GPU host,
+    /// all cores decode). [`cancel::check`] is polled between chunks.
     pub fn encode_images(&self, images: &[ImageInput]) -> Result<Tensor> {
         let chunk = pipeline_chunk(images.len());
         if images.len() <= chunk {
             return self.concat(vec![self.encode_pixels(&self.preprocess(images)?)?]);
         }
         let (size, decode) = (self.config.image_size, self.decode);
-        std::thread::scope(|scope| {
-            let (send, receive) = std::sync::mpsc::sync_channel(1);
-            scope.spawn(move || {
-                for part in images.chunks(chunk) {
-                    let pixels = preprocess_batch(part, size as u32, decode);
-                    if send.send((part.len(), pixels)).is_err() {
-                        break; // the consumer stopped
-                    }
-                }
-            });
-            let mut parts = Vec::new();
-            for (n, pixels) in receive {
+        let mut parts = Vec::new();
+        prefetch::map_in_order(
+            images,
+            chunk,
+            |image| image.preprocess(size as u32, decode),
+            |_, decoded| {
                 cancel::check()?;
-                let pixels = Tensor::f_from_slice(&pixels?)?.f_view([n as i64, 3, size, size])?;
+                let n = decoded.len() as i64;
+                let pixels = decoded.into_iter().collect::<Result<Vec<_>>>()?.concat();
+                let pixels = Tensor::f_from_slice(&pixels)?.f_view([n, 3, size, size])?;
                 parts.push(self.encode_pixels(&pixels)?);
-            }
-            self.concat(parts)
-        })
+                Ok(())
+            },
+        )?;
+        self.concat(parts)
     }
 
     /// The `(N, M)` logits between N images and M texts: `exp(logit_scale)` times the cosine
