@@ -3,27 +3,36 @@
 //!
 //! Why not one parallel batch at a time: a batch is only as fast as its slowest item, and
 //! photo folders mix sizes. One 12-megapixel JPEG takes 50x as long as a 500x375 one, so with
-//! 16 cores a batch of 64 waited for its one large photo while the other 15 cores idled
-//! (3x fewer images per second on an H100 host than its cores could decode). Here each thread
+//! 16 cores a batch of 64 waited for its one large photo while the other 15 cores idled (the
+//! likely cap of the ~330 img/s once measured from disk on an H100 host). Here each thread
 //! takes the next item as soon as it is free, up to a window ahead of the consumer, so a slow
 //! item delays only its own batch's hand-over while the others keep decoding.
 
+use std::any::Any;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex};
 
 use crate::error::Result;
 
-/// Items each worker may run ahead of the consumer beyond two batches: room for a straggler
-/// to finish while the other workers go on.
+/// Items each worker may run ahead of the consumer beyond two batches (room for a straggler to
+/// finish while the other workers go on), up to two more batches in all.
 const AHEAD_PER_WORKER: usize = 8;
 
-/// Runs `work` on every item on rayon's number of threads and calls `consume(start, results)`
-/// with consecutive batches of up to `batch` results in input order (`start`: the index of the
-/// batch's first item). At most two batches plus a few items per worker are held ahead of the
-/// consumer, so memory stays bounded whatever the list's length. An error from `consume` stops
-/// the workers (items under way finish, no new ones start) and is returned.
+/// What a worker sends: an item's index and its result, or the panic its work raised.
+type Outcome<R> = (usize, std::result::Result<R, Box<dyn Any + Send>>);
+
+/// Runs `work` on every item and calls `consume(start, results)` with consecutive batches of
+/// up to `batch` results in input order (`start`: the index of the batch's first item).
+///
+/// The work runs on threads started for this call, as many as rayon's pool has (its size is
+/// the one knob users have for "how many cores"), not on the pool itself: a worker waiting for
+/// the window to move must not hold a pool thread. At most [`window_size`] items are held
+/// ahead of the consumer, so memory stays bounded whatever the list's length. An error from
+/// `consume` stops the workers (items under way finish, no new ones start) and is returned; a
+/// panic in `work` or `consume` stops them too and is raised again on the caller's thread.
 pub fn map_in_order<T, R, W, C>(items: &[T], batch: usize, work: W, mut consume: C) -> Result<()>
 where
     T: Sync,
@@ -33,10 +42,13 @@ where
 {
     let batch = batch.max(1);
     let workers = rayon::current_num_threads().clamp(1, items.len().max(1));
-    let window = Window::new(2 * batch + AHEAD_PER_WORKER * workers);
+    let window = Window::new(window_size(batch, workers));
     let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
-        let (send, receive) = mpsc::channel();
+        // Whichever way the consumer leaves (done, error, panic), blocked workers are woken
+        // to exit: the scope cannot return before they have.
+        let _stop = StopOnDrop(&window);
+        let (send, receive) = mpsc::channel::<Outcome<R>>();
         for _ in 0..workers {
             let send = send.clone();
             let (next, window, work) = (&next, &window, &work);
@@ -45,23 +57,30 @@ where
                 if i >= items.len() || !window.wait_for(i) {
                     return;
                 }
-                if send.send((i, work(&items[i]))).is_err() {
+                let result = panic::catch_unwind(AssertUnwindSafe(|| work(&items[i])));
+                let panicked = result.is_err();
+                if send.send((i, result)).is_err() || panicked {
                     return;
                 }
             });
         }
         drop(send);
-        let outcome = deliver(items.len(), batch, &receive, &window, &mut consume);
-        window.stop();
-        outcome
+        deliver(items.len(), batch, &receive, &window, &mut consume)
     })
+}
+
+/// How many items may be under way or waiting beyond those the consumer has taken: the next
+/// two batches, plus room for stragglers that grows with the workers (capped: a 128-thread
+/// host must not hold hundreds of decoded images per call).
+pub fn window_size(batch: usize, workers: usize) -> usize {
+    2 * batch + (AHEAD_PER_WORKER * workers).min(2 * batch)
 }
 
 /// Receives results in any order and hands them to `consume` in order, batch by batch.
 fn deliver<R>(
     total: usize,
     batch: usize,
-    receive: &mpsc::Receiver<(usize, R)>,
+    receive: &mpsc::Receiver<Outcome<R>>,
     window: &Window,
     consume: &mut impl FnMut(usize, Vec<R>) -> Result<()>,
 ) -> Result<()> {
@@ -72,16 +91,19 @@ fn deliver<R>(
         let mut results = Vec::with_capacity(end - start);
         while start + results.len() < end {
             let wanted = start + results.len();
-            match early.remove(&wanted) {
-                Some(r) => results.push(r),
-                // Workers only exit early once stopped, so a closed channel here is a
-                // worker that panicked: the scope re-raises that panic when it joins.
-                None => match receive.recv() {
-                    Ok((i, r)) => {
-                        early.insert(i, r);
-                    }
-                    Err(_) => return Ok(()),
-                },
+            if let Some(r) = early.remove(&wanted) {
+                results.push(r);
+                continue;
+            }
+            // Every worker holds a sender until it has sent all it took or the window stops,
+            // and a panic is sent before its worker exits: the channel stays open while an
+            // item is owed.
+            match receive.recv() {
+                Ok((i, Ok(r))) => {
+                    early.insert(i, r);
+                }
+                Ok((_, Err(payload))) => panic::resume_unwind(payload),
+                Err(_) => unreachable!("workers exited with item {wanted} owed"),
             }
         }
         window.advance(end);
@@ -92,43 +114,59 @@ fn deliver<R>(
 }
 
 /// How far ahead workers may go: item `i` may start once `i < taken + size`, where `taken` is
-/// the number of items the consumer has taken.
+/// the number of items the consumer has taken; and whether the consumer has stopped.
 struct Window {
-    taken: Mutex<usize>,
+    state: Mutex<WindowState>,
     moved: Condvar,
     size: usize,
-    stopped: AtomicBool,
+}
+
+struct WindowState {
+    taken: usize,
+    stopped: bool,
 }
 
 impl Window {
     fn new(size: usize) -> Self {
         Window {
-            taken: Mutex::new(0),
+            state: Mutex::new(WindowState {
+                taken: 0,
+                stopped: false,
+            }),
             moved: Condvar::new(),
             size,
-            stopped: AtomicBool::new(false),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WindowState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Blocks until item `i` may start; false once the consumer has stopped.
     fn wait_for(&self, i: usize) -> bool {
-        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
-        while i >= *taken + self.size && !self.stopped.load(Ordering::Acquire) {
-            taken = self.moved.wait(taken).unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
+        while i >= state.taken + self.size && !state.stopped {
+            state = self.moved.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        !self.stopped.load(Ordering::Acquire)
+        !state.stopped
     }
 
     fn advance(&self, taken: usize) {
-        *self.taken.lock().unwrap_or_else(|e| e.into_inner()) = taken;
+        self.lock().taken = taken;
         self.moved.notify_all();
     }
 
     fn stop(&self) {
-        // Under the lock, so that no worker checks the flag and then sleeps through the wake-up.
-        let _taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
-        self.stopped.store(true, Ordering::Release);
+        self.lock().stopped = true;
         self.moved.notify_all();
+    }
+}
+
+struct StopOnDrop<'a>(&'a Window);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
 
@@ -168,8 +206,7 @@ mod tests {
     fn workers_stay_within_the_window() {
         let items: Vec<usize> = (0..400).collect();
         let started = AtomicUsize::new(0);
-        let workers = rayon::current_num_threads().min(items.len());
-        let window = 2 * 4 + AHEAD_PER_WORKER * workers;
+        let window = window_size(4, rayon::current_num_threads().min(items.len()));
         map_in_order(
             &items,
             4,
@@ -208,7 +245,42 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("stop here"));
-        assert!(done.load(Ordering::SeqCst) < 1_000);
+        // Two batches were taken; workers went at most a window past them.
+        let window = window_size(8, rayon::current_num_threads());
+        assert!(done.load(Ordering::SeqCst) <= 24 + window);
+    }
+
+    /// A panic in the work or in the consumer, far into a list longer than the window, comes
+    /// back to the caller with its message instead of leaving workers blocked (a hang).
+    #[test]
+    fn panics_reach_the_caller_instead_of_hanging() {
+        let items: Vec<usize> = (0..5_000).collect();
+        let in_work = panic::catch_unwind(|| {
+            map_in_order(
+                &items,
+                8,
+                |&i| {
+                    assert!(i != 300, "item 300 is broken");
+                    i
+                },
+                |_, _| Ok(()),
+            )
+        })
+        .unwrap_err();
+        assert_eq!(in_work.downcast_ref::<&str>(), Some(&"item 300 is broken"));
+        let in_consumer = panic::catch_unwind(|| {
+            map_in_order(
+                &items,
+                8,
+                |&i| i,
+                |start, _| {
+                    assert!(start < 400, "consumer broke");
+                    Ok(())
+                },
+            )
+        })
+        .unwrap_err();
+        assert_eq!(in_consumer.downcast_ref::<&str>(), Some(&"consumer broke"));
     }
 
     #[test]
