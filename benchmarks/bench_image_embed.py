@@ -1,7 +1,7 @@
 """Image embedding throughput from files on disk: decode + transform + forward.
 
     python benchmarks/bench_image_embed.py [--n 256] [--batch 32 256] [--device cpu]
-        [--decode exact [fast]] [--json F]
+        [--decode exact [fast]] [--precisions fp32 [bf16]] [--json F]
 
 On a folder of JPEGs of mixed sizes. Reference: a torch `DataLoader` (workers = cores) over a
 Dataset doing `PIL.Image.open(p).convert("RGB")` + the original torchvision transform, feeding
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--decode", nargs="+", default=["exact"], choices=["exact", "fast"])
+    parser.add_argument("--precisions", nargs="+", default=PRECISIONS, choices=PRECISIONS)
     parser.add_argument("--json")
     args = parser.parse_args()
     paths = [str(p) for p in image_folder(args.n)]
@@ -68,7 +69,7 @@ def main() -> None:
         def ref_embed(loader=loader):
             return torch.cat([ref.encode_image(x.to(args.device)).cpu() for x in loader])
 
-        for p in PRECISIONS:
+        for p in args.precisions:
             for d in args.decode:
 
                 def ours(model=models[p][d], batch=batch):
