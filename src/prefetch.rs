@@ -72,7 +72,7 @@ where
 /// How many items may be under way or waiting beyond those the consumer has taken: the next
 /// two batches, plus room for stragglers that grows with the workers (capped: a 128-thread
 /// host must not hold hundreds of decoded images per call).
-pub fn window_size(batch: usize, workers: usize) -> usize {
+fn window_size(batch: usize, workers: usize) -> usize {
     2 * batch + (AHEAD_PER_WORKER * workers).min(2 * batch)
 }
 
