@@ -10,7 +10,7 @@ use crate::checkpoint;
 use crate::config::LiteClipConfig;
 use crate::error::{Error, Result};
 use crate::image::{preprocess_batch, DecodeMode, ImageInput};
-use crate::model::{ClipModel, Precision};
+use crate::model::{ClipModel, Precision, TowerLocks};
 use crate::prefetch;
 use crate::text::{Padding, TextTokenizer, TokenBatch, TokenizedCaptions};
 
@@ -175,6 +175,11 @@ impl LiteClip {
             .iter()
             .map(Tensor::numel)
             .sum::<usize>() as i64
+    }
+
+    /// Locks parts of the towers for training (see [`TowerLocks`]); returns the weights locked.
+    pub fn lock(&mut self, locks: TowerLocks) -> i64 {
+        self.model.lock(&self.vs, locks, &self.config)
     }
 
     pub fn varstore(&self) -> &nn::VarStore {

@@ -73,6 +73,9 @@ def common(data, start, output, batch_size, **more) -> dict:
         epochs=2,
         batch_size=batch_size,
         lr=1e-3,
+        # Constant, so that a run of one epoch resumed for a second is the unbroken run's
+        # first half (a cosine decay depends on the number of epochs).
+        schedule="constant",
         weight_decay=0.05,
         augment=True,
         device="cpu",

@@ -102,6 +102,8 @@ def test_resume_continues_exactly(shapes, tmp_path):
         model="liteclip-nano",
         batch_size=16,
         lr=1e-3,
+        # Constant, so that one epoch resumed for a second is the unbroken run's first half.
+        schedule="constant",
         device="cpu",
         progress=False,
         val_fraction=0.1,
@@ -118,6 +120,46 @@ def test_resume_continues_exactly(shapes, tmp_path):
     b = liteclip.LiteClip.load(tmp_path / "b" / "last", device="cpu").state_dict()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_resume_refuses_options_that_define_the_run(shapes, tmp_path):
+    """A resume with another model, data set, split or starting point would continue something
+    else than the run in `output`: refused, naming the option and both values. Options that
+    may change (epochs, lr, patience, ...) do."""
+    train_dir, test_dir = shapes
+    other_data = datasets.make_shapes(tmp_path / "other", n_images=40, image_size=48)
+    common = dict(
+        model="liteclip-nano",
+        batch_size=16,
+        device="cpu",
+        progress=False,
+        max_steps_per_epoch=2,
+    )
+    liteclip.train(train_dir, tmp_path / "run", epochs=1, **common)
+    refused = {
+        "model": dict(model="liteclip"),
+        "data": dict(data=other_data),
+        "val_fraction": dict(val_fraction=0.1),
+        "seed": dict(seed=5),
+        "init": dict(init=tmp_path / "run" / "last"),
+        "lock_text": dict(lock_text=True),
+    }
+    for option, change in refused.items():
+        options = {**common, "data": train_dir, "epochs": 2, "resume": True, **change}
+        with pytest.raises(ValueError, match=f"{option} was .* when it started") as info:
+            liteclip.train(output=tmp_path / "run", **options)
+        assert "another output folder" in str(info.value)
+    # Paths are compared as absolute ones; epochs, lr and patience may change.
+    resumed = liteclip.train(
+        train_dir.resolve(),
+        tmp_path / "run",
+        epochs=2,
+        lr=5e-4,
+        early_stopping_patience=None,
+        resume=True,
+        **common,
+    )
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
 
 
 def test_accum_steps_trains_on_the_whole_contrastive_batch(shapes, tmp_path):

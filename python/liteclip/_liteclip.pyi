@@ -297,6 +297,8 @@ def write_shards(
     image_column: str = "image",
     caption_column: str = "caption",
     images_dir: str | os.PathLike[str] | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
 ) -> list[str]: ...
 def make_shapes(
     path: str | os.PathLike[str],

@@ -324,6 +324,15 @@ def _parser() -> argparse.ArgumentParser:
     shard.add_argument("--image-column", default="image")
     shard.add_argument("--caption-column", default="caption")
     shard.add_argument("--images-dir", default=None)
+    shard.add_argument(
+        "--shuffle",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the images in a seeded random order, so that each shard holds a bit of "
+        "everything even when the source is sorted by class (--no-shuffle keeps the source's "
+        "order) (default: shuffle)",
+    )
+    shard.add_argument("--seed", type=int, default=0, help="the shuffle's seed (default: 0)")
 
     serve = sub.add_parser(
         "serve",
@@ -608,6 +617,8 @@ def _shard(args: argparse.Namespace) -> int:
         image_column=args.image_column,
         caption_column=args.caption_column,
         images_dir=args.images_dir,
+        shuffle=args.shuffle,
+        seed=args.seed,
     )
     last = len(paths) - 1
     width = len(paths[-1].stem) if paths else 5

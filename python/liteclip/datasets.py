@@ -51,6 +51,8 @@ def write_shards(
     image_column: str = "image",
     caption_column: str = "caption",
     images_dir: str | os.PathLike[str] | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
 ) -> list[Path]:
     """Writes the captioned data set ``source`` (a Flickr8k-layout folder or a CSV, read as
     ``liteclip.train`` reads it) as WebDataset shards ``output/00000.tar``, ... of
@@ -60,6 +62,11 @@ def write_shards(
     file's bytes, not re-encoded), ``{key}.txt`` (its first caption) and ``{key}.json``
     (``{"captions": [all of them], "source": path}``). Each shard is written atomically. Name
     them all with a brace pattern: ``output/{00000..000NN}.tar``.
+
+    ``shuffle`` (the default) writes the images in an order shuffled by ``seed``, so that every
+    shard holds a bit of everything even when the source is sorted (by class, site or date):
+    training reads only a few shards at once, and shards that each hold one class give batches
+    of few classes. ``shuffle=False`` keeps the source's order.
     """
     paths = _write_shards(
         source,
@@ -68,5 +75,7 @@ def write_shards(
         image_column=image_column,
         caption_column=caption_column,
         images_dir=images_dir,
+        shuffle=shuffle,
+        seed=seed,
     )
     return [Path(p) for p in paths]

@@ -141,8 +141,8 @@ def train(
     lr: float | None = None,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
-    warmup_steps: int = 0,
-    schedule: str = "constant",
+    warmup_steps: int | None = None,
+    schedule: str = "cosine",
     val_fraction: float = 0.2,
     seed: int = 0,
     device: str = "auto",
@@ -173,6 +173,10 @@ def train(
     shuffle_buffer: int = 1000,
     samples_per_epoch: int | None = None,
     decode: str = "exact",
+    lock_image: bool = False,
+    lock_image_unlocked_stages: int = 0,
+    lock_text: bool = False,
+    lock_text_unlocked_layers: int = 0,
 ) -> TrainResult:
     """Trains a liteclip model contrastively on captioned images.
 
@@ -185,8 +189,9 @@ def train(
             with ``{key}.txt`` and/or ``{key}.json``): a ``.tar`` file, a brace pattern
             (``"shards/{00000..00127}.tar"``), a glob, a folder of ``.tar`` files, or a list of
             them. Shards are streamed (memory does not grow with the data set), dealt to
-            ranks x ``workers`` streams, and shuffled in blocks of ``shuffle_buffer`` by seed and
-            epoch; each sample trains once per epoch with one of its captions. Samples without
+            ranks x ``workers`` streams, read in an order shuffled by seed and epoch through a
+            shuffle buffer (``shuffle_buffer``); each sample trains once per epoch with one of
+            its captions. Samples without
             an image or a caption, and undecodable images, are skipped and counted.
         output: run folder; receives ``best/``, ``last/`` and ``metrics.jsonl``.
         model: ``"liteclip"`` (convnext_tiny + bert-mini, 224 px), ``"liteclip-nano"`` (small
@@ -195,12 +200,20 @@ def train(
         batch_size: pairs per step (at least 2); no image appears twice in a batch.
         lr: peak learning rate. ``None`` picks by how the towers start: 2e-4 (the original
             liteCLIP's) when they start from trained weights (``init``, ``image_weights`` or
-            ``text_weights``), 2e-3 (what trains ``liteclip-nano`` from scratch in the demo)
-            when they start from random weights.
+            ``text_weights``), 2e-3 when they start from random weights (what trains
+            ``liteclip-nano`` from scratch fastest, with the warm-up below).
         optimizer: ``"adam"`` (the original's) or ``"adamw"`` (decoupled weight decay).
         weight_decay: applied to weight matrices and embeddings only.
-        warmup_steps: linear warm-up from 0 to ``lr``.
-        schedule: ``"constant"`` or ``"cosine"`` (decay to 0 at the last step).
+        warmup_steps: steps of linear warm-up from 0 to ``lr``. ``None``: a tenth of the run's
+            steps, at most 10,000 (open_clip's default). From scratch, a high rate from the
+            first step collapses the model (the loss stays at ln(batch_size) and nothing is
+            learned); a warm-up avoids it.
+        schedule: after the warm-up, ``"cosine"`` (decay to 0 at the last step, as open_clip
+            and most CLIP training do: the default, because it both trains from scratch and
+            ends on a low rate) or ``"constant"``. A run whose loss is still about
+            ln(contrastive batch) a quarter of the way in says so: a warning on the progress
+            line and in the epoch's ``warnings`` (history and ``metrics.jsonl``), with what to
+            try.
         val_fraction: share of *images* held out for validation; all captions of an image
             stay on one side (the original split caption rows, leaking images).
         seed: makes the split, order, augmentation, dropout and initialisation repeatable.
@@ -220,7 +233,14 @@ def train(
         resume: ``True`` continues the run in ``output`` from its ``last/`` checkpoint
             (optimizer state, step and schedule included, ending with the same weights as an
             unbroken run); a path continues from that checkpoint folder. Without it, an
-            existing run in ``output`` is an error rather than overwritten.
+            existing run in ``output`` is an error rather than overwritten. Options that
+            define the run must be those it started with, or resuming is a ``ValueError``
+            naming the option: ``model``, ``init``, ``image_weights``, ``text_weights``,
+            ``data``, ``val_data``, the CSV columns and ``images_dir``, the locks, and, where
+            the data is split, ``val_fraction`` and ``seed``; inside an epoch also ``seed``
+            and the contrastive batch (``batch_size`` x ``accum_steps`` x processes). Others
+            may change (``epochs``: with the cosine schedule, its decay is then spread over the
+            new number of steps from the next step on).
         augment: random resized crops (scale 0.5-1) instead of the center crop.
         image_column: CSV column of image paths.
         caption_column: CSV column of captions.
@@ -274,8 +294,12 @@ def train(
         workers: shard data: streams per process, each reading its own shards in a thread
             (images are decoded on all cores either way). A resume inside an epoch continues
             exactly with the same ``workers`` and number of processes.
-        shuffle_buffer: shard data: samples each stream reads ahead and shuffles together.
-            Memory holds about ``workers * shuffle_buffer`` encoded samples.
+        shuffle_buffer: shard data: samples each stream holds in its shuffle buffer (as
+            webdataset's ``shuffle(n)``): the buffer is filled from four of the stream's shards
+            at once, and each sample trained on is drawn from it at random. Memory holds about
+            ``workers * (shuffle_buffer + 80)`` encoded samples. A resume inside an epoch reads
+            the shards again from the epoch's start to rebuild the buffers exactly (without
+            decoding the samples already trained on).
         samples_per_epoch: shard data: pairs per epoch over all processes (open_clip's
             ``--train-num-samples``); a stream that reaches the end of its shards starts them
             again, in a new order. ``None``: an epoch is one pass over the shards (counted from
@@ -283,6 +307,18 @@ def train(
         decode: ``"exact"`` (every pixel, as PIL) or ``"fast"``: large JPEGs (phone photos) are
             decoded at 1/2, 1/4 or 1/8 scale in the DCT domain, keeping at least 1.5 times the
             resolution the crop is resized to (see ``LiteClip.load``).
+        lock_image: lock the image backbone (LiT, open_clip's ``--lock-image``): its weights
+            keep their starting values (get no gradient, no optimizer state and no weight
+            decay), it runs in eval mode, and no backward pass goes through it. Its projection
+            head and the temperature still train. The small-data recipe with a pretrained
+            image tower (``image_weights`` or ``init``): with few pairs, training it would
+            forget more than it learns.
+        lock_image_unlocked_stages: with ``lock_image``, the last this many ConvNeXt stages
+            (and the final norm) still train (0: the whole backbone is locked).
+        lock_text: lock the text backbone in the same way (embeddings and layers; the
+            projection head still trains).
+        lock_text_unlocked_layers: with ``lock_text``, the last this many BERT layers still
+            train.
 
     Returns:
         A :class:`TrainResult`. Images that cannot be decoded are skipped and counted, not

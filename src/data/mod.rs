@@ -463,11 +463,13 @@ impl DataInfo {
 pub const SPLIT_STREAM: u64 = 1;
 pub const ORDER_STREAM: u64 = 2;
 pub const AUGMENT_STREAM: u64 = 3;
-/// Shard streams: the order of a stream's shards, the shuffle of its blocks, and the caption
+/// Shard streams: the order of a stream's shards, its shuffle buffer's draws, and the caption
 /// picked for a sample with several.
 pub const SHARD_ORDER_STREAM: u64 = 4;
-pub const BLOCK_SHUFFLE_STREAM: u64 = 5;
+pub const SHUFFLE_BUFFER_STREAM: u64 = 5;
 pub const CAPTION_STREAM: u64 = 6;
+/// Writing shards: the order of the samples.
+pub const SHARD_WRITE_STREAM: u64 = 7;
 
 /// One training pair: an image and one of its captions (indices into a [`Dataset`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

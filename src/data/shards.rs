@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::Dataset;
+use super::{Dataset, SHARD_WRITE_STREAM};
 use crate::error::{Error, Result};
 use crate::fsio;
+use crate::rng::Rng;
 
 /// Extensions of the image member of a sample, as img2dataset writes them.
 pub const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
@@ -267,15 +268,26 @@ pub fn read_shard(
 
 /// Writes `dataset` as shards `out/00000.tar`, `out/00001.tar`, ... of `per_shard` samples:
 /// one sample per image (its file's bytes as they are, its first caption as `.txt`, all its
-/// captions and its source path in `.json`). Each shard is written atomically. Returns the
-/// shard paths.
-pub fn write_shards(dataset: &Dataset, out: &Path, per_shard: usize) -> Result<Vec<PathBuf>> {
+/// captions and its source path in `.json`). With `shuffle` (a seed), the images are written
+/// in an order shuffled by it, so that shards made from a source sorted by class, site or date
+/// each hold a bit of everything (a training stream mixes only a few shards at once); `None`
+/// keeps the source's order. Each shard is written atomically. Returns the shard paths.
+pub fn write_shards(
+    dataset: &Dataset,
+    out: &Path,
+    per_shard: usize,
+    shuffle: Option<u64>,
+) -> Result<Vec<PathBuf>> {
     if per_shard == 0 {
         return Err(Error::invalid("samples_per_shard must be at least 1"));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut order: Vec<&super::Entry> = dataset.entries.iter().collect();
+    if let Some(seed) = shuffle {
+        Rng::derive(seed, SHARD_WRITE_STREAM, 0).shuffle(&mut order);
+    }
     let mut written = Vec::new();
-    for (s, entries) in dataset.entries.chunks(per_shard).enumerate() {
+    for (s, entries) in order.chunks(per_shard).enumerate() {
         let path = out.join(format!("{s:05}.tar"));
         fsio::write_atomically(&path, |tmp| {
             let file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
@@ -481,7 +493,7 @@ mod tests {
         }
         let dataset = Dataset::from_entries(entries.clone());
         let out = tmp.path().join("shards");
-        let shards = write_shards(&dataset, &out, 2).unwrap();
+        let shards = write_shards(&dataset, &out, 2, None).unwrap();
         assert_eq!(shards.len(), 3);
         let pattern = format!("{}/{{00000..00002}}.tar", out.display());
         assert_eq!(expand(&[pattern]).unwrap(), shards);
@@ -494,6 +506,43 @@ mod tests {
             assert_eq!(sample.image, std::fs::read(&entry.path).unwrap());
             assert_eq!(sample.captions, entry.captions);
         }
-        assert!(write_shards(&dataset, &out, 0).is_err());
+        assert!(write_shards(&dataset, &out, 0, None).is_err());
+    }
+
+    #[test]
+    fn written_shards_are_shuffled_by_seed_unless_asked_not_to() {
+        let tmp = tempfile::tempdir().unwrap();
+        let entries: Vec<_> = (0..40)
+            .map(|i| {
+                let p = tmp.path().join(format!("img{i:02}.png"));
+                std::fs::write(&p, format!("png bytes {i}")).unwrap();
+                super::super::Entry {
+                    path: p,
+                    captions: vec![format!("caption {i}")],
+                }
+            })
+            .collect();
+        let dataset = Dataset::from_entries(entries);
+        let order = |name: &str, shuffle: Option<u64>| -> Vec<String> {
+            let shards = write_shards(&dataset, &tmp.path().join(name), 8, shuffle).unwrap();
+            shards
+                .iter()
+                .flat_map(|s| read_all(s, 0).0)
+                .map(|s| s.captions[0].clone())
+                .collect()
+        };
+        let source: Vec<String> = (0..40).map(|i| format!("caption {i}")).collect();
+        let (a, b, c) = (
+            order("a", Some(1)),
+            order("b", Some(1)),
+            order("c", Some(2)),
+        );
+        assert_eq!(order("kept", None), source);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, source);
+        let mut sorted = a.clone();
+        sorted.sort_by_key(|c| c[8..].parse::<u32>().unwrap());
+        assert_eq!(sorted, source);
     }
 }

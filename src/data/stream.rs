@@ -1,19 +1,28 @@
-//! Training batches streamed from WebDataset shards, in memory bounded by the shuffle blocks
+//! Training batches streamed from WebDataset shards, in memory bounded by the shuffle buffers
 //! and the prefetched batches, never by the size of the data set.
 //!
 //! Shards are dealt to `world x workers` streams once for the run: stream `g = rank * workers +
 //! t` takes shards `g, g + S, g + 2S, ...` of the list (`S` streams), so every epoch each rank
 //! reads the same shards. Each stream is a thread that reads its shards in an order shuffled
-//! by (seed, epoch, pass), cuts their samples into blocks of `shuffle_buffer`, shuffles each
-//! block by (seed, epoch, stream, block) and hands the samples on. A rank's assembler thread
-//! takes samples from its streams in turn, decodes and transforms a batch's images in parallel
-//! (rayon), picks and tokenizes one caption per sample, and queues the batch.
+//! by (seed, epoch, pass), [`OPEN_SHARDS`] of them at once, into a shuffle buffer of
+//! `shuffle_buffer` samples (webdataset's `shuffle(n)`): each sample handed on is drawn at
+//! random from the buffer, and its place is refilled from a shard picked at random among the
+//! open ones. Shards written in source order (one class, one site, one day after another) so
+//! still mix within a batch. A rank's assembler thread takes samples from its streams in turn,
+//! decodes and transforms a batch's images in parallel (rayon), picks and tokenizes one caption
+//! per sample, and queues the batch.
 //!
-//! Every sample carries where its stream stands once it is used ([`StreamPosition`]: the
-//! block's first sample, found again as (pass, shard, sample), and how many of the block's
-//! samples are used). A checkpoint inside an epoch records those positions and the assembler's
-//! turn ([`RankCursor`]); a resumed stream re-reads only the block it was in, and with the same
-//! ranks and workers the rest of the epoch is exactly that of an unbroken run.
+//! Memory: each stream holds its buffer, [`STREAM_QUEUE`] samples queued for the assembler and
+//! a few samples per open shard, so a rank holds about `workers x (shuffle_buffer + 80)`
+//! encoded samples besides the prefetched batches.
+//!
+//! Every draw depends on (seed, epoch, stream) and the shards' contents only, so a stream is
+//! the same sequence every time it is read. A sample carries how many samples its stream has
+//! handed on once it is used ([`StreamPosition`]); a checkpoint inside an epoch records those
+//! counts and the assembler's turn ([`RankCursor`]). A resumed stream reads its shards again
+//! from the epoch's start, rebuilding its buffer draw by draw, and skips (without decoding)
+//! the samples it had handed on: with the same ranks and workers the rest of the epoch is
+//! exactly that of an unbroken run, for the cost of re-reading the part of the epoch done.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -26,42 +35,36 @@ use serde::{Deserialize, Serialize};
 
 use super::loader::{pixels_tensor, transform_image, BatchCaptions, ImageBatch, LoaderConfig};
 use super::shards::{read_shard, ShardCounts, ShardSample};
-use super::{AUGMENT_STREAM, BLOCK_SHUFFLE_STREAM, CAPTION_STREAM, SHARD_ORDER_STREAM};
+use super::{AUGMENT_STREAM, CAPTION_STREAM, SHARD_ORDER_STREAM, SHUFFLE_BUFFER_STREAM};
 use crate::error::{Error, Result};
 use crate::image::decode;
 use crate::rng::Rng;
 use crate::text::{TextTokenizer, TokenizedCaptions};
 
-/// Samples a stream holds ahead of the assembler (beyond its shuffle block).
+/// Samples a stream holds ahead of the assembler (beyond its shuffle buffer).
 const STREAM_QUEUE: usize = 64;
+/// Shards a stream reads at once into its shuffle buffer.
+pub const OPEN_SHARDS: usize = 4;
+/// Samples each open shard's reader holds ahead.
+const READER_QUEUE: usize = 2;
 
-/// Where a stream stands: in block `block`, which starts at sample `sample` of the `shard`-th
-/// shard of pass `pass`'s order, of which `taken` samples are used.
+/// Where a stream stands in its epoch: how many samples it has handed on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamPosition {
-    /// Pass over the stream's shards (beyond 0 only with `samples_per_epoch`).
-    pub pass: u64,
-    pub shard: u64,
-    pub sample: u64,
-    pub block: u64,
-    pub taken: u64,
+    /// (Older versions saved other fields: read as 0, with the cursor's format 0.)
+    #[serde(default)]
+    pub used: u64,
 }
 
 impl StreamPosition {
-    const FIELDS: usize = 5;
+    const FIELDS: usize = 1;
 
     fn encode(&self) -> [i64; Self::FIELDS] {
-        [self.pass, self.shard, self.sample, self.block, self.taken].map(|v| v as i64)
+        [self.used as i64]
     }
 
     fn decode(v: &[i64]) -> Self {
-        StreamPosition {
-            pass: v[0] as u64,
-            shard: v[1] as u64,
-            sample: v[2] as u64,
-            block: v[3] as u64,
-            taken: v[4] as u64,
-        }
+        StreamPosition { used: v[0] as u64 }
     }
 }
 
@@ -107,9 +110,16 @@ impl RankCursor {
 /// Where every rank's streams stand: saved with a checkpoint inside an epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardCursor {
+    /// How streams read: [`CURSOR_FORMAT`] for positions this version can continue from.
+    /// Cursors saved by versions that shuffled in blocks have none (0).
+    #[serde(default)]
+    pub format: u32,
     pub workers: usize,
     pub ranks: Vec<RankCursor>,
 }
+
+/// The [`ShardCursor::format`] of this version's streams.
+pub const CURSOR_FORMAT: u32 = 2;
 
 /// What comes with each batch besides its rows.
 #[derive(Debug, Clone)]
@@ -242,7 +252,7 @@ impl Assembler {
                 shards: stream_shards(&config.shards, id, streams),
                 seed: config.loader.seed,
                 epoch: config.loader.epoch,
-                block_size: config.shuffle_buffer.max(1),
+                buffer_size: config.shuffle_buffer.max(1),
                 repeat: config.repeat,
                 tx,
             };
@@ -381,31 +391,35 @@ fn prepare_rows(samples: Vec<StreamSample>, config: &LoaderConfig) -> Rows {
     rows
 }
 
-/// One stream: its shards, read in order, shuffled in blocks.
+/// One stream: its shards, read [`OPEN_SHARDS`] at a time through a shuffle buffer.
 struct Stream {
     id: u64,
     shards: Vec<PathBuf>,
     seed: u64,
     epoch: u64,
-    block_size: usize,
+    buffer_size: usize,
     repeat: bool,
     tx: SyncSender<StreamItem>,
-}
-
-/// The block being read: where it starts, its number, and samples of it already used.
-struct Block {
-    start: StreamPosition,
-    number: u64,
-    skip: usize,
-    items: Vec<(ShardSample, PathBuf)>,
 }
 
 /// The assembler has gone: the stream stops.
 struct Gone;
 
+/// Why a stream stopped before the end of its data.
+enum Stop {
+    Gone,
+    Failed(Error),
+}
+
+impl From<Gone> for Stop {
+    fn from(_: Gone) -> Self {
+        Stop::Gone
+    }
+}
+
 impl Stream {
     fn run(self, start: StreamPosition) {
-        if let Err(Some(e)) = self.read_from(start) {
+        if let Err(Stop::Failed(e)) = self.stream_from(start) {
             let _ = self.tx.send(StreamItem::Failed(e));
         }
     }
@@ -418,88 +432,143 @@ impl Stream {
         order
     }
 
-    /// Reads from `start` to the end of the data (`Err(None)`: the assembler has gone).
-    fn read_from(&self, start: StreamPosition) -> std::result::Result<(), Option<Error>> {
-        let mut block = Block {
-            start,
-            number: start.block,
-            skip: start.taken as usize,
-            items: Vec::new(),
-        };
-        let mut pass = start.pass;
-        while pass == 0 || self.repeat {
-            let order = self.order(pass);
-            let first = if pass == start.pass { start.shard } else { 0 } as usize;
-            let mut read_any = false;
-            for (index, shard) in order.iter().enumerate().skip(first) {
-                let skip = if (pass, index) == (start.pass, first) {
-                    start.sample
-                } else {
-                    0
-                };
-                let mut sample = skip;
-                let mut gone = false;
-                let counts = read_shard(shard, skip as usize, &mut |s| {
-                    if block.items.is_empty() {
-                        block.start = StreamPosition {
-                            pass,
-                            shard: index as u64,
-                            sample,
-                            ..block.start
-                        };
-                    }
-                    sample += 1;
-                    read_any = true;
-                    let origin = shard.join(&s.key);
-                    block.items.push((s, origin));
-                    if block.items.len() == self.block_size && self.flush(&mut block).is_err() {
-                        gone = true;
-                        return ControlFlow::Break(());
-                    }
-                    ControlFlow::Continue(())
-                })
-                .map_err(Some)?;
-                if gone {
-                    return Err(None);
+    /// Hands on the epoch's samples after the first `start.used` ones (which are drawn, so
+    /// that the buffer is the one an unbroken stream has, but not sent).
+    fn stream_from(&self, start: StreamPosition) -> std::result::Result<(), Stop> {
+        let mut rng = Rng::derive(self.seed ^ SHUFFLE_BUFFER_STREAM, self.epoch, self.id);
+        let mut feed = ShardFeed::new(self);
+        let mut buffer: Vec<(ShardSample, PathBuf)> = Vec::with_capacity(self.buffer_size);
+        let mut used = 0u64;
+        loop {
+            while buffer.len() < self.buffer_size {
+                match feed.next(&mut rng)? {
+                    Some(item) => buffer.push(item),
+                    None => break,
                 }
-                self.send(StreamItem::ShardDone(shard.clone(), counts))
-                    .map_err(|Gone| None)?;
             }
-            if !read_any {
-                break; // no shard of this stream holds a sample: another pass would spin
+            if buffer.is_empty() {
+                return Ok(());
             }
-            pass += 1;
-        }
-        self.flush(&mut block).map_err(|Gone| None)
-    }
-
-    /// Shuffles the block and hands on its samples not used yet.
-    fn flush(&self, block: &mut Block) -> std::result::Result<(), Gone> {
-        let mut items = std::mem::take(&mut block.items);
-        let seed = Rng::derive(self.seed ^ BLOCK_SHUFFLE_STREAM, self.epoch, self.id).next_u64();
-        Rng::derive(seed, 0, block.number).shuffle(&mut items);
-        for (i, (sample, origin)) in items.into_iter().enumerate().skip(block.skip) {
-            let after = StreamPosition {
-                block: block.number,
-                taken: i as u64 + 1,
-                ..block.start
-            };
-            let key = (self.id << 40) | (block.number * self.block_size as u64 + i as u64);
+            let (sample, origin) = buffer.swap_remove(rng.below(buffer.len()));
+            used += 1;
+            if used <= start.used {
+                continue; // handed on before the checkpoint
+            }
             self.send(StreamItem::Sample(Box::new(StreamSample {
                 sample,
                 origin,
-                after,
-                key,
+                after: StreamPosition { used },
+                key: (self.id << 40) | (used - 1),
             })))?;
         }
-        block.number += 1;
-        block.skip = 0;
-        Ok(())
     }
 
     fn send(&self, item: StreamItem) -> std::result::Result<(), Gone> {
         self.tx.send(item).map_err(|_| Gone)
     }
+}
+
+/// The samples of a stream's shards, [`OPEN_SHARDS`] shards read at once (each by its own
+/// thread), one sample at a time from a shard picked at random.
+struct ShardFeed<'a> {
+    stream: &'a Stream,
+    pass: u64,
+    order: Vec<PathBuf>,
+    next_shard: usize,
+    open: Vec<(PathBuf, Receiver<ReaderItem>)>,
+    /// Samples delivered so far: a pass over shards that hold none would never end.
+    delivered: u64,
+}
+
+/// What a shard's reader thread sends.
+enum ReaderItem {
+    Sample(ShardSample),
+    Done(ShardCounts),
+    Failed(Error),
+}
+
+impl<'a> ShardFeed<'a> {
+    fn new(stream: &'a Stream) -> Self {
+        ShardFeed {
+            order: stream.order(0),
+            stream,
+            pass: 0,
+            next_shard: 0,
+            open: Vec::new(),
+            delivered: 0,
+        }
+    }
+
+    /// The next sample and its origin (`shard.tar/key`); `None` once every shard is read.
+    fn next(&mut self, rng: &mut Rng) -> std::result::Result<Option<(ShardSample, PathBuf)>, Stop> {
+        loop {
+            self.open_more();
+            if self.open.is_empty() {
+                return Ok(None);
+            }
+            let i = rng.below(self.open.len());
+            match self.open[i].1.recv() {
+                Ok(ReaderItem::Sample(sample)) => {
+                    self.delivered += 1;
+                    let origin = self.open[i].0.join(&sample.key);
+                    return Ok(Some((sample, origin)));
+                }
+                Ok(ReaderItem::Done(counts)) => {
+                    let (shard, _) = self.open.remove(i);
+                    self.stream.send(StreamItem::ShardDone(shard, counts))?;
+                }
+                Ok(ReaderItem::Failed(e)) => return Err(Stop::Failed(e)),
+                Err(_) => {
+                    let shard = &self.open[i].0;
+                    return Err(Stop::Failed(Error::io(
+                        shard,
+                        std::io::Error::other("the shard's reader thread stopped"),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Opens shards until [`OPEN_SHARDS`] are open or none is left; with `repeat`, a pass that
+    /// ends starts the next (once the stream has shown it holds samples at all).
+    fn open_more(&mut self) {
+        while self.open.len() < OPEN_SHARDS {
+            if self.next_shard == self.order.len() {
+                let empty_so_far = self.delivered == 0;
+                if !self.stream.repeat || self.order.is_empty() || empty_so_far {
+                    return;
+                }
+                self.pass += 1;
+                self.order = self.stream.order(self.pass);
+                self.next_shard = 0;
+            }
+            let shard = self.order[self.next_shard].clone();
+            self.next_shard += 1;
+            let rx = spawn_reader(shard.clone());
+            self.open.push((shard, rx));
+        }
+    }
+}
+
+/// Reads `shard` on a thread of its own, a few samples ahead; the thread ends with the shard
+/// or when the receiver is dropped.
+fn spawn_reader(shard: PathBuf) -> Receiver<ReaderItem> {
+    let (tx, rx) = sync_channel(READER_QUEUE);
+    let _ = std::thread::Builder::new()
+        .name("liteclip-shard".into())
+        .spawn(move || {
+            let result = read_shard(&shard, 0, &mut |sample| match tx
+                .send(ReaderItem::Sample(sample))
+            {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            });
+            let _ = tx.send(match result {
+                Ok(counts) => ReaderItem::Done(counts),
+                Err(e) => ReaderItem::Failed(e),
+            });
+        });
+    rx
 }
 
 #[cfg(test)]
@@ -645,17 +714,29 @@ mod tests {
         }
     }
 
+    /// Shards that each hold one class (as shards written in source order do) still give
+    /// batches of several classes: the buffer is filled from several shards at once.
+    #[test]
+    fn samples_of_shards_written_in_order_mix_within_a_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shards = write_shards(tmp.path(), &[16; 8]); // shard s: samples 16s..16s+15
+        let mut c = config(&shards, 0, 1, 0);
+        c.workers = 1;
+        c.shuffle_buffer = 32;
+        c.batch_size = 16;
+        let batches = run(c, RankCursor::start(1));
+        assert_eq!(flat(&batches).len(), 128);
+        for (ids, _) in &batches[..batches.len() - 2] {
+            let shards: BTreeSet<u32> = ids.iter().map(|id| id / 16).collect();
+            assert!(shards.len() >= 3, "a batch from shards {shards:?}: {ids:?}");
+        }
+    }
+
     #[test]
     fn cursors_encode_and_decode() {
         let mut a = RankCursor::start(3);
         a.next_stream = 2;
-        a.streams[1] = StreamPosition {
-            pass: 1,
-            shard: 4,
-            sample: 900,
-            block: 12,
-            taken: 3,
-        };
+        a.streams[1] = StreamPosition { used: 900 };
         let b = RankCursor::start(3);
         let mut values = a.encode();
         values.extend(b.encode());

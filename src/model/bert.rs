@@ -122,6 +122,9 @@ pub struct Bert {
     embeddings_norm: LayerNorm,
     layers: Vec<Layer>,
     config: BertConfig,
+    /// Locked for training (LiT): the embeddings and the first this many layers run in eval
+    /// mode whatever `train` says (their weights get no gradient; see `ClipModel::lock`).
+    frozen_layers: Option<usize>,
 }
 
 impl Bert {
@@ -149,7 +152,14 @@ impl Bert {
             embeddings_norm: layer_norm(&(&e / "LayerNorm"), h, cfg.layer_norm_eps),
             layers,
             config: cfg.clone(),
+            frozen_layers: None,
         }
+    }
+
+    /// Runs the embeddings and the first `layers` layers in eval mode from now on (`None`:
+    /// every part follows `train` again).
+    pub fn set_frozen_layers(&mut self, layers: Option<usize>) {
+        self.frozen_layers = layers;
     }
 
     /// Token ids and attention mask, both (N, L) int64, to the last hidden states (N, L, H).
@@ -163,11 +173,15 @@ impl Bert {
             + self.position_embeddings.forward(&positions)
             + self.token_type_embeddings.forward(&token_types))
         .apply(&self.embeddings_norm)
-        .dropout(self.config.hidden_dropout, train);
+        .dropout(
+            self.config.hidden_dropout,
+            train && self.frozen_layers.is_none(),
+        );
         // Padding is never attended to: a boolean mask (the same probabilities as HF's additive
         // mask of the dtype's lowest value, which underflow to exactly zero), valid in any dtype.
         let attend = attention_mask.gt(0).view([-1, 1, 1, l]);
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            let train = train && self.frozen_layers.is_none_or(|frozen| i >= frozen);
             x = layer.forward(&x, &attend, &self.config, train);
         }
         x

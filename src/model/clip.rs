@@ -10,6 +10,48 @@ use super::convnext::ConvNext;
 use super::head::ProjectionHead;
 use crate::config::LiteClipConfig;
 
+/// Parts of the towers locked for training (LiT; open_clip's `--lock-image`, `--lock-text`):
+/// their weights get no gradient, hence no optimizer state and no weight decay, and they run
+/// in eval mode. The projection heads and the temperature always train: they are what maps a
+/// locked tower's features into the shared space.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TowerLocks {
+    /// The image backbone is locked but for its last this many stages (the last one with the
+    /// final norm); `None`: not locked.
+    pub image: Option<usize>,
+    /// The text backbone is locked but for its last this many layers (the embeddings are
+    /// always locked then); `None`: not locked.
+    pub text: Option<usize>,
+}
+
+impl TowerLocks {
+    /// Whether the variable `name` (as the checkpoint names it) is locked.
+    pub fn locks(&self, name: &str, cfg: &LiteClipConfig) -> bool {
+        // Index of the numbered part a name continues into: "stages.2.blocks..." -> 2.
+        let index_after = |rest: &str| rest.split('.').next().and_then(|i| i.parse::<usize>().ok());
+        if let (Some(unlocked), Some(rest)) =
+            (self.image, name.strip_prefix("image_encoder.backbone."))
+        {
+            let first_trainable = cfg.image.depths.len().saturating_sub(unlocked);
+            return match rest.strip_prefix("stages.") {
+                Some(stage) => index_after(stage).is_none_or(|i| i < first_trainable),
+                None if rest.starts_with("head.") => unlocked == 0,
+                None => true, // the stem
+            };
+        }
+        if let (Some(unlocked), Some(rest)) =
+            (self.text, name.strip_prefix("text_encoder.backbone."))
+        {
+            let first_trainable = (cfg.text.num_layers as usize).saturating_sub(unlocked);
+            return match rest.strip_prefix("encoder.layer.") {
+                Some(layer) => index_after(layer).is_none_or(|i| i < first_trainable),
+                None => true, // embeddings and the unused pooler
+            };
+        }
+        false
+    }
+}
+
 #[derive(Debug)]
 pub struct ClipModel {
     image_tower: ConvNext,
@@ -47,6 +89,23 @@ impl ClipModel {
             txt_projection: head("txt_projection", cfg.text.hidden_size),
             logit_scale: root.var("logit_scale", &[], nn::Init::Const(cfg.logit_scale_init)),
         }
+    }
+
+    /// Locks parts of the towers (see [`TowerLocks`]): the variables of `vs` it names stop
+    /// requiring gradients, so autograd records nothing through them (a fully locked image
+    /// backbone has no backward at all); returns how many weights were locked.
+    pub fn lock(&mut self, vs: &nn::VarStore, locks: TowerLocks, cfg: &LiteClipConfig) -> i64 {
+        let mut locked = 0;
+        for (name, var) in vs.variables() {
+            if locks.locks(&name, cfg) {
+                let _ = var.set_requires_grad(false);
+                locked += var.numel() as i64;
+            }
+        }
+        let text_layers = cfg.text.num_layers as usize;
+        self.text_tower
+            .set_frozen_layers(locks.text.map(|u| text_layers.saturating_sub(u)));
+        locked
     }
 
     /// Projected (not yet normalised) image embeddings of a `(N, 3, S, S)` pixel batch.

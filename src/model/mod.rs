@@ -10,5 +10,5 @@ mod layers;
 mod mlp;
 pub mod precision;
 
-pub use clip::{l2_normalize, ClipModel};
+pub use clip::{l2_normalize, ClipModel, TowerLocks};
 pub use precision::Precision;

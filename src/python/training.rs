@@ -163,7 +163,8 @@ pub fn make_shapes(
 
 /// Writes a captioned data set as WebDataset shards (see `liteclip.datasets.write_shards`).
 #[pyfunction]
-#[pyo3(signature = (source, output, samples_per_shard = 1000, image_column = "image", caption_column = "caption", images_dir = None))]
+#[pyo3(signature = (source, output, samples_per_shard = 1000, image_column = "image", caption_column = "caption", images_dir = None, shuffle = true, seed = 0))]
+#[allow(clippy::too_many_arguments)]
 pub fn write_shards(
     py: Python<'_>,
     source: PathBuf,
@@ -172,6 +173,8 @@ pub fn write_shards(
     image_column: &str,
     caption_column: &str,
     images_dir: Option<PathBuf>,
+    shuffle: bool,
+    seed: u64,
 ) -> PyResult<Vec<PathBuf>> {
     let csv = crate::data::CsvOptions {
         image_column: image_column.to_owned(),
@@ -180,7 +183,8 @@ pub fn write_shards(
     };
     run_released(py, move || {
         let dataset = crate::data::Dataset::open(&source, &csv)?;
-        crate::data::shards::write_shards(&dataset, &output, samples_per_shard)
+        let order = shuffle.then_some(seed);
+        crate::data::shards::write_shards(&dataset, &output, samples_per_shard, order)
     })
 }
 

@@ -6,6 +6,8 @@
 //! | `trainer.rs` | the [`Trainer`](trainer): set-up, the epoch loop, the end of an epoch |
 //! | `step.rs` | one optimisation step |
 //! | `grad_cache.rs` | big contrastive batches in micro-batches (`accum_steps`) |
+//! | `identity.rs` | the options a resume must repeat, and the refusal when it does not |
+//! | `learning_check.rs` | the warning for a run whose loss stays at ln(batch) |
 //! | `run_dir.rs` | the run folder: `best/`, `last/`, `metrics.jsonl`, resuming |
 //! | `report.rs` | progress and results: [`Observer`], [`EpochRecord`], [`TrainResult`] |
 //! | `distributed.rs` | data parallelism: the global batch's backward, shards, [`Collectives`] |
@@ -18,6 +20,8 @@
 
 pub mod distributed;
 mod grad_cache;
+mod identity;
+mod learning_check;
 pub mod optim;
 mod options;
 mod report;
@@ -278,12 +282,16 @@ mod tests {
         assert_eq!(result.history.len(), 2);
         assert!(result.best_checkpoint.is_some());
 
+        // Stopped (as by Ctrl-C) once the first epoch is saved.
+        struct StopAfterAnEpoch;
+        impl Observer for StopAfterAnEpoch {
+            fn epoch_end(&mut self, _record: &EpochRecord) -> Flow {
+                Flow::Stop
+            }
+        }
         let broken = tmp.path().join("broken");
-        let first = TrainOptions {
-            epochs: 1,
-            ..options(&data, &broken)
-        };
-        train(&first, &mut Silent).unwrap();
+        let first = train(&options(&data, &broken), &mut StopAfterAnEpoch).unwrap();
+        assert!(first.interrupted && first.history.len() == 1);
         // Starting afresh over an existing run is refused.
         assert!(train(&options(&data, &broken), &mut Silent).is_err());
         let resumed = TrainOptions {
@@ -292,6 +300,15 @@ mod tests {
         };
         let result = train(&resumed, &mut Silent).unwrap();
         assert_eq!(result.history.len(), 2);
+        // Another model is refused, naming the option.
+        let other_model = TrainOptions {
+            model: "liteclip".into(),
+            ..resumed.clone()
+        };
+        match train(&other_model, &mut Silent) {
+            Err(crate::Error::InvalidArgument(m)) => assert!(m.contains("model"), "{m}"),
+            other => panic!("{other:?}"),
+        }
 
         let (a, b) = (
             weights(&unbroken.join("last")),

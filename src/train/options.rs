@@ -14,13 +14,19 @@ use crate::data::CsvOptions;
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::image::DecodeMode;
-use crate::model::Precision;
+use crate::model::{Precision, TowerLocks};
 use crate::train::optim::{OptimizerKind, Schedule};
 
 /// The original liteCLIP's learning rate, for towers that start from trained weights.
 pub const PRETRAINED_LR: f64 = 2e-4;
-/// For towers that start from random weights (the demo's rate): ten times the fine-tuning one.
+/// For towers that start from random weights: ten times the fine-tuning one. It trains only
+/// with a warm-up (a constant 2e-3 from the first step collapses: the loss stays at
+/// ln(batch)), which is why warm-up and cosine decay are the defaults.
 pub const SCRATCH_LR: f64 = 2e-3;
+/// Share of a run's steps spent warming up when `warmup_steps` is not given...
+pub const WARMUP_SHARE: f64 = 0.1;
+/// ... and at most this many (open_clip's default warm-up), for long runs.
+pub const MAX_AUTO_WARMUP: i64 = 10_000;
 
 /// Everything `liteclip.train` takes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,7 +47,10 @@ pub struct TrainOptions {
     pub lr: Option<f64>,
     pub optimizer: OptimizerKind,
     pub weight_decay: f64,
-    pub warmup_steps: i64,
+    /// Steps of linear warm-up from 0 to the peak rate; None: [`WARMUP_SHARE`] of the run's
+    /// steps, at most [`MAX_AUTO_WARMUP`].
+    pub warmup_steps: Option<i64>,
+    /// After the warm-up: cosine decay to 0 at the last step, or constant.
     pub schedule: Schedule,
     /// Share of images (not caption rows) held out for validation.
     pub val_fraction: f64,
@@ -101,6 +110,14 @@ pub struct TrainOptions {
     pub samples_per_epoch: Option<usize>,
     /// How training and validation images are decoded (scaled JPEG decoding, or every pixel).
     pub decode: DecodeMode,
+    /// Lock the image backbone (LiT): no gradient, no optimizer state, eval mode.
+    pub lock_image: bool,
+    /// With `lock_image`: its last this many stages still train.
+    pub lock_image_unlocked_stages: usize,
+    /// Lock the text backbone.
+    pub lock_text: bool,
+    /// With `lock_text`: its last this many layers still train.
+    pub lock_text_unlocked_layers: usize,
 }
 
 /// The figure that decides which epoch is best (and whether training stops early).
@@ -164,8 +181,8 @@ impl Default for TrainOptions {
             lr: None,
             optimizer: OptimizerKind::Adam,
             weight_decay: 0.0,
-            warmup_steps: 0,
-            schedule: Schedule::Constant,
+            warmup_steps: None,
+            schedule: Schedule::Cosine,
             val_fraction: 0.2,
             seed: 0,
             device: DeviceSpec::Auto,
@@ -193,6 +210,10 @@ impl Default for TrainOptions {
             shuffle_buffer: 1000,
             samples_per_epoch: None,
             decode: DecodeMode::default(),
+            lock_image: false,
+            lock_image_unlocked_stages: 0,
+            lock_text: false,
+            lock_text_unlocked_layers: 0,
         }
     }
 }
@@ -225,6 +246,21 @@ impl TrainOptions {
         } else {
             SCRATCH_LR
         })
+    }
+
+    /// Warm-up steps of a run of `total_steps`: `warmup_steps`, or a share of the run.
+    pub fn warmup(&self, total_steps: i64) -> i64 {
+        self.warmup_steps.unwrap_or_else(|| {
+            ((total_steps as f64 * WARMUP_SHARE).round() as i64).min(MAX_AUTO_WARMUP)
+        })
+    }
+
+    /// The towers' locks as the model takes them.
+    pub fn locks(&self) -> TowerLocks {
+        TowerLocks {
+            image: self.lock_image.then_some(self.lock_image_unlocked_stages),
+            text: self.lock_text.then_some(self.lock_text_unlocked_layers),
+        }
     }
 
     /// Pairs of one step's contrastive batch on one rank: `batch_size * accum_steps`.
@@ -270,11 +306,8 @@ impl TrainOptions {
                 self.weight_decay
             ));
         }
-        if self.warmup_steps < 0 {
-            return bad(format!(
-                "warmup_steps must be >= 0, got {}",
-                self.warmup_steps
-            ));
+        if let Some(w) = self.warmup_steps.filter(|w| *w < 0) {
+            return bad(format!("warmup_steps must be >= 0 (or None), got {w}"));
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return bad(format!(
@@ -293,6 +326,12 @@ impl TrainOptions {
         }
         if self.workers == 0 || self.shuffle_buffer == 0 || self.samples_per_epoch == Some(0) {
             return bad("workers, shuffle_buffer and samples_per_epoch must be at least 1".into());
+        }
+        if self.lock_image_unlocked_stages > 0 && !self.lock_image {
+            return bad("lock_image_unlocked_stages needs lock_image=True".into());
+        }
+        if self.lock_text_unlocked_layers > 0 && !self.lock_text {
+            return bad("lock_text_unlocked_layers needs lock_text=True".into());
         }
         if self.data.is_empty() {
             return bad(

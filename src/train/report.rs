@@ -33,6 +33,8 @@ pub struct EpochRecord {
     pub zero_shot_top1: Option<f64>,
     pub zero_shot_top5: Option<f64>,
     pub skipped_images: usize,
+    /// Warnings raised during the epoch (a run that is not learning).
+    pub warnings: Vec<String>,
 }
 
 /// What a run leaves behind.

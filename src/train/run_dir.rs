@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
+use super::identity::RunIdentity;
 use super::optim::FlatAdam;
 use super::options::Resume;
 use super::report::EpochRecord;
@@ -47,6 +48,9 @@ pub(crate) struct TrainState {
     /// `epochs_completed` had got.
     #[serde(default)]
     pub partial_epoch: Option<PartialEpoch>,
+    /// The options that define the run (absent in runs saved by older versions).
+    #[serde(default)]
+    pub identity: Option<RunIdentity>,
 }
 
 /// The part of an epoch done when a checkpoint was saved inside it: resuming skips its steps
@@ -62,13 +66,16 @@ pub(crate) struct PartialEpoch {
     pub nonfinite_skipped: usize,
     pub seconds: f64,
     pub data_wait: f64,
+    /// Warnings raised in the part of the epoch done.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Shard data: where every rank's streams stood.
     #[serde(default)]
     pub shard_cursor: Option<crate::data::stream::ShardCursor>,
 }
 
 impl TrainState {
-    pub fn new(batch_size: usize, seed: u64) -> Self {
+    pub fn new(batch_size: usize, seed: u64, identity: RunIdentity) -> Self {
         TrainState {
             epochs_completed: 0,
             global_step: 0,
@@ -79,6 +86,7 @@ impl TrainState {
             seed,
             loss_scale: 65536.0,
             partial_epoch: None,
+            identity: Some(identity),
         }
     }
 }

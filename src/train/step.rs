@@ -50,7 +50,7 @@ impl Trainer<'_> {
         let lr = self.options.schedule.lr(
             self.options.learning_rate(),
             self.state.global_step,
-            self.options.warmup_steps,
+            self.warmup_steps(),
             self.total_steps(),
         );
         tch::manual_seed(step_seed(

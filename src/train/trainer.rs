@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::distributed::{shard_batches, Collectives, SingleProcess};
+use super::identity::RunIdentity;
+use super::learning_check::LearningCheck;
 use super::optim::{AdamConfig, FlatAdam};
 use super::options::{Monitor, TrainOptions};
 use super::report::{EpochRecord, Flow, Observer, StepInfo, TrainResult};
@@ -24,7 +26,7 @@ use crate::data::loader::{ImageBatch, ImageTransform, Loader, LoaderConfig};
 use crate::data::shards::{count_keys, ShardCounts};
 use crate::data::source::DataSource;
 use crate::data::stream::{
-    rank_samples, RankCursor, ShardCursor, ShardLoader, StreamConfig, StreamProgress,
+    rank_samples, RankCursor, ShardCursor, ShardLoader, StreamConfig, StreamProgress, CURSOR_FORMAT,
 };
 use crate::data::{epoch_samples, make_batches, DataInfo, Dataset, ImageFolder};
 use crate::error::{Error, Result};
@@ -33,7 +35,7 @@ use crate::eval::{
 };
 use crate::image::Normalizer;
 use crate::liteclip::LiteClip;
-use crate::model::Precision;
+use crate::model::{Precision, TowerLocks};
 use crate::text::TokenizedCaptions;
 
 /// Trains a model as `options` say, reporting to `observer`.
@@ -129,6 +131,9 @@ pub(super) struct Trainer<'a> {
     pub(super) normalizer: Normalizer,
     steps_per_epoch: usize,
     total_steps: i64,
+    /// Steps of linear warm-up (`warmup_steps`, or a share of `total_steps`).
+    warmup_steps: i64,
+    learning: LearningCheck,
     skipped: SkippedImages,
     best_checkpoint: Option<PathBuf>,
     /// Shard data: where this rank's streams stand after the last batch, and what the shards
@@ -162,8 +167,18 @@ impl<'a> Trainer<'a> {
         if main {
             run_dir.check_writable()?;
         }
+        let identity = RunIdentity::of(options, comm.world_size());
         let resume_from = run_dir.resume_from(&options.resume)?;
+        let saved = match &resume_from {
+            Some(dir) => {
+                let (state, opt_state) = read_state(dir)?;
+                check_resume(dir, &state, &identity, options, &data)?;
+                Some((dir.clone(), state, opt_state))
+            }
+            None => None,
+        };
         let mut model = build_model(options, resume_from.as_deref(), device)?;
+        lock_towers(&mut model, options, resume_from.is_none(), observer)?;
         model.set_precision(precision)?;
         model.set_decode(options.decode);
         if main {
@@ -177,9 +192,11 @@ impl<'a> Trainer<'a> {
                 ..Default::default()
             },
         )?;
-        let state = match &resume_from {
-            Some(dir) => restore(dir, options, &mut opt, observer)?,
-            None => TrainState::new(options.contrastive_batch(), options.seed),
+        let state = match saved {
+            Some((dir, state, opt_state)) => {
+                restore(&dir, state, &opt_state, options, &mut opt, observer)?
+            }
+            None => TrainState::new(options.contrastive_batch(), options.seed, identity),
         };
         let (captions, offsets) = match &data.train {
             TrainSet::Captioned(dataset) => tokenize_captions(&model, dataset)?,
@@ -189,6 +206,9 @@ impl<'a> Trainer<'a> {
             let n = data.train.steps_per_epoch(options, comm.world_size());
             options.max_steps_per_epoch.map_or(n, |m| n.min(m))
         };
+        let total_steps = (steps_per_epoch * options.epochs) as i64;
+        let warmup_steps = options.warmup(total_steps);
+        let learning = LearningCheck::new(total_steps, warmup_steps, state.global_step);
         Ok(Trainer {
             options,
             comm,
@@ -205,7 +225,9 @@ impl<'a> Trainer<'a> {
             offsets,
             normalizer: Normalizer::new(device)?,
             steps_per_epoch,
-            total_steps: (steps_per_epoch * options.epochs) as i64,
+            total_steps,
+            warmup_steps,
+            learning,
             skipped: SkippedImages::default(),
             stream_cursor: None,
             shard_counts: BTreeMap::new(),
@@ -248,6 +270,26 @@ impl<'a> Trainer<'a> {
 
     pub(super) fn total_steps(&self) -> i64 {
         self.total_steps
+    }
+
+    pub(super) fn warmup_steps(&self) -> i64 {
+        self.warmup_steps
+    }
+
+    /// Warns (once) when the loss is still at ln(batch) a share into the run.
+    fn check_learning(&mut self, step: &super::step::StepOutcome, pairs: usize) -> Option<String> {
+        let seen = self
+            .learning
+            .record(self.state.global_step, step.loss_value, pairs)?;
+        let warning = seen.message(
+            self.total_steps,
+            self.options.learning_rate(),
+            self.global_batch(),
+        );
+        if self.comm.rank() == 0 {
+            self.observer.message(&warning);
+        }
+        Some(warning)
     }
 
     /// Pairs of one contrastive batch over all ranks.
@@ -293,6 +335,9 @@ impl<'a> Trainer<'a> {
                 None => batch.captions.len() * self.comm.world_size(),
             };
             pairs_seen += pairs;
+            if let Some(warning) = self.check_learning(&step, pairs) {
+                totals.warnings.push(warning);
+            }
             let info = StepInfo {
                 epoch,
                 step: i + 1,
@@ -374,6 +419,16 @@ impl<'a> Trainer<'a> {
         );
         let saved = partial.and_then(|p| p.shard_cursor.as_ref());
         match saved {
+            Some(c) if c.format != CURSOR_FORMAT => {
+                if rank == 0 {
+                    self.observer.message(
+                        "the checkpoint's position in the shards was saved by an older liteclip, \
+                         which shuffled them otherwise: the rest of the epoch reads the shards \
+                         from their start",
+                    );
+                }
+                RankCursor::start(workers)
+            }
             Some(c) if c.workers == workers && c.ranks.len() == world => c.ranks[rank].clone(),
             Some(c) => {
                 if rank == 0 {
@@ -468,6 +523,7 @@ impl<'a> Trainer<'a> {
         let all = self.comm.all_gather(&local)?.f_to_device(Device::Cpu)?;
         let values = Vec::<i64>::try_from(&all)?;
         Ok(Some(ShardCursor {
+            format: CURSOR_FORMAT,
             workers,
             ranks: RankCursor::decode_all(&values, workers),
         }))
@@ -609,6 +665,7 @@ impl<'a> Trainer<'a> {
             zero_shot_top1: zero_shot.map(|z| z.top1),
             zero_shot_top5: zero_shot.map(|z| z.top5),
             skipped_images: self.skipped.list.len(),
+            warnings: s.warnings.clone(),
         })
     }
 
@@ -803,14 +860,105 @@ fn build_model(
     Ok(model)
 }
 
-/// The training state and optimizer moments of the run in `dir`.
+/// Refuses to resume the run saved in `dir` with options that would change what its saved
+/// state means (see [`super::identity`]).
+fn check_resume(
+    dir: &Path,
+    state: &TrainState,
+    given: &RunIdentity,
+    options: &TrainOptions,
+    data: &TrainData,
+) -> Result<()> {
+    let split = matches!(data.train, TrainSet::Captioned(_)) && options.val_data.is_none();
+    let inside_epoch = state.partial_epoch.is_some();
+    match &state.identity {
+        Some(saved) => saved.check_resume(given, dir, split, inside_epoch),
+        // A run saved before identities were recorded: its model config is all there is.
+        None => {
+            let config = dir.join(checkpoint::CONFIG_FILE);
+            let saved = LiteClipConfig::from_json_file(&config)?;
+            let wanted = LiteClipConfig::from_name_or_file(&options.model)?;
+            if options.init.is_none() && saved != wanted {
+                return Err(Error::invalid(format!(
+                    "cannot resume the run in {}: its model is not model={:?}; pass the run's \
+                     own model to continue it, or another output folder to start a new run",
+                    dir.display(),
+                    options.model
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Locks the towers `options` asks for (LiT), after checking the counts against the model.
+/// `fresh`: the run starts now (not resumed), so a locked random tower is worth a warning.
+fn lock_towers(
+    model: &mut LiteClip,
+    options: &TrainOptions,
+    fresh: bool,
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    let locks = options.locks();
+    if locks == TowerLocks::default() {
+        return Ok(());
+    }
+    let (stages, layers) = (
+        model.config().image.depths.len(),
+        model.config().text.num_layers as usize,
+    );
+    if locks.image.is_some_and(|n| n > stages) {
+        return Err(Error::invalid(format!(
+            "lock_image_unlocked_stages={}: the image tower has {stages} stages",
+            options.lock_image_unlocked_stages
+        )));
+    }
+    if locks.text.is_some_and(|n| n > layers) {
+        return Err(Error::invalid(format!(
+            "lock_text_unlocked_layers={}: the text tower has {layers} layers",
+            options.lock_text_unlocked_layers
+        )));
+    }
+    let total = model.num_parameters();
+    let locked = model.lock(locks);
+    observer.message(&format!(
+        "locked {locked} of {total} weights ({:.0}%): they keep their starting values",
+        100.0 * locked as f64 / total.max(1) as f64
+    ));
+    let pretrained = |tower: &Option<PathBuf>| options.init.is_some() || tower.is_some();
+    for (locked, weights, name, option) in [
+        (
+            options.lock_image,
+            &options.image_weights,
+            "image",
+            "image_weights",
+        ),
+        (
+            options.lock_text,
+            &options.text_weights,
+            "text",
+            "text_weights",
+        ),
+    ] {
+        if fresh && locked && !pretrained(weights) {
+            observer.message(&format!(
+                "warning: the {name} tower is locked but starts from random weights, so it \
+                 stays random; pass {option}= (or init=) to lock a trained tower"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Continues from the training state and optimizer moments of the run in `dir`.
 fn restore(
     dir: &Path,
+    state: TrainState,
+    opt_state: &[(String, Tensor)],
     options: &TrainOptions,
     opt: &mut FlatAdam,
     observer: &mut dyn Observer,
 ) -> Result<TrainState> {
-    let (state, opt_state) = read_state(dir)?;
     if state.batch_size != options.contrastive_batch() || state.seed != options.seed {
         observer.message(&format!(
             "resuming with batch_size x accum_steps {} and seed {} (the run used {} and {}): \
@@ -821,7 +969,7 @@ fn restore(
             state.seed
         ));
     }
-    opt.load_state(&opt_state)?;
+    opt.load_state(opt_state)?;
     let inside = match &state.partial_epoch {
         Some(p) => format!(
             " and {} steps of epoch {}",
@@ -875,6 +1023,7 @@ struct EpochTotals {
     nonfinite_skipped: usize,
     data_wait: f64,
     lr: f64,
+    warnings: Vec<String>,
 }
 
 /// An epoch's figures once read back.
@@ -885,6 +1034,7 @@ struct EpochSummary {
     data_wait: f64,
     nonfinite_skipped: usize,
     lr: f64,
+    warnings: Vec<String>,
 }
 
 impl EpochTotals {
@@ -902,6 +1052,7 @@ impl EpochTotals {
             nonfinite_skipped: p.nonfinite_skipped,
             data_wait: p.data_wait,
             lr,
+            warnings: p.warnings,
         })
     }
 
@@ -915,6 +1066,7 @@ impl EpochTotals {
             nonfinite_skipped: self.nonfinite_skipped,
             seconds: self.started.elapsed().as_secs_f64(),
             data_wait: self.data_wait,
+            warnings: self.warnings.clone(),
             shard_cursor: None, // filled in by the trainer
         })
     }
@@ -955,6 +1107,7 @@ impl EpochTotals {
             data_wait: self.data_wait,
             nonfinite_skipped: self.nonfinite_skipped,
             lr: self.lr,
+            warnings: self.warnings,
         })
     }
 }
