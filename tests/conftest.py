@@ -83,3 +83,27 @@ def checkpoint(nano_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("ck") / "nano"
     nano_model.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def shapes_2000(tmp_path_factory):
+    """The built-in shapes set at the demo's size (2,000 captioned images), and 240 new images in
+    class folders for zero-shot checks."""
+    from liteclip import datasets
+
+    root = tmp_path_factory.mktemp("shapes-2000")
+    train = datasets.make_shapes(root / "train", n_images=2000, seed=0)
+    test = datasets.make_shapes(root / "test", n_images=240, seed=1, layout="folders")
+    return train, test
+
+
+@pytest.fixture(scope="session")
+def trained_by_default(shapes_2000, tmp_path_factory):
+    """liteclip-nano trained from scratch as a user who sets nothing but data, output, model,
+    epochs and batch size (10 epochs of 64: about 3 minutes on 2 cores)."""
+    import liteclip
+
+    train_dir, _ = shapes_2000
+    out = tmp_path_factory.mktemp("trained-by-default") / "run"
+    result = liteclip.train(train_dir, out, model="liteclip-nano", epochs=10, batch_size=64)
+    return result, out

@@ -23,15 +23,14 @@ def run(output="runs/demo", n_images: int = 2000, epochs: int = 10, device: str 
     print(f"      e.g. {rows[0].split(',', 1)[0]}: " + "; ".join(r.split(",", 1)[1] for r in rows))
 
     print(f"[2/4] training liteclip-nano for {epochs} epochs (continues a finished run if any)")
+    # The training defaults: from scratch, lr 2e-3 with a warm-up over a tenth of the run and
+    # cosine decay.
     result = train(
         train_dir,
         out / "run",
         model="liteclip-nano",
         epochs=epochs,
         batch_size=64,
-        lr=2e-3,
-        warmup_steps=50,
-        schedule="cosine",
         early_stopping_patience=None,
         device=device,
         resume=True,

@@ -196,14 +196,18 @@ def train(
         output: run folder; receives ``best/``, ``last/`` and ``metrics.jsonl``.
         model: ``"liteclip"`` (convnext_tiny + bert-mini, 224 px), ``"liteclip-nano"`` (small
             widths, 64 px, trains on a CPU in minutes), or the path of a config JSON.
-        epochs: passes over the training captions (every caption once per epoch).
-        batch_size: pairs per step (at least 2); no image appears twice in a batch.
+        epochs: passes over the training captions (every caption once per epoch; shards: every
+            sample once). 5, the original's.
+        batch_size: pairs per step (at least 2); no image appears twice in a batch. 64, the
+            original's: each pair's negatives are the batch's other 63, and fewer make a weaker
+            contrastive signal (see ``accum_steps`` for more on small memory).
         lr: peak learning rate. ``None`` picks by how the towers start: 2e-4 (the original
             liteCLIP's) when they start from trained weights (``init``, ``image_weights`` or
             ``text_weights``), 2e-3 when they start from random weights (what trains
             ``liteclip-nano`` from scratch fastest, with the warm-up below).
-        optimizer: ``"adam"`` (the original's) or ``"adamw"`` (decoupled weight decay).
-        weight_decay: applied to weight matrices and embeddings only.
+        optimizer: ``"adam"`` (the original's, the default) or ``"adamw"`` (decoupled weight
+            decay).
+        weight_decay: applied to weight matrices and embeddings only; 0, the original's.
         warmup_steps: steps of linear warm-up from 0 to ``lr``. ``None``: a tenth of the run's
             steps, at most 10,000 (open_clip's default). From scratch, a high rate from the
             first step collapses the model (the loss stays at ln(batch_size) and nothing is
@@ -211,11 +215,12 @@ def train(
         schedule: after the warm-up, ``"cosine"`` (decay to 0 at the last step, as open_clip
             and most CLIP training do: the default, because it both trains from scratch and
             ends on a low rate) or ``"constant"``. A run whose loss is still about
-            ln(contrastive batch) a quarter of the way in says so: a warning on the progress
-            line and in the epoch's ``warnings`` (history and ``metrics.jsonl``), with what to
-            try.
-        val_fraction: share of *images* held out for validation; all captions of an image
-            stay on one side (the original split caption rows, leaking images).
+            ln(contrastive batch) a quarter of the way in (and at least 100 steps in, 50 after
+            the warm-up) says so: a warning on the progress line and in the epoch's
+            ``warnings`` (history and ``metrics.jsonl``), with what to try.
+        val_fraction: share of *images* held out for validation (0.2: enough images for a
+            stable validation loss on sets of a few thousand); all captions of an image stay on
+            one side (the original split caption rows, leaking images).
         seed: makes the split, order, augmentation, dropout and initialisation repeatable.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``"auto"`` (fp32 on CPU, bf16 on CUDA), ``"fp32"``, ``"bf16"``, or
@@ -228,7 +233,8 @@ def train(
         text_weights: Hugging Face BERT weights for the text tower: a folder or file, or a Hub
             id such as ``"google/bert_uncased_L-4_H-256_A-4"``.
         early_stopping_patience: stop after this many epochs without a better validation
-            loss; ``None`` disables it.
+            loss (2: one bad epoch can be noise, two in a row rarely are); ``None`` disables
+            it.
         progress: draw a progress bar per epoch (loss, pairs/s) and an epoch summary.
         resume: ``True`` continues the run in ``output`` from its ``last/`` checkpoint
             (optimizer state, step and schedule included, ending with the same weights as an
@@ -295,9 +301,9 @@ def train(
             (images are decoded on all cores either way). A resume inside an epoch continues
             exactly with the same ``workers`` and number of processes.
         shuffle_buffer: shard data: samples each stream holds in its shuffle buffer (as
-            webdataset's ``shuffle(n)``): the buffer is filled from four of the stream's shards
+            webdataset's ``shuffle(n)``): the buffer is filled from sixteen of the stream's shards
             at once, and each sample trained on is drawn from it at random. Memory holds about
-            ``workers * (shuffle_buffer + 80)`` encoded samples. A resume inside an epoch reads
+            ``workers * (shuffle_buffer + 110)`` encoded samples. A resume inside an epoch reads
             the shards again from the epoch's start to rebuild the buffers exactly (without
             decoding the samples already trained on).
         samples_per_epoch: shard data: pairs per epoch over all processes (open_clip's

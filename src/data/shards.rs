@@ -195,7 +195,8 @@ pub fn read_shard(
     visit: &mut dyn FnMut(ShardSample) -> ControlFlow<()>,
 ) -> Result<ShardCounts> {
     let file = File::open(shard).map_err(|e| Error::io(shard, e))?;
-    let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, file));
+    // A stream reads up to `stream::OPEN_SHARDS` shards at once: a modest buffer each.
+    let mut archive = tar::Archive::new(BufReader::with_capacity(256 << 10, file));
     let mut counts = ShardCounts::default();
     let mut pending: Option<Pending> = None;
     let mut seen = 0usize;

@@ -13,7 +13,7 @@
 //! per sample, and queues the batch.
 //!
 //! Memory: each stream holds its buffer, [`STREAM_QUEUE`] samples queued for the assembler and
-//! a few samples per open shard, so a rank holds about `workers x (shuffle_buffer + 80)`
+//! a few samples per open shard, so a rank holds about `workers x (shuffle_buffer + 110)`
 //! encoded samples besides the prefetched batches.
 //!
 //! Every draw depends on (seed, epoch, stream) and the shards' contents only, so a stream is
@@ -44,7 +44,7 @@ use crate::text::{TextTokenizer, TokenizedCaptions};
 /// Samples a stream holds ahead of the assembler (beyond its shuffle buffer).
 const STREAM_QUEUE: usize = 64;
 /// Shards a stream reads at once into its shuffle buffer.
-pub const OPEN_SHARDS: usize = 4;
+pub const OPEN_SHARDS: usize = 16;
 /// Samples each open shard's reader holds ahead.
 const READER_QUEUE: usize = 2;
 

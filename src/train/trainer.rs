@@ -193,7 +193,10 @@ impl<'a> Trainer<'a> {
             },
         )?;
         let state = match saved {
-            Some((dir, state, opt_state)) => {
+            Some((dir, mut state, opt_state)) => {
+                // What defines the run matched (checked above); what may change is recorded
+                // as it is now, for the next resume's checks.
+                state.identity = Some(identity);
                 restore(&dir, state, &opt_state, options, &mut opt, observer)?
             }
             None => TrainState::new(options.contrastive_batch(), options.seed, identity),
