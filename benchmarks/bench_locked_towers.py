@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-from common import write_json
+from common import StepTimer, write_json
 
 import liteclip
 from liteclip import _liteclip
@@ -29,25 +28,8 @@ CASES = {
 }
 
 
-class Timer:
-    def __init__(self):
-        self.times: list[float] = []
-
-    def epoch_start(self, _):
-        pass
-
-    def step(self, _):
-        self.times.append(time.perf_counter())
-
-    def epoch_end(self, _):
-        pass
-
-    def message(self, _):
-        pass
-
-
 def pairs_per_second(data: Path, out: Path, model: str, batch: int, steps: int, locks) -> float:
-    timer = Timer()
+    timer = StepTimer()
     _liteclip.train_model(
         {
             "data": str(data),
@@ -62,8 +44,7 @@ def pairs_per_second(data: Path, out: Path, model: str, batch: int, steps: int, 
         },
         timer,
     )
-    t = timer.times
-    return batch * (len(t) - 1 - WARMUP) / (t[-1] - t[WARMUP])
+    return timer.pairs_per_second(batch, WARMUP)
 
 
 def main() -> None:

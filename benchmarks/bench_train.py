@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import print_table, reference, write_json
+from common import StepTimer, print_table, reference, write_json
 from PIL import Image
 
 import liteclip
@@ -85,25 +85,8 @@ def run_reference(data: Path, batch: int, steps: int) -> float:
     return batch * (len(times) - 1 - WARMUP) / (times[-1] - times[WARMUP])
 
 
-class Timer:
-    def __init__(self):
-        self.times = []
-
-    def epoch_start(self, _):
-        pass
-
-    def step(self, _):
-        self.times.append(time.perf_counter())
-
-    def epoch_end(self, _):
-        pass
-
-    def message(self, _):
-        pass
-
-
 def run_liteclip(data: Path, out: Path, batch: int, steps: int) -> float:
-    timer = Timer()
+    timer = StepTimer()
     _liteclip.train_model(
         {
             "data": str(data),
@@ -119,8 +102,7 @@ def run_liteclip(data: Path, out: Path, batch: int, steps: int) -> float:
         },
         timer,
     )
-    t = timer.times
-    return batch * (len(t) - 1 - WARMUP) / (t[-1] - t[WARMUP])
+    return timer.pairs_per_second(batch, WARMUP)
 
 
 def main() -> None:

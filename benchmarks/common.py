@@ -290,6 +290,31 @@ def captions(n: int = 10_000, seed: int = 0) -> list[str]:
     return out
 
 
+class StepTimer:
+    """A training observer (what `_liteclip.train_model` calls back) that records when each step
+    ends, for steady-state rates."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def epoch_start(self, _):
+        pass
+
+    def step(self, _):
+        self.times.append(time.perf_counter())
+
+    def epoch_end(self, _):
+        pass
+
+    def message(self, _):
+        pass
+
+    def pairs_per_second(self, batch: int, skip: int) -> float:
+        """Pairs per second over the steps after the first `skip`."""
+        t = self.times
+        return batch * (len(t) - 1 - skip) / (t[-1] - t[skip])
+
+
 def rss_peak_mb() -> float:
     import resource
 

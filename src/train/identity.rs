@@ -75,8 +75,7 @@ impl RunIdentity {
 
     /// Refuses to continue the run saved in `dir` (started as `self`) with `given`.
     /// `split`: the data is split into training and validation images (by `val_fraction` and,
-    /// when it is above 0, by seed);
-    /// `inside_epoch`: the checkpoint was saved inside an epoch.
+    /// when it is above 0, by seed); `inside_epoch`: the checkpoint was saved inside an epoch.
     pub fn check_resume(
         &self,
         given: &RunIdentity,
@@ -84,77 +83,26 @@ impl RunIdentity {
         split: bool,
         inside_epoch: bool,
     ) -> Result<()> {
-        fn show<T: std::fmt::Debug>(value: &T) -> String {
-            format!("{value:?}")
-        }
-        let mut conflicts: Vec<(&str, String, String)> = Vec::new();
-        let mut differ = |name, saved: String, now: String| {
-            if saved != now {
-                conflicts.push((name, saved, now));
-            }
+        let binds = |field: &str| match field {
+            "val_fraction" => split,
+            "seed" => (split && self.val_fraction > 0.0) || inside_epoch,
+            "global_batch" => inside_epoch,
+            _ => true,
         };
-        differ("model", show(&self.model), show(&given.model));
-        differ("init", show(&self.init), show(&given.init));
-        differ(
-            "image_weights",
-            show(&self.image_weights),
-            show(&given.image_weights),
-        );
-        differ(
-            "text_weights",
-            show(&self.text_weights),
-            show(&given.text_weights),
-        );
-        differ("data", show(&self.data), show(&given.data));
-        differ("val_data", show(&self.val_data), show(&given.val_data));
-        differ(
-            "image_column",
-            show(&self.image_column),
-            show(&given.image_column),
-        );
-        differ(
-            "caption_column",
-            show(&self.caption_column),
-            show(&given.caption_column),
-        );
-        differ(
-            "images_dir",
-            show(&self.images_dir),
-            show(&given.images_dir),
-        );
-        differ(
-            "lock_image",
-            show(&self.lock_image),
-            show(&given.lock_image),
-        );
-        differ(
-            "lock_image_unlocked_stages",
-            show(&self.lock_image_unlocked_stages),
-            show(&given.lock_image_unlocked_stages),
-        );
-        differ("lock_text", show(&self.lock_text), show(&given.lock_text));
-        differ(
-            "lock_text_unlocked_layers",
-            show(&self.lock_text_unlocked_layers),
-            show(&given.lock_text_unlocked_layers),
-        );
-        if split {
-            differ(
-                "val_fraction",
-                show(&self.val_fraction),
-                show(&given.val_fraction),
-            );
-        }
-        if (split && self.val_fraction > 0.0) || inside_epoch {
-            differ("seed", show(&self.seed), show(&given.seed));
-        }
-        if inside_epoch {
-            differ(
-                "batch_size x accum_steps x processes",
-                show(&self.global_batch),
-                show(&given.global_batch),
-            );
-        }
+        let (saved, now) = (as_fields(self), as_fields(given));
+        let conflicts: Vec<(&str, String, String)> = saved
+            .iter()
+            .filter(|(field, value)| binds(field) && now.get(*field) != Some(value))
+            .map(|(field, value)| {
+                let shown =
+                    |v: Option<&serde_json::Value>| v.map_or("nothing".into(), |v| v.to_string());
+                (
+                    option_name(field),
+                    shown(Some(value)),
+                    shown(now.get(field)),
+                )
+            })
+            .collect();
         let Some((name, saved, now)) = conflicts.first() else {
             return Ok(());
         };
@@ -175,6 +123,22 @@ impl RunIdentity {
              Pass the run's own value to continue it, or another output folder to start a new run",
             dir.display()
         )))
+    }
+}
+
+/// An identity's fields by name.
+fn as_fields(identity: &RunIdentity) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(identity) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(), // a struct of plain fields always serialises to an object
+    }
+}
+
+/// The option a field of [`RunIdentity`] records, as the user names it.
+fn option_name(field: &str) -> &str {
+    match field {
+        "global_batch" => "batch_size x accum_steps x processes",
+        other => other,
     }
 }
 
