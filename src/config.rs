@@ -8,6 +8,11 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 /// The ConvNeXt image tower (timm `convnext_*` layout: stem, 4 stages, head norm).
+/// The widest layer a config may ask for (hidden sizes, stage widths, embeddings).
+pub const MAX_WIDTH: i64 = 16_384;
+/// The most blocks per stage, or text layers, a config may ask for.
+pub const MAX_DEPTH: i64 = 256;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConvNextConfig {
@@ -190,7 +195,8 @@ impl LiteClipConfig {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// Checks that the numbers describe a model that can be built and run.
+    /// Checks that the numbers describe a model that can be built and run (and is not absurdly
+    /// large: see [`MAX_WIDTH`]).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         let im = &self.image;
@@ -246,6 +252,46 @@ impl LiteClipConfig {
         }
         if self.embed_dim <= 0 {
             return bad("embed_dim must be positive".into());
+        }
+        // Far beyond any model this library is for: a config that asks for more is damaged or
+        // hostile, and would allocate gigabytes before anything else could refuse it.
+        let too_big = [
+            (
+                "image.dims",
+                im.dims.iter().copied().max().unwrap_or(0),
+                MAX_WIDTH,
+            ),
+            (
+                "image.depths",
+                im.depths.iter().copied().max().unwrap_or(0),
+                MAX_DEPTH,
+            ),
+            ("image stages", im.dims.len() as i64, 8),
+            ("image.in_channels", im.in_channels, 64),
+            ("image.patch_size", im.patch_size, 64),
+            ("image.kernel_size", im.kernel_size, 63),
+            ("image.mlp_ratio", im.mlp_ratio, 16),
+            ("image_size", self.image_size, 4096),
+            ("text.vocab_size", tx.vocab_size, 1_000_000),
+            ("text.hidden_size", tx.hidden_size, MAX_WIDTH),
+            ("text.num_layers", tx.num_layers, MAX_DEPTH),
+            (
+                "text.intermediate_size",
+                tx.intermediate_size,
+                4 * MAX_WIDTH,
+            ),
+            (
+                "text.max_position_embeddings",
+                tx.max_position_embeddings,
+                65_536,
+            ),
+            ("text.type_vocab_size", tx.type_vocab_size, 1024),
+            ("embed_dim", self.embed_dim, MAX_WIDTH),
+        ];
+        if let Some((name, value, max)) = too_big.iter().find(|(_, v, max)| v > max) {
+            return bad(format!(
+                "{name} is {value}, above the most this library builds ({max})"
+            ));
         }
         for (name, p) in [
             ("head_dropout", self.head_dropout),

@@ -124,6 +124,28 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The libtorch error a panic carries, if the panic is tch's: its infallible calls (every
+    /// plain forward, `apply`, `matmul`, ...) unwrap libtorch's result, so an out-of-memory or
+    /// a CUDA error inside a forward arrives as a panic whose message holds libtorch's. Read
+    /// back here, it is an [`Error::Torch`] like any other libtorch failure, not a bug.
+    pub fn from_torch_panic(message: &str) -> Option<Error> {
+        let (_, rest) = message.split_once("Torch(\"")?;
+        let body = rest.rsplit_once("\")").map_or(rest, |(body, _)| body);
+        let text = body
+            .replace("\\n", "\n")
+            .replace("\\\"", "\"")
+            .replace("\\\\", "\\");
+        // libtorch appends the C++ frames it was raised from: not for users.
+        let first = text
+            .split("\nException raised from")
+            .next()
+            .unwrap_or(&text)
+            .trim();
+        Some(Error::Torch(tch::TchError::Torch(first.to_owned())))
+    }
+}
+
 pub(crate) fn hint_suffix(hint: &Option<String>) -> String {
     hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
 }
@@ -174,4 +196,28 @@ fn key_mismatch_message(
         ));
     }
     parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tch_panic_reads_as_libtorch_s_error() {
+        let result = std::panic::catch_unwind(|| {
+            let a = tch::Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
+            let b = tch::Tensor::zeros([4, 5], (tch::Kind::Float, tch::Device::Cpu));
+            a.matmul(&b)
+        });
+        let payload = result.unwrap_err();
+        let message = payload.downcast_ref::<String>().unwrap();
+        match Error::from_torch_panic(message) {
+            Some(Error::Torch(tch::TchError::Torch(m))) => {
+                assert!(m.contains("cannot be multiplied"), "{m}");
+                assert!(!m.contains("Exception raised from"), "{m}");
+            }
+            other => panic!("{other:?} from {message}"),
+        }
+        assert!(Error::from_torch_panic("index out of bounds").is_none());
+    }
 }

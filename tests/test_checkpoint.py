@@ -117,8 +117,31 @@ def test_key_mismatches_are_all_listed(tmp_path, nano_ckpt):
 
 
 def test_checkpoint_of_another_config(nano_ckpt):
-    with pytest.raises(liteclip.CheckpointError, match="shape mismatches"):
+    with pytest.raises(liteclip.CheckpointError, match="does not fit the weights") as info:
         liteclip.LiteClip.load(nano_ckpt, device="cpu", config="liteclip")
+    assert "text.hidden_size 256 in the config, 128 in the weights" in str(info.value)
+
+
+def test_a_config_that_does_not_fit_its_weights_is_refused_before_allocating(tmp_path, checkpoint):
+    """A config.json asking for a huge model beside small weights: refused by comparing sizes,
+    not by allocating the model it describes first (gigabytes here)."""
+    import resource
+
+    folder = tmp_path / "huge"
+    shutil.copytree(checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["text"]["hidden_size"] = 16384
+    config["text"]["num_heads"] = 64
+    (folder / "config.json").write_text(json.dumps(config))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(liteclip.CheckpointError, match="text.hidden_size 16384 in the config"):
+        liteclip.LiteClip.load(folder, device="cpu")
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 500, grown_mib  # the model described would take over 2 GB
+    config["text"]["hidden_size"] = 32768
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(liteclip.ConfigError, match="above the most"):
+        liteclip.LiteClip.load(folder, device="cpu")
 
 
 def test_nan_weights_are_refused(tmp_path, nano_ckpt):

@@ -193,6 +193,17 @@ def test_a_panic_in_rust_becomes_a_liteclip_error():
         _liteclip._panic_for_tests()
 
 
+def test_libtorch_failing_inside_a_tensor_call_is_a_torch_error_with_its_message():
+    """Forwards use tch's infallible calls; when libtorch fails in one (out of memory, a CUDA
+    error) the caller gets libtorch's message as TorchError, not an 'internal error'."""
+    from liteclip import _liteclip
+
+    with pytest.raises(liteclip.TorchError, match="cannot be multiplied") as info:
+        _liteclip._torch_failure_for_tests()
+    assert "internal error" not in str(info.value)
+    assert "Exception raised from" not in str(info.value)
+
+
 def test_every_exception_from_rust_goes_through_the_one_map():
     """Bindings raise only through src/python/errors.rs, so each core error has one class."""
     bindings = Path(__file__).resolve().parents[1] / "src" / "python"

@@ -406,3 +406,77 @@ def test_ctrl_c_keeps_what_was_embedded_and_the_next_run_continues(tmp_path, che
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["embedded"] == 60 - kept and report["size"] == 60
+
+
+# --- only files under the root, only while they are what was indexed ---
+
+
+def png(path: Path, colour: tuple[int, int, int], size: int = 40) -> Path:
+    Image.new("RGB", (size, size), colour).save(path)
+    return path
+
+
+def ids_by_path(index: Index) -> dict[str, int]:
+    (hits,) = index.search_many(["a photo"], k=len(index))
+    return {path: id_ for path, _, id_ in hits}
+
+
+def test_links_that_lead_out_of_the_folder_are_neither_indexed_nor_read(tmp_path, checkpoint):
+    photos = tmp_path / "photos"
+    make_photos(photos, 3)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = png(outside / "secret.png", (200, 10, 10))
+    (photos / "escape.png").symlink_to(secret)
+    inside_target = sorted(photos.rglob("*.png"))[0]
+    (photos / "alias.png").symlink_to(inside_target)
+    (photos / "linked-folder").symlink_to(outside, target_is_directory=True)
+    index = Index.build(photos, tmp_path / "lib.lcx", checkpoint, device="cpu")
+    files = index.files()
+    assert str(photos / "alias.png") in files  # a link to a file inside the folder
+    assert str(photos / "escape.png") not in files
+    assert not any("linked-folder" in f or "secret" in f for f in files)
+    skipped = {s["path"]: s["error"] for s in index.last_report["skipped"]}
+    assert "outside the indexed folder" in skipped[str(photos / "escape.png")]
+
+    # After indexing, a photo replaced by a link to a file outside, and one changed in place:
+    # neither is read again (a server's /thumb answers 404 for them).
+    ids = ids_by_path(index)
+    victim, changed, kept = sorted(Path(p) for p in ids if "alias" not in p)[:3]
+    stat = victim.stat()
+    victim.unlink()
+    victim.symlink_to(secret)
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns), follow_symlinks=False)
+    png(changed, (0, 0, 255), size=33)
+    assert index.thumbnail(ids[str(victim)]) is None
+    assert index.thumbnail(ids[str(changed)]) is None
+    assert index.thumbnail(ids[str(kept)]).startswith(b"\xff\xd8")
+
+
+def test_index_entries_must_be_plain_paths_inside_the_folder(tmp_path, checkpoint):
+    make_photos(tmp_path / "photos", 3)
+    lib = tmp_path / "lib.lcx"
+    Index.build(tmp_path / "photos", lib, checkpoint, device="cpu")
+    chunk = next((lib / "chunks").glob("*.json"))
+    original = chunk.read_text()
+    for bad in ["../outside/x.png", "/etc/passwd", "album0/../../x.png", "", "a//b.png", "./x"]:
+        entries = json.loads(original)
+        entries[0]["path"] = bad
+        chunk.write_text(json.dumps(entries))
+        with pytest.raises(BadIndexError, match="not a plain path inside the indexed folder"):
+            Index.open(lib)
+    chunk.write_text(original)
+    assert len(Index.open(lib)) == 3
+
+
+def test_rows_that_are_not_finite_make_the_index_damaged_not_the_query(tmp_path, checkpoint):
+    make_photos(tmp_path / "photos", 4)
+    lib = tmp_path / "lib.lcx"
+    Index.build(tmp_path / "photos", lib, checkpoint, device="cpu")
+    vectors = next((lib / "chunks").glob("*.npy"))
+    rows = np.load(vectors)
+    rows[2, 5] = np.nan
+    np.save(vectors, rows)
+    with pytest.raises(BadIndexError, match=f"damaged chunk {vectors.stem}: row 2") as info:
+        Index.open(lib).search("a photo")
+    assert "not a finite number" in str(info.value)

@@ -10,12 +10,10 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,46 +28,9 @@ from liteclip import Index, LiteClip, ZeroShotPipeline  # noqa: E402
 from liteclip.serve.options import ServeOptions  # noqa: E402
 
 from conftest import CAT, REAL_IMAGES, make_photos  # noqa: E402
+from serving import LABELS, Server, files, png_claiming  # noqa: E402
 
 DEFAULTS = ServeOptions()
-
-
-class Server:
-    """A `liteclip serve` child process on 127.0.0.1 and a port the OS picked."""
-
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.log = log
-        command = [sys.executable, "-m", "liteclip", "serve", "--port", "0", "--device", "cpu"]
-        self.proc = subprocess.Popen(
-            command + ["--no-access-log", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("w"),
-            env={**os.environ, **(env or {})},
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            text = log.read_text()
-            if "listening on http://" in text:
-                self.url = text.split("listening on ", 1)[1].split()[0]
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"the server did not start:\n{text}")
-            time.sleep(0.1)
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-        self.client.get("/healthz").raise_for_status()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        finally:
-            if hasattr(self, "client"):
-                self.client.close()
-
-    def health(self) -> dict:
-        return self.client.get("/healthz").json()
 
 
 @pytest.fixture(scope="module")
@@ -92,24 +53,6 @@ def server(checkpoint, library, tmp_path_factory):
     )
     yield s
     assert s.stop() == 0, s.log.read_text()
-
-
-def files(**fields):
-    return {k: (Path(v).name, Path(v).read_bytes()) for k, v in fields.items()}
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims `width` x `height` pixels (a decompression bomb's header)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    data = zlib.compress(b"\0" * 64)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-    )
 
 
 # --- answers equal the library's ---
@@ -185,7 +128,6 @@ def test_the_page_is_served_self_contained(server):
 
 # --- bad requests: a fitting 4xx with a JSON error, then the server still answers ---
 
-LABELS = {"labels": ["a cat", "a dog"]}
 TOO_LONG = "x" * (DEFAULTS.max_text_chars + 1)
 
 
@@ -213,7 +155,7 @@ def bad_requests(tmp: Path):
             dict(data=LABELS, files=files(image=empty)),
             400,
         ),
-        ("predict pixel bomb", "POST", "/predict", dict(data=LABELS, files=files(image=bomb)), 400),
+        ("predict pixel bomb", "POST", "/predict", dict(data=LABELS, files=files(image=bomb)), 413),
         ("predict no image", "POST", "/predict", dict(data=LABELS), 400),
         (
             "predict image as text",

@@ -129,13 +129,15 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     from .serve.options import option_fields
 
     for field in option_fields():
-        flag = "--" + field.name.replace("_", "-")
-        shown = "" if field.default is None else f" (default: {field.default})"
+        flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
+        shown = "" if field.default in (None, ()) else f" (default: {field.default})"
         kwargs: dict[str, Any] = {"default": field.default, "help": field.metadata["help"] + shown}
         if field.type == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif field.type in ("int", "float"):
             kwargs["type"] = int if field.type == "int" else float
+        elif field.type.startswith("tuple"):
+            kwargs.update(action="append", dest=field.name, default=None)
         if field.name in ("precision", "decode"):
             kwargs["choices"] = OPTION_CHOICES["evaluate"][field.name]
         parser.add_argument(flag, **kwargs)
@@ -632,6 +634,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .serve.options import ServeOptions, option_fields
 
     values = {f.name: getattr(args, f.name) for f in option_fields()}
+    values["allowed_hosts"] = tuple(values["allowed_hosts"] or ())
     # A key in the environment stays out of `ps` and shell history.
     values["api_key"] = values["api_key"] or os.environ.get("LITECLIP_API_KEY") or None
     return serve(ServeOptions(**values))

@@ -278,11 +278,13 @@ def index_distributed(args: Any, show: Any) -> bool:
         device = rank_device(args.device)
         if rank == 0:
             if args.checkpoint is not None:
-                Index.create(args.root, args.index, args.checkpoint, device, args.precision)
+                Index.create(
+                    args.root, args.index, args.checkpoint, device, args.precision, args.decode
+                )
             elif Path(args.root).resolve() != Path(Index.open(args.index).root):
                 raise BadIndexError(f"{args.index} is not an index of {args.root}")
         dist.barrier()
-        index = Index.open(args.index, args.checkpoint, device, args.precision)
+        index = Index.open(args.index, args.checkpoint, device, args.precision, args.decode)
         index.embed_share(rank, world, batch_size=args.batch_size, commit_every=args.commit_every)
         dist.barrier()
         if rank == 0:

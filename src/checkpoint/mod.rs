@@ -218,6 +218,106 @@ pub fn infer_config(tensors: &[(String, Tensor)], path: &Path) -> Result<LiteCli
     Ok(config)
 }
 
+/// Refuses a config whose sizes are not those of the weights, before a model of that config is
+/// allocated: a `config.json` saying `hidden_size: 32768` beside weights of width 256 would
+/// otherwise allocate gigabytes before the weights were compared. Weights whose shapes cannot
+/// be read (tensors missing) are left to the key check of [`load_into`], which lists every
+/// difference.
+pub fn check_config_fits(
+    config: &LiteClipConfig,
+    tensors: &[(String, Tensor)],
+    path: &Path,
+) -> Result<()> {
+    let Ok(found) = infer_config(tensors, path) else {
+        return Ok(());
+    };
+    let (c, f) = (config, &found);
+    let sizes = [
+        (
+            "image.dims",
+            format!("{:?}", c.image.dims),
+            format!("{:?}", f.image.dims),
+        ),
+        (
+            "image.depths",
+            format!("{:?}", c.image.depths),
+            format!("{:?}", f.image.depths),
+        ),
+        (
+            "image.in_channels",
+            c.image.in_channels.to_string(),
+            f.image.in_channels.to_string(),
+        ),
+        (
+            "image.patch_size",
+            c.image.patch_size.to_string(),
+            f.image.patch_size.to_string(),
+        ),
+        (
+            "image.kernel_size",
+            c.image.kernel_size.to_string(),
+            f.image.kernel_size.to_string(),
+        ),
+        (
+            "image.mlp_ratio",
+            c.image.mlp_ratio.to_string(),
+            f.image.mlp_ratio.to_string(),
+        ),
+        (
+            "text.vocab_size",
+            c.text.vocab_size.to_string(),
+            f.text.vocab_size.to_string(),
+        ),
+        (
+            "text.hidden_size",
+            c.text.hidden_size.to_string(),
+            f.text.hidden_size.to_string(),
+        ),
+        (
+            "text.num_layers",
+            c.text.num_layers.to_string(),
+            f.text.num_layers.to_string(),
+        ),
+        (
+            "text.intermediate_size",
+            c.text.intermediate_size.to_string(),
+            f.text.intermediate_size.to_string(),
+        ),
+        (
+            "text.max_position_embeddings",
+            c.text.max_position_embeddings.to_string(),
+            f.text.max_position_embeddings.to_string(),
+        ),
+        (
+            "text.type_vocab_size",
+            c.text.type_vocab_size.to_string(),
+            f.text.type_vocab_size.to_string(),
+        ),
+        (
+            "embed_dim",
+            c.embed_dim.to_string(),
+            f.embed_dim.to_string(),
+        ),
+    ];
+    let differences: Vec<String> = sizes
+        .iter()
+        .filter(|(_, config, weights)| config != weights)
+        .map(|(name, config, weights)| {
+            format!("{name} {config} in the config, {weights} in the weights")
+        })
+        .collect();
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(Error::checkpoint(
+        path,
+        format!(
+            "the model config does not fit the weights: {}",
+            differences.join("; ")
+        ),
+    ))
+}
+
 /// The shapes of a checkpoint's tensors, by name.
 struct ShapeTable<'a> {
     shapes: BTreeMap<&'a str, Vec<i64>>,

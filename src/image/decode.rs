@@ -120,6 +120,27 @@ pub fn decode_bytes(bytes: &[u8], origin: &str) -> Result<RgbImage> {
     decode_bytes_at(bytes, origin, Resolution::Full)
 }
 
+/// What a file that no decoder recognises is called.
+const NOT_AN_IMAGE: &str =
+    "not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF, ICO, PNM, TGA, QOI, ...)";
+
+/// The width and height an encoded image declares in its header, read without decoding it
+/// (to refuse an image by its size before paying for it).
+pub fn dimensions(bytes: &[u8], origin: &str) -> Result<(u32, u32)> {
+    if bytes.is_empty() {
+        return Err(Error::image(origin, "empty file, not an image"));
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::image(origin, format!("cannot read image: {e}")))?;
+    let Some(format) = reader.format() else {
+        return Err(Error::image(origin, NOT_AN_IMAGE));
+    };
+    reader
+        .into_dimensions()
+        .map_err(|e| Error::image(origin, format!("not a valid {format:?} image: {e}")))
+}
+
 /// Decodes an encoded image at the resolution `need` asks for (or more).
 pub fn decode_bytes_at(bytes: &[u8], origin: &str, need: Resolution) -> Result<RgbImage> {
     decode_bytes_with_limit(bytes, origin, max_image_pixels(), need)
@@ -140,13 +161,9 @@ fn decode_bytes_with_limit(
         .with_guessed_format()
         .map_err(|e| fail("cannot read image", &e))?;
     let Some(format) = reader.format() else {
-        return Err(Error::image(
-            origin,
-            format!(
-                "not a recognised image format (first bytes {:02x?})",
-                &bytes[..bytes.len().min(8)]
-            ),
-        ));
+        // Nothing of the bytes themselves: the message may reach a client (a server's upload,
+        // a file an index names), and a file's first bytes are its contents.
+        return Err(Error::image(origin, NOT_AN_IMAGE));
     };
     if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
         // The decoder would fill the missing part with grey and succeed; PIL refuses such files

@@ -109,6 +109,22 @@ pub struct Hit {
     pub score: f32,
 }
 
+/// An indexed file as the index recorded it, for reading it again safely.
+#[derive(Debug, Clone)]
+pub struct IndexedFile {
+    pub root: PathBuf,
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl IndexedFile {
+    /// Its bytes, if it is still the file that was indexed (see [`scan::read_if_indexed`]).
+    pub fn read(&self) -> Result<Option<Vec<u8>>> {
+        scan::read_if_indexed(&self.root, &self.path, self.size, self.mtime_ns)
+    }
+}
+
 /// Identity of the manifest file a reader holds: a commit renames a new file over it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
@@ -289,6 +305,11 @@ impl PhotoIndex {
         self.manifest.embed_dim
     }
 
+    /// Commits so far (see [`Manifest::generation`]).
+    pub fn generation(&self) -> u64 {
+        self.manifest.generation
+    }
+
     pub fn len(&self) -> usize {
         self.manifest.rows()
     }
@@ -359,11 +380,22 @@ impl PhotoIndex {
 
     /// The absolute path of an indexed file by its id.
     pub fn path_of(&self, id: u64) -> Option<PathBuf> {
-        self.chunk_entries
-            .iter()
-            .flatten()
-            .find(|e| e.id == id)
-            .map(|e| self.absolute(&e.path))
+        self.entry_of(id).map(|e| self.absolute(&e.path))
+    }
+
+    fn entry_of(&self, id: u64) -> Option<&Entry> {
+        self.chunk_entries.iter().flatten().find(|e| e.id == id)
+    }
+
+    /// What reading the indexed file `id` again needs: the root, its absolute path, and the
+    /// size and time it had when indexed (see [`scan::read_if_indexed`]).
+    pub fn indexed_file(&self, id: u64) -> Option<IndexedFile> {
+        self.entry_of(id).map(|e| IndexedFile {
+            root: self.manifest.root.clone(),
+            path: self.absolute(&e.path),
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+        })
     }
 
     /// The rows of every chunk, read from disk, with the graph when the index is big enough.
@@ -381,8 +413,13 @@ impl PhotoIndex {
         let mut searcher = Searcher::exact(&vectors, dim)?;
         if searcher.rows() >= self.exact_below {
             let saved = self.manifest.ann.as_ref().map(|n| self.store.ann_path(n));
+            // Only the file saved with this manifest (by its hash) is handed to the loader.
+            let intact = |path: &Path| {
+                self.manifest.ann_hash.is_some()
+                    && scan::hash_file(path).ok() == self.manifest.ann_hash
+            };
             match saved {
-                Some(path) if searcher.load_graph(&path).is_ok() => {}
+                Some(path) if intact(&path) && searcher.load_graph(&path).is_ok() => {}
                 _ => searcher.build_graph()?,
             }
         }
@@ -716,7 +753,7 @@ impl PhotoIndex {
             let old = self.store.read_chunk(&self.manifest.chunks[i], dim)?;
             if old.entries.iter().any(|e| drop.contains(&e.id)) {
                 // Rows go: a saved graph (keyed by row) no longer matches.
-                self.manifest.ann = None;
+                self.manifest.forget_graph();
             }
             let mut chunk = Chunk {
                 name: self.new_chunk_name(i),
@@ -770,7 +807,7 @@ impl PhotoIndex {
                 rows: chunk.entries.len(),
             });
             self.chunk_entries.push(chunk.entries);
-            self.manifest.ann = None;
+            self.manifest.forget_graph();
         }
         self.commit()
     }
@@ -792,15 +829,18 @@ impl PhotoIndex {
     /// them (an unchanged index keeps its graph), and sweeps old files.
     fn finish(&mut self) -> Result<()> {
         let wants_graph = self.len() >= self.exact_below;
-        if wants_graph && self.manifest.ann.is_none() {
+        // (A graph saved without a hash, by an older version, is saved again with one.)
+        if wants_graph && self.manifest.ann_hash.is_none() {
             let searcher = self.load_searcher()?;
             let name = format!("ann-{:08}.usearch", self.manifest.generation + 1);
-            searcher.save_graph(&self.store.ann_path(&name))?;
+            let path = self.store.ann_path(&name);
+            searcher.save_graph(&path)?;
+            self.manifest.ann_hash = Some(scan::hash_file(&path)?);
             self.manifest.ann = Some(name);
             self.commit()?;
             self.searcher = Some(searcher);
         } else if !wants_graph && self.manifest.ann.is_some() {
-            self.manifest.ann = None;
+            self.manifest.forget_graph();
             self.commit()?;
         }
         self.store.sweep(&self.manifest);

@@ -1,6 +1,11 @@
 //! What an update has to do: the image files under the root now, compared with what the index
 //! holds. Only file metadata is read here, plus the bytes of files whose time changed but whose
 //! size did not (a content hash tells a touched file from an edited one).
+//!
+//! Links: a link to a file inside the root is indexed under the link's name; a link that leads
+//! outside the root is not (it is listed as skipped, with the reason); links to folders are not
+//! followed. Reading an indexed file again ([`read_if_indexed`]) checks where it really is and
+//! that it is still the file that was indexed.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -40,11 +45,14 @@ pub struct Plan {
 }
 
 /// Every image file under `root` with its size and modification time. Files whose name is not
-/// UTF-8 or whose metadata cannot be read are returned as skipped, with the reason.
+/// UTF-8, whose metadata cannot be read, or that are links leading outside the root are
+/// returned as skipped, with the reason.
 pub fn scan(root: &Path) -> Result<(Vec<FoundFile>, Vec<SkippedFile>)> {
     let mut found = Vec::new();
     let mut skipped = Vec::new();
-    for absolute in list_images(root)? {
+    let images = list_images(root)?;
+    let real_root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+    for absolute in images {
         let relative = absolute.strip_prefix(root).unwrap_or(&absolute);
         let lossy = relative.to_string_lossy().into_owned();
         let skip = |error: String| SkippedFile {
@@ -59,6 +67,12 @@ pub fn scan(root: &Path) -> Result<(Vec<FoundFile>, Vec<SkippedFile>)> {
             ));
             continue;
         };
+        if !inside(&absolute, &real_root) {
+            skipped.push(skip(
+                "a link to a file outside the indexed folder: not indexed".into(),
+            ));
+            continue;
+        }
         match std::fs::metadata(&absolute) {
             Ok(meta) => found.push(FoundFile {
                 path: path.replace(std::path::MAIN_SEPARATOR, "/"),
@@ -70,6 +84,55 @@ pub fn scan(root: &Path) -> Result<(Vec<FoundFile>, Vec<SkippedFile>)> {
         }
     }
     Ok((found, skipped))
+}
+
+/// Whether `path` (through any link) is a file under `real_root` (a canonical path).
+fn inside(path: &Path, real_root: &Path) -> bool {
+    std::fs::canonicalize(path).is_ok_and(|real| real.starts_with(real_root))
+}
+
+/// The bytes of the indexed file `path` (absolute, under `root`), read only while it is the file
+/// that was indexed: the file opened must really be under the root (a link swapped in since
+/// indexing that leads elsewhere is not followed) and have the size and modification time the
+/// index recorded. `None` when it is not, or is gone.
+pub fn read_if_indexed(
+    root: &Path,
+    path: &Path,
+    size: u64,
+    mtime_ns: i64,
+) -> Result<Option<Vec<u8>>> {
+    let Ok(real_root) = std::fs::canonicalize(root) else {
+        return Ok(None);
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    // Where the file opened really is (not where its name pointed a moment before).
+    if !opened_path(&file, path).is_some_and(|real| real.starts_with(&real_root)) {
+        return Ok(None);
+    }
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    let mtime = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+    if !meta.is_file() || meta.len() != size || mtime != mtime_ns {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    (&mut file)
+        .take(size)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(Some(bytes))
+}
+
+/// The real path of an open file: from `/proc/self/fd` on Linux (the file actually opened),
+/// else the canonical form of the name it was opened by.
+fn opened_path(file: &std::fs::File, name: &Path) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .or_else(|_| std::fs::canonicalize(name))
+        .ok()
 }
 
 /// Compares the files found under the root with the index's entries.

@@ -58,6 +58,10 @@ pub struct Manifest {
     pub excluded: Vec<String>,
     /// The saved approximate-search graph of this generation, if any.
     pub ann: Option<String>,
+    /// Its content hash ([`super::scan::hash_file`]): a graph file that is not the one saved
+    /// (damaged, replaced, crafted) is not loaded; the graph is built again from the rows.
+    #[serde(default)]
+    pub ann_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +101,16 @@ pub struct Chunk {
     pub vectors: Vec<f32>,
 }
 
+/// Whether `path` is relative, '/'-separated, and stays inside the folder it is relative to:
+/// no empty, `.` or `..` component, no leading '/', no NUL.
+pub fn is_plain_relative(path: &str) -> bool {
+    !path.is_empty()
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
 /// The error for an index folder that cannot be used as one.
 pub fn bad(path: &Path, message: impl Into<String>) -> Error {
     Error::BadIndex {
@@ -106,6 +120,12 @@ pub fn bad(path: &Path, message: impl Into<String>) -> Error {
 }
 
 impl Manifest {
+    /// The saved graph no longer matches the rows.
+    pub fn forget_graph(&mut self) {
+        self.ann = None;
+        self.ann_hash = None;
+    }
+
     pub fn new(root: PathBuf, checkpoint: PathBuf, fingerprint: String, embed_dim: i64) -> Self {
         Manifest {
             format: FORMAT.into(),
@@ -120,6 +140,7 @@ impl Manifest {
             skipped: Vec::new(),
             excluded: Vec::new(),
             ann: None,
+            ann_hash: None,
         }
     }
 
@@ -204,6 +225,13 @@ impl Store {
         let (npy, json) = self.chunk_paths(&chunk.name);
         let rows = chunk.entries.len();
         debug_assert_eq!(chunk.vectors.len(), rows * dim);
+        if !chunk.vectors.iter().all(|v| v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "refusing to write chunk {}: an embedding holds a value that is not a finite \
+                 number (is the model's output NaN?)",
+                chunk.name
+            )));
+        }
         let matrix =
             tch::Tensor::f_from_slice(&chunk.vectors)?.f_view([rows as i64, dim as i64])?;
         crate::embed::write_npy(&npy, &matrix)?;
@@ -216,6 +244,17 @@ impl Store {
         let text = std::fs::read_to_string(&json).map_err(|e| Error::io(&json, e))?;
         let entries: Vec<Entry> = serde_json::from_str(&text)
             .map_err(|e| bad(&self.dir, format!("damaged chunk {}: {e}", json.display())))?;
+        // An entry names a file under the root; a path that climbs out of it or is absolute
+        // would make the index (and a server over it) read files it was never given.
+        if let Some(entry) = entries.iter().find(|e| !is_plain_relative(&e.path)) {
+            return Err(bad(
+                &self.dir,
+                format!(
+                    "damaged chunk {}: the entry {:?} is not a plain path inside the indexed folder",
+                    chunk.name, entry.path
+                ),
+            ));
+        }
         if entries.len() != chunk.rows {
             return Err(bad(
                 &self.dir,
@@ -237,6 +276,20 @@ impl Store {
         let bytes = std::fs::read(&npy).map_err(|e| Error::io(&npy, e))?;
         let vectors = read_npy_rows(&bytes, dim)
             .map_err(|m| bad(&self.dir, format!("damaged chunk {}: {m}", npy.display())))?;
+        if let Some(row) = vectors
+            .chunks(dim.max(1))
+            .position(|row| !row.iter().all(|v| v.is_finite()))
+        {
+            return Err(bad(
+                &self.dir,
+                format!(
+                    "damaged chunk {}: row {row} ({}) holds a value that is not a finite number; \
+                     delete the index folder and index again",
+                    chunk.name,
+                    entries.get(row).map_or("?", |e| e.path.as_str())
+                ),
+            ));
+        }
         if vectors.len() != chunk.rows * dim {
             return Err(bad(
                 &self.dir,

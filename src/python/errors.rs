@@ -232,6 +232,10 @@ fn panic_to_py_err(py: Python<'_>, panic: Box<dyn std::any::Any + Send>) -> PyEr
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown panic".into());
+    // libtorch failing inside a forward (out of memory, a CUDA error) is not a bug of ours.
+    if let Some(error) = crate::Error::from_torch_panic(&what) {
+        return to_py_err(py, error);
+    }
     match types(py) {
         Ok(t) => new_err(
             &t.base,

@@ -16,10 +16,10 @@ use crate::error::{Error, Result};
 // The signature defaults below (commit_every = 1024, lock_wait = 10.0) are the core's
 // COMMIT_EVERY and LOCK_WAIT_SECONDS written out, so that help() shows them;
 // tests/test_index.py checks them (and the CLI's) against INDEX_DEFAULTS, made from the core.
-use crate::image::decode::decode_file_at;
+use crate::image::decode::decode_bytes_at;
 use crate::image::thumbnail::thumbnail_jpeg;
 use crate::image::{DecodeMode, Resolution};
-use crate::index::{Hit, PhotoIndex, Progress, UpdateOptions, UpdateReport};
+use crate::index::{Hit, IndexedFile, PhotoIndex, Progress, UpdateOptions, UpdateReport};
 
 /// `INDEX_DEFAULTS`: the core's defaults of an update, for the signature and CLI checks.
 pub fn add_index_defaults(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -389,7 +389,9 @@ impl PyIndex {
     }
 
     /// A JPEG preview (longest side `size` pixels) of the indexed file with this `id` (from
-    /// `search_many`), or None when no file in the index has it: only indexed files are read.
+    /// `search_many`), or None when no file in the index has it, or when the file is no longer
+    /// the one indexed (another size or time, or a link that now leads outside the folder):
+    /// only indexed files, as they were indexed, are read.
     #[pyo3(signature = (id, size = 256))]
     fn thumbnail<'py>(
         &self,
@@ -398,16 +400,20 @@ impl PyIndex {
         size: u32,
     ) -> PyResult<Option<Bound<'py, pyo3::types::PyBytes>>> {
         let jpeg = run_released(py, || {
-            let path = {
+            let file = {
                 let mut index = self.locked();
                 index.refresh()?;
-                index.path_of(id)
+                index.indexed_file(id)
             };
-            // Decoded outside the lock: searches go on meanwhile.
+            // Read and decoded outside the lock: searches go on meanwhile. Only while the file
+            // is the one indexed, under the root.
+            let Some(bytes) = file.as_ref().map(IndexedFile::read).transpose()?.flatten() else {
+                return Ok(None);
+            };
             // A thumbnail needs no more than twice its own size decoded.
             let need = Resolution::AtLeast(size.saturating_mul(2));
-            path.map(|p| thumbnail_jpeg(&decode_file_at(&p, need)?, size))
-                .transpose()
+            let origin = format!("image {id}");
+            thumbnail_jpeg(&decode_bytes_at(&bytes, &origin, need)?, size).map(Some)
         })?;
         Ok(jpeg.map(|bytes| pyo3::types::PyBytes::new(py, &bytes)))
     }
@@ -462,6 +468,17 @@ impl PyIndex {
     #[getter]
     fn embed_dim(&self) -> i64 {
         self.locked().embed_dim()
+    }
+
+    /// The number of commits the index has seen (re-read from disk first): what is derived
+    /// from its contents (cached thumbnails, results) is stale once it changes.
+    #[getter]
+    fn generation(&self, py: Python<'_>) -> PyResult<u64> {
+        run_released(py, || {
+            let mut index = self.locked();
+            index.refresh()?;
+            Ok(index.generation())
+        })
     }
 
     /// Where queries are embedded: the device name, or "not loaded" before the first query.

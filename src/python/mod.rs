@@ -104,6 +104,13 @@ fn set_max_image_pixels(py: Python<'_>, limit: u64) -> PyResult<()> {
     img::set_max_image_pixels(limit).py_err(py)
 }
 
+/// `(width, height)` of an encoded image, from its header alone (nothing is decoded): what
+/// `liteclip serve` checks against its pixel limit before decoding an upload.
+#[pyfunction]
+fn image_dimensions(py: Python<'_>, data: &[u8]) -> PyResult<(u32, u32)> {
+    img::decode::dimensions(data, "image").py_err(py)
+}
+
 /// Whether this build of libtorch can use CUDA on this machine.
 #[pyfunction]
 fn cuda_is_available() -> bool {
@@ -119,6 +126,17 @@ fn _panic_for_tests(py: Python<'_>) -> PyResult<()> {
     })
 }
 
+/// Makes libtorch fail inside an infallible tensor call (a matrix product of mismatched
+/// shapes), so tests can check that such failures read as `TorchError`.
+#[pyfunction]
+fn _torch_failure_for_tests(py: Python<'_>) -> PyResult<()> {
+    run_released(py, || -> crate::Result<()> {
+        let a = tch::Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
+        let _ = a.matmul(&a);
+        Ok(())
+    })
+}
+
 #[pymodule]
 #[pyo3(name = "_liteclip")]
 fn liteclip_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -130,8 +148,10 @@ fn liteclip_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tokenize, m)?)?;
     m.add_function(wrap_pyfunction!(get_max_image_pixels, m)?)?;
     m.add_function(wrap_pyfunction!(set_max_image_pixels, m)?)?;
+    m.add_function(wrap_pyfunction!(image_dimensions, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_is_available, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(_torch_failure_for_tests, m)?)?;
     m.add("DEFAULT_MAX_IMAGE_PIXELS", img::DEFAULT_MAX_IMAGE_PIXELS)?;
     m.add_function(wrap_pyfunction!(training::train_model, m)?)?;
     m.add_function(wrap_pyfunction!(training::evaluate_model, m)?)?;

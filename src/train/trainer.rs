@@ -848,7 +848,9 @@ fn build_model(
     let model = match &options.init {
         Some(init) => {
             let weights = checkpoint::read(init)?;
-            let model = LiteClip::new(weights.config.clone().unwrap_or(config), device)?;
+            let config = weights.config.clone().unwrap_or(config);
+            checkpoint::check_config_fits(&config, &weights.tensors, init)?;
+            let model = LiteClip::new(config, device)?;
             checkpoint::load_into(model.varstore(), weights)?;
             model
         }

@@ -59,7 +59,7 @@ def _stop_quietly(signum: int, frame: Any) -> None:
 
 def serve(options: ServeOptions, announce: Callable[[str], None] | None = None) -> int:
     """Loads the model (and index), listens, and answers until SIGTERM or Ctrl-C. SIGTERM lets
-    the requests in flight finish, then returns 0."""
+    the requests in flight finish (for up to `shutdown_timeout_s`), then returns 0."""
     options = options.checked()
     app = create_app(options)
     import uvicorn
@@ -69,7 +69,11 @@ def serve(options: ServeOptions, announce: Callable[[str], None] | None = None) 
     shown = f"[{host}]" if ":" in host else host
     (announce or _to_stderr)(f"liteclip serve: listening on http://{shown}:{port}")
     config = uvicorn.Config(
-        app, log_level="info", access_log=options.access_log, timeout_graceful_shutdown=None
+        app,
+        log_level="info",
+        access_log=options.access_log,
+        # Requests in flight get this long after SIGTERM; then their connections are closed.
+        timeout_graceful_shutdown=options.shutdown_timeout_s,
     )
     # uvicorn finishes the requests in flight on SIGTERM and then raises the signal again;
     # this handler turns that into a clean exit (status 0) instead of death by signal.

@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -23,13 +24,14 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from .. import Index, ZeroShotPipeline, preprocess
+from .. import Index, TorchError, ZeroShotPipeline, preprocess
+from .._liteclip import image_dimensions
 from .batcher import Batcher, Overloaded
-from .limits import BearerAuth, BodyLimit
+from .limits import BearerAuth, BodyLimit, HostCheck, allowed_hosts, authorized
 from .options import ServeOptions
 
 log = logging.getLogger("liteclip.serve")
@@ -80,7 +82,10 @@ class Service:
         self.image_size = self.model.image_size
         self.executor = concurrent.futures.ThreadPoolExecutor(1, "liteclip-model")
         self.batchers: dict[str, Batcher] = {}
+        self.images = ImageBudget(self.options)
+        # Thumbnails of the index generation they were made in (an update may delete a photo).
         self._thumbs: OrderedDict[int, bytes] = OrderedDict()
+        self._thumbs_generation = -1
 
     # --- batched model calls (on the model thread) ---
 
@@ -137,20 +142,41 @@ class Service:
     # --- helpers the routes share ---
 
     async def pixels(self, upload: UploadFile) -> np.ndarray:
+        """An uploaded image decoded and preprocessed, within the server's limits: its pixel
+        count (read from its header, before any decoding) and the decodes that may run at
+        once. The caller holds a place for it in `images` (see `ImageBudget.hold`)."""
         data = await upload.read()
-        if not data:
-            raise _bad(f"the file {upload.filename or ''!r} is empty, not an image")
         name = upload.filename or "upload"
+        if not data:
+            raise _bad(f"the file {name!r} is empty, not an image")
         try:
-            return await anyio.to_thread.run_sync(_decode, data, self.image_size, name)
-        except ValueError as error:  # ImageDecodeError included
-            raise _bad(str(error)) from None
+            width, height = image_dimensions(data)
+        except ValueError as error:
+            raise _bad(f"{name}: {error}") from None
+        limit = self.options.max_image_pixels
+        if width * height > limit:
+            raise _bad(
+                f"{name} is {width}x{height} = {width * height:,} pixels; this server takes "
+                f"images of up to {limit:,} pixels",
+                413,
+            )
+        async with self.images.decoding:
+            try:
+                return await anyio.to_thread.run_sync(
+                    _decode, data, self.image_size, self.options.decode, name
+                )
+            except ValueError as error:  # ImageDecodeError included
+                raise _bad(str(error)) from None
 
     async def thumbnail(self, id_: int) -> bytes | None:
+        assert self.index is not None
+        generation = await anyio.to_thread.run_sync(lambda: self.index.generation)
+        if generation != self._thumbs_generation:
+            self._thumbs.clear()
+            self._thumbs_generation = generation
         if id_ in self._thumbs:
             self._thumbs.move_to_end(id_)
             return self._thumbs[id_]
-        assert self.index is not None
         jpeg = await anyio.to_thread.run_sync(self.index.thumbnail, id_, self.options.thumb_size)
         if jpeg is not None:
             self._thumbs[id_] = jpeg
@@ -164,9 +190,33 @@ class Service:
         return self.index
 
 
-def _decode(data: bytes, image_size: int, name: str) -> np.ndarray:
+class ImageBudget:
+    """What uploaded images may cost the server at once: decodes in flight (no more than the
+    cores, each holding one full-size image while it lasts) and images decoded and waiting
+    for the model (`max_pending_images` over all requests; a request that would pass it is
+    answered 503 with Retry-After at once rather than queued)."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        self.decoding = anyio.Semaphore(os.cpu_count() or 1)
+        self.limit = options.max_pending_images
+        self.pending = 0
+
+    @contextlib.contextmanager
+    def hold(self, n: int):
+        if self.pending + n > self.limit:
+            raise Overloaded(
+                f"{self.pending} uploaded images are waiting for the model; retry shortly"
+            )
+        self.pending += n
+        try:
+            yield
+        finally:
+            self.pending -= n
+
+
+def _decode(data: bytes, image_size: int, decode: str, name: str) -> np.ndarray:
     try:
-        return preprocess(data, image_size=image_size)
+        return preprocess(data, image_size=image_size, decode=decode)
     except ValueError as error:
         raise ValueError(f"{name}: {error}") from None
 
@@ -211,6 +261,8 @@ def _labels(form: FormData, options: ServeOptions) -> list[str]:
             values = json.loads(values[0])
         except json.JSONDecodeError as error:
             raise _bad(f"labels is not a valid JSON list: {error}") from None
+        except RecursionError:
+            raise _bad("labels is JSON nested too deeply; send a flat list of strings") from None
         if not isinstance(values, list):
             raise _bad("labels must be a JSON list of strings")
     if len(values) < 2:
@@ -243,7 +295,12 @@ def _service(request: Request) -> Service:
 
 
 async def healthz(request: Request) -> Response:
+    """Whether the server is up; with the API key (or when it has none), also what it serves
+    (the checkpoint's path, the index's size), which a caller without the key may not see."""
     service = _service(request)
+    key = service.options.api_key
+    if key is not None and not authorized(request.scope, f"Bearer {key}".encode()):
+        return JSONResponse({"status": "ok"})
     size = None
     if service.index is not None:
         size = await anyio.to_thread.run_sync(len, service.index)
@@ -267,9 +324,10 @@ async def predict(request: Request) -> Response:
         if template is not None:
             template = _check_text(template, "template", options.max_text_chars)
         top_k = _int_param(form.get("top_k"), "top_k", 5, 1, options.max_labels)
-        pixels = await service.pixels(_image_field(form))
-    item = PredictItem(pixels, labels, template, top_k)
-    ranking = await service.batchers["predict"].submit(item)
+        with service.images.hold(1):
+            pixels = await service.pixels(_image_field(form))
+            item = PredictItem(pixels, labels, template, top_k)
+            ranking = await service.batchers["predict"].submit(item)
     return JSONResponse({"predictions": [{"label": lab, "prob": p} for lab, p in ranking]})
 
 
@@ -279,6 +337,8 @@ async def embed_text(request: Request) -> Response:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise _bad('the body must be JSON: {"texts": ["...", ...]}') from None
+    except RecursionError:
+        raise _bad('the JSON nests too deeply; send {"texts": ["...", ...]}') from None
     texts = body.get("texts") if isinstance(body, dict) else None
     if not isinstance(texts, list) or not texts:
         raise _bad('the body must be {"texts": ["...", ...]} with at least one text')
@@ -298,8 +358,9 @@ async def embed_image(request: Request) -> Response:
             raise _bad("send one or more image files in the multipart field `image`")
         if len(files) > options.max_images:
             raise _bad(f"{len(files)} images; the limit is {options.max_images}")
-        pixels = [await service.pixels(f) for f in files]
-    rows = await service.batchers["embed_image"].submit(pixels)
+        with service.images.hold(len(files)):
+            pixels = [await service.pixels(f) for f in files]
+            rows = await service.batchers["embed_image"].submit(pixels)
     return JSONResponse({"embeddings": rows})
 
 
@@ -317,7 +378,10 @@ async def search(request: Request) -> Response:
         async with _form(request) as form:
             k_value = form.get("k", request.query_params.get("k"))
             k = _int_param(k_value, "k", k_default, 1, options.max_k)
-            query = await service.pixels(_image_field(form))
+            with service.images.hold(1):
+                query = await service.pixels(_image_field(form))
+                results = await service.batchers["search"].submit(SearchItem(query, k))
+            return JSONResponse({"results": results})
     results = await service.batchers["search"].submit(SearchItem(query, k))
     return JSONResponse({"results": results})
 
@@ -332,7 +396,9 @@ async def thumb(request: Request) -> Response:
     except OverflowError:
         raise missing from None
     except (OSError, ValueError) as error:  # the file changed or went away since indexing
-        raise _bad(f"image {id_} cannot be read now: {error}", 404) from None
+        # The reason (a path, a decoder's message) is for the operator's log, not the client.
+        log.info("thumbnail %s cannot be served: %s", id_, error)
+        raise _bad(f"image {id_} cannot be read now", 404) from None
     if jpeg is None:
         raise missing
     # An id names one version of one file (a changed file gets a new id): cacheable.
@@ -361,9 +427,22 @@ async def _bad_value(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": str(exc)}, 400)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed the connection mid-request: nobody reads the answer, nothing to log.
+    log.debug("client went away during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
+
+
+async def _model_failed(request: Request, exc: Exception) -> Response:
+    # libtorch failed inside a forward (out of memory, a CUDA error): its message, no paths.
+    log.error("the model failed while answering %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"error": f"the model failed: {exc}"}, 500)
+
+
 async def _internal(request: Request, exc: Exception) -> Response:
     log.exception("error while answering %s %s", request.method, request.url.path)
-    return JSONResponse({"error": f"internal error: {exc}"}, 500)
+    # The exception's text may name server-side files: it stays in the log.
+    return JSONResponse({"error": "internal error; the server's log has the details"}, 500)
 
 
 def create_app(options: ServeOptions, service: Service | None = None) -> Any:
@@ -389,17 +468,19 @@ def create_app(options: ServeOptions, service: Service | None = None) -> Any:
     ]
     handlers: dict[Any, Any] = {
         HTTPException: _http_error,
+        ClientDisconnect: _client_gone,
         Overloaded: _overloaded,
+        TorchError: _model_failed,
         ValueError: _bad_value,
         Exception: _internal,
     }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.service = service
     app.state.page = resources.files(__package__).joinpath("page.html").read_text("utf-8")
-    wrapped: Any = BodyLimit(app, options.max_body_bytes)
+    wrapped: Any = BodyLimit(app, options.max_body_bytes, options.body_timeout_s)
     if options.api_key is not None:
         wrapped = BearerAuth(wrapped, options.api_key, OPEN_PATHS)
-    return wrapped
+    return HostCheck(wrapped, allowed_hosts(options.host, options.allowed_hosts))
 
 
 __all__ = ["create_app", "Service"]

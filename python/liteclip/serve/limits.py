@@ -1,11 +1,14 @@
-"""HTTP-only concerns that wrap the whole app: the request body limit and the API key."""
+"""HTTP-only concerns that wrap the whole app: the Host check, the request body's size and pace,
+and the API key."""
 
 from __future__ import annotations
 
 import hmac
 import json
+import socket
 from typing import Any, Callable
 
+import anyio
 from starlette.exceptions import HTTPException
 
 Scope = dict[str, Any]
@@ -24,18 +27,21 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(HTTPException):
+class _BodyRefused(HTTPException):
     """Raised from inside the app's body reads: the app's own HTTP error handling answers it
     (the app may be parsing a form when the limit is passed), else the middleware does."""
 
 
 class BodyLimit:
     """Refuses request bodies over `max_bytes` with 413: at once when Content-Length says so,
-    otherwise as soon as the streamed body passes the limit (nothing bigger is ever buffered)."""
+    otherwise as soon as the streamed body passes the limit (nothing bigger is ever buffered).
+    A body whose next part takes more than `timeout` seconds to come is answered 408, so that
+    a client that sends half a body and stalls does not hold the server (or its shutdown)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     def _message(self) -> str:
         return f"the request body is larger than the limit of {self.max_bytes / 1e6:g} MB"
@@ -53,11 +59,16 @@ class BodyLimit:
 
         async def limited_receive() -> dict[str, Any]:
             nonlocal received
-            message = await receive()
+            with anyio.move_on_after(self.timeout) as waited:
+                message = await receive()
+            if waited.cancelled_caught:
+                raise _BodyRefused(
+                    408, f"the request body stalled: nothing came for {self.timeout:g} s"
+                )
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge(413, self._message())
+                    raise _BodyRefused(413, self._message())
             return message
 
         async def tracking_send(message: dict[str, Any]) -> None:
@@ -67,9 +78,16 @@ class BodyLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
+        except _BodyRefused as refused:
             if not started:
-                await send_error(send, 413, self._message())
+                await send_error(send, refused.status_code, refused.detail)
+
+
+def authorized(scope: Scope, expected: bytes) -> bool:
+    """Whether the request carries `expected` as its Authorization header, compared in
+    constant time (the comparison does not tell how much of a guess was right)."""
+    given = dict(scope["headers"]).get(b"authorization", b"")
+    return hmac.compare_digest(given, expected)
 
 
 class BearerAuth:
@@ -82,14 +100,64 @@ class BearerAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in self.open_paths:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            # Constant time: the comparison does not tell how much of a guess was right.
-            if not hmac.compare_digest(given, self.expected):
+            if not authorized(scope, self.expected):
                 await send_error(
                     send,
                     401,
                     "this server needs an API key: send `Authorization: Bearer KEY`",
                     {"WWW-Authenticate": "Bearer"},
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+#: Names of this machine's loopback interface, always allowed in the Host header.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def allowed_hosts(bound: str, extra: tuple[str, ...]) -> frozenset[str]:
+    """The names a Host header may give: the loopback names, the bound address, and `extra`.
+    Bound to every interface (0.0.0.0, ::), the machine's own name and addresses are added."""
+    names = {*LOOPBACK_NAMES, bound, *extra}
+    if bound in ("0.0.0.0", "::", ""):
+        hostname = socket.gethostname()
+        names |= {hostname, socket.getfqdn()}
+        try:
+            names |= {info[4][0] for info in socket.getaddrinfo(hostname, None)}
+        except OSError:
+            pass
+    return frozenset(n.lower().strip("[]") for n in names if n)
+
+
+def host_name(header: bytes) -> str:
+    """The name in a Host header, without the port: `[::1]:8000` -> `::1`."""
+    host = header.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+class HostCheck:
+    """Answers only requests whose Host header names this server. Without it a web page on any
+    site could make a browser on this machine call the server through a name that the site
+    resolves to 127.0.0.1 (DNS rebinding) and read the answers: search results, thumbnails."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+        self.any = "*" in allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.any:
+            header = dict(scope["headers"]).get(b"host")
+            if header is None or host_name(header) not in self.allowed:
+                await send_error(
+                    send,
+                    400,
+                    "this server does not answer for that Host name; its operator can allow "
+                    "one with --allowed-host NAME",
                 )
                 return
         await self.app(scope, receive, send)

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def _option(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _option(default: Any, help: str, flag: str | None = None) -> Any:
+    """A field with its help text; `flag` names its command-line flag when the field's own
+    name does not read well as one (a repeatable flag for a tuple)."""
+    return field(default=default, metadata={"help": help, "flag": flag})
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,29 @@ class ServeOptions:
     max_k: int = _option(100, "largest k of /search")
     thumb_size: int = _option(256, "longest side of /thumb previews, in pixels")
     access_log: bool = _option(True, "log one line per request")
+    allowed_hosts: tuple[str, ...] = _option(
+        (),
+        "another name clients use in the Host header (repeatable; the bound address and "
+        "localhost names are always allowed, others refused: a guard against DNS rebinding; "
+        '"*" allows any)',
+        flag="--allowed-host",
+    )
+    max_image_pixels: int = _option(
+        50_000_000,
+        "largest uploaded image, in pixels (larger: 413; decoding one takes about 4 bytes a "
+        "pixel while it lasts)",
+    )
+    max_pending_images: int = _option(
+        512,
+        "uploaded images decoded and waiting for the model at once, over all requests (more: "
+        "503 with Retry-After; about 0.6 MB each at 224 px)",
+    )
+    body_timeout_s: float = _option(
+        30.0, "longest wait for the next part of a request body (longer: 408)"
+    )
+    shutdown_timeout_s: float = _option(
+        30.0, "on SIGTERM, longest wait for the requests in flight before closing them"
+    )
 
     @property
     def max_body_bytes(self) -> int:
@@ -57,12 +82,21 @@ class ServeOptions:
         if self.checkpoint is None and self.index is None:
             raise ValueError("give a model: --checkpoint CK (or --index LIB.lcx, to use its own)")
         positive = ["max_batch", "max_queue", "max_labels", "max_text_chars", "max_texts"]
-        positive += ["max_images", "max_k", "thumb_size"]
+        positive += ["max_images", "max_k", "thumb_size", "max_image_pixels"]
+        positive += ["max_pending_images"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms must be 0 or more, got {self.max_wait_ms}")
+        for name in ("body_timeout_s", "shutdown_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_pending_images < self.max_images:
+            raise ValueError(
+                f"max_pending_images ({self.max_pending_images}) must be at least max_images "
+                f"({self.max_images}), or a request of max_images images could never run"
+            )
         if not self.max_body_mb > 0:
             raise ValueError(f"max_body_mb must be positive, got {self.max_body_mb}")
         if not 0 <= self.port <= 65535:
