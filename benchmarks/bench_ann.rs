@@ -9,10 +9,14 @@
 //! BENCH_EXPANSIONS (e.g. 256,512,1024: also report recall and latency at these search
 //! widths), BENCH_DATA=clustered (rows near 1,000 random centres, as photo embeddings cluster
 //! by content, instead of uniform random directions).
+//!
+//! Also timed: one commit as an index update makes them (1,024 rows dropped, 1,024 new ones
+//! added) taken into the built graph by `Searcher::sync`, against building the graph again,
+//! with recall after it.
 
 use std::time::Instant;
 
-use liteclip::index::ann::{Searcher, EXACT_BELOW};
+use liteclip::index::ann::{ChunkRows, Searcher, EXACT_BELOW};
 use liteclip::rng::Rng;
 
 fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
@@ -38,6 +42,18 @@ fn clustered_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
         v.extend(mixed.iter().map(|x| x / norm));
     }
     v
+}
+
+/// Rows one commit of an index update adds (its default `commit_every`).
+const COMMIT: usize = 1024;
+
+/// Rows with consecutive ids from `first`.
+fn rows_of(first: u64, vectors: &[f32], dim: usize) -> ChunkRows {
+    let n = vectors.len() / dim;
+    ChunkRows {
+        ids: (first..first + n as u64).collect(),
+        vectors: vectors.to_vec(),
+    }
 }
 
 fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
@@ -93,7 +109,19 @@ fn main() {
         let exact = Searcher::exact(&data, dim).expect("exact");
         let (truth, exact_p50, exact_p99) = time_queries(&exact, &queries, dim);
         drop(exact);
-        let mut approx = Searcher::exact(&data, dim).expect("rows");
+        // Two chunks, as an index holds them: the last COMMIT rows apart, to be dropped later.
+        let tail = COMMIT.min(n / 2);
+        let split = (n - tail) * dim;
+        let mut chunks = std::collections::HashMap::from([
+            ("a", rows_of(0, &data[..split], dim)),
+            ("b", rows_of((n - tail) as u64, &data[split..], dim)),
+        ]);
+        let mut approx = Searcher::empty(dim).expect("searcher");
+        approx
+            .sync(&["a".into(), "b".into()], &mut |name| {
+                Ok(chunks[name].clone())
+            })
+            .expect("rows");
         drop(data);
         let t = Instant::now();
         approx.build_graph().expect("graph");
@@ -113,7 +141,32 @@ fn main() {
         }
         approx.set_expansion_search(liteclip::index::ann::EXPANSION_SEARCH);
         let (got, ann_p50, ann_p99) = time_queries(&approx, &queries, dim);
-        let recall = recall(&truth, &got);
+        let recall_before = recall(&truth, &got);
+        // One commit: chunk "b" dropped, chunk "c" of new rows added.
+        let new_rows = if clustered {
+            clustered_rows(tail, dim, 3)
+        } else {
+            unit_rows(tail, dim, 3)
+        };
+        chunks.insert("c", rows_of(n as u64, &new_rows, dim));
+        let t = Instant::now();
+        approx
+            .sync(&["a".into(), "c".into()], &mut |name| {
+                Ok(chunks[name].clone())
+            })
+            .expect("commit");
+        let commit_s = t.elapsed().as_secs_f64();
+        let mut after = Searcher::empty(dim).expect("searcher");
+        after
+            .sync(&["a".into(), "c".into()], &mut |name| {
+                Ok(chunks[name].clone())
+            })
+            .expect("rows");
+        let (truth_after, _, _) = time_queries(&after, &queries, dim);
+        drop(after);
+        let (got_after, _, _) = time_queries(&approx, &queries, dim);
+        let recall_after = recall(&truth_after, &got_after);
+        let recall = recall_before;
         let dir = tempfile::tempdir().expect("tmp");
         let graph_path = dir.path().join("g.usearch");
         approx.save_graph(&graph_path).expect("save");
@@ -125,7 +178,8 @@ fn main() {
              \"exact_p50_ms\": {exact_p50:.3}, \"exact_p99_ms\": {exact_p99:.3}, \
              \"ann_p50_ms\": {ann_p50:.3}, \"ann_p99_ms\": {ann_p99:.3}, \
              \"graph_build_s\": {build_s:.1}, \"graph_bytes_per_vector\": {:.0}, \
-             \"disk_bytes_per_vector\": {per_vector:.0}}}",
+             \"disk_bytes_per_vector\": {per_vector:.0}, \"commit_rows\": {tail}, \
+             \"commit_sync_s\": {commit_s:.2}, \"recall_at_10_after_commit\": {recall_after:.4}}}",
             graph_bytes as f64 / n as f64
         );
     }

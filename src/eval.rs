@@ -1,7 +1,7 @@
 //! Evaluation: image-text retrieval on a captioned data set (with the validation loss), and
 //! zero-shot classification on a labelled image folder.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -489,7 +489,8 @@ pub struct EvalOptions {
     pub checkpoint: PathBuf,
     /// The data set; for retrieval, by default the one the checkpoint's run trained on.
     pub data: Option<PathBuf>,
-    pub split: Split,
+    /// Which images of a captioned set (see [`EvalOptions::split`]).
+    pub split: Option<Split>,
     pub task: Task,
     /// Zero-shot prompt templates (`None`: one, "a photo of a {}."; `["ensemble"]`: 18).
     pub templates: Option<Vec<String>>,
@@ -510,7 +511,7 @@ impl Default for EvalOptions {
         EvalOptions {
             checkpoint: PathBuf::new(),
             data: None,
-            split: Split::Val,
+            split: None,
             task: Task::Retrieval,
             templates: None,
             batch_size: 64,
@@ -527,6 +528,16 @@ impl Default for EvalOptions {
 }
 
 impl EvalOptions {
+    /// The split evaluated: as given, else the run's validation images when the data is the
+    /// run's own, and every image of a data set given with `data=` (a test set is evaluated
+    /// whole, not cut by the run's `val_fraction`).
+    pub fn split(&self) -> Split {
+        self.split.unwrap_or(match self.data {
+            None => Split::Val,
+            Some(_) => Split::All,
+        })
+    }
+
     /// Reads options from a JSON object (see [`crate::train::TrainOptions::from_json`]).
     pub fn from_json(text: &str) -> Result<Self> {
         let options: EvalOptions = from_json_named(text)?;
@@ -555,6 +566,31 @@ pub enum Report {
     ZeroShot(ZeroShotMetrics),
 }
 
+/// The data set recorded with a checkpoint (what `evaluate` reads when no `data=` is given)
+/// must still be there; when it is not, the error says to pass `data=`.
+fn check_recorded_data_exists(
+    options: &EvalOptions,
+    data: &Path,
+    info: Option<&DataInfo>,
+) -> Result<()> {
+    let val_data = info.and_then(|i| i.val_data.as_deref());
+    let read = match (options.task, options.split(), val_data) {
+        (Task::Retrieval, Split::Val, Some(val_data)) => val_data,
+        _ => data,
+    };
+    if read.exists() {
+        return Ok(());
+    }
+    Err(Error::FileNotFound {
+        path: read.to_owned(),
+        hint: Some(format!(
+            "{} recorded this as its data set, and it is no longer there: pass data= (the \
+             folder or CSV to evaluate on)",
+            options.checkpoint.display()
+        )),
+    })
+}
+
 /// Evaluates a loaded model as `options` say (its `checkpoint` is where the record of the
 /// training data is looked for).
 pub fn evaluate(model: &LiteClip, options: &EvalOptions) -> Result<Report> {
@@ -566,6 +602,9 @@ pub fn evaluate(model: &LiteClip, options: &EvalOptions) -> Result<Report> {
         .ok_or_else(|| {
             Error::invalid("data= is needed: this checkpoint does not record its data set")
         })?;
+    if options.data.is_none() && !info.as_ref().is_some_and(|i| i.shards) {
+        check_recorded_data_exists(options, &data, info.as_ref())?;
+    }
     match options.task {
         Task::Retrieval => {
             let defaults = info.as_ref().map(DataInfo::csv_options).unwrap_or_default();
@@ -582,7 +621,8 @@ pub fn evaluate(model: &LiteClip, options: &EvalOptions) -> Result<Report> {
             };
             // A run with its own validation set: that set is its "val" split.
             let recorded_val = info.as_ref().and_then(|i| i.val_data.clone());
-            if let (Split::Val, None, Some(val_data)) = (options.split, &options.data, recorded_val)
+            if let (Split::Val, None, Some(val_data)) =
+                (options.split(), &options.data, recorded_val)
             {
                 let chosen = Dataset::open(&val_data, &csv)?;
                 return Ok(Report::Retrieval(retrieval(
@@ -604,7 +644,7 @@ pub fn evaluate(model: &LiteClip, options: &EvalOptions) -> Result<Report> {
                 .or(info.as_ref().map(|i| i.val_fraction))
                 .unwrap_or(0.2);
             let seed = options.seed.or(info.as_ref().map(|i| i.seed)).unwrap_or(0);
-            let chosen = match options.split {
+            let chosen = match options.split() {
                 Split::All => dataset,
                 Split::Val => dataset.split(fraction, seed)?.1,
                 Split::Train => dataset.split(fraction, seed)?.0,
@@ -677,7 +717,9 @@ mod tests {
     fn options_read_from_json_with_defaults() {
         let o = EvalOptions::from_json(r#"{"checkpoint": "c", "task": "zero-shot"}"#).unwrap();
         assert_eq!(o.task, Task::ZeroShot);
-        assert_eq!(o.split, Split::Val);
+        assert_eq!((o.split, o.split()), (None, Split::Val));
+        let given = EvalOptions::from_json(r#"{"checkpoint": "c", "data": "test/"}"#).unwrap();
+        assert_eq!(given.split(), Split::All);
         assert!(matches!(
             EvalOptions::from_json(r#"{"checkpoint": "c", "split": "test"}"#),
             Err(Error::InvalidArgument(m)) if m.starts_with("split:")

@@ -258,15 +258,21 @@ impl LiteClip {
 
     /// L2-normalised embeddings of an already preprocessed `(N, 3, S, S)` float batch, on the CPU.
     pub fn encode_pixels(&self, pixels: &Tensor) -> Result<Tensor> {
-        // The towers pool globally, so any size from the smallest the stages can reduce works;
-        // the config's image_size is what the model was trained at and what preprocess makes.
+        // The towers pool globally and would take any size, but a model given images of
+        // another size than it was trained at gives embeddings unlike its own (a 224-pixel
+        // crop given to a 64-pixel model: cosine -0.55 with the right input), so only its own
+        // size is taken.
         let s = self.config.image_size;
-        let min = self.config.image.patch_size << (self.config.image.dims.len() - 1);
         let size = pixels.size();
-        if size.len() != 4 || size[1] != 3 || size[2] < min || size[3] < min {
+        if size.len() != 4 || size[1] != 3 || size[2] != s || size[3] != s {
+            let shape = match size.as_slice() {
+                [n, c, h, w] => format!("({n}, {c}, {h}, {w})"),
+                other => format!("{other:?}"),
+            };
             return Err(Error::invalid(format!(
-                "preprocessed images must have shape (N, 3, H, W) with H, W >= {min} \
-                 (this model was trained at {s}x{s}), got {size:?}"
+                "preprocessed images for this model must be (N, 3, {s}, {s}), its image size, \
+                 got {shape}; preprocess them with model.preprocess(images), or \
+                 liteclip.preprocess(images, image_size={s})"
             )));
         }
         let mut parts = Vec::new();

@@ -69,7 +69,7 @@ def test_train_evaluate_predict(tmp_path):
     assert {"i2t_r1", "t2i_r10", "loss"} <= set(json.loads(r.stdout))
 
     r = run(
-        "evaluate", out / "best", "--zero-shot", test, "--template", "a drawing of a {}", "--json"
+        "evaluate", out / "best", "--zero-shot", test, "--templates", "a drawing of a {}", "--json"
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["images"] == 24

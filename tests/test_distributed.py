@@ -209,6 +209,22 @@ def test_shards_over_two_ranks_pad_the_shorter_and_resume_inside_an_epoch_exactl
 
 
 @pytest.mark.slow
+def test_a_validation_set_smaller_than_the_ranks_is_validated_whole(data, start, tmp_path):
+    """Three ranks, two validation images: rank 0 validates the whole set, and every rank
+    reports the loss that evaluating the saved model on that set in one process gives."""
+    val = datasets.make_shapes(tmp_path / "val", n_images=2, image_size=32, seed=5)
+    kwargs = common(data, start, tmp_path / "run", 4, val_data=str(val), epochs=1)
+    results = finish(launch(3, kwargs))
+    losses = [r["history"][0]["val_loss"] for r in results]
+    assert all(loss is not None for loss in losses) and len(set(losses)) == 1
+    alone = liteclip.evaluate(
+        tmp_path / "run" / "best", data=val, split="all", batch_size=3 * 4, device="cpu"
+    )
+    assert alone["images"] == 2
+    assert abs(alone["loss"] - losses[0]) < 1e-4
+
+
+@pytest.mark.slow
 def test_killing_a_rank_stops_the_others_with_an_error_naming_it(data, start, tmp_path):
     kwargs = common(data, start, tmp_path / "run", 8, distributed=True, epochs=50)
     kwargs["max_steps_per_epoch"] = None

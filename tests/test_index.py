@@ -120,6 +120,60 @@ def test_updates_embed_only_new_and_changed_files(tmp_path, checkpoint, model):
         index.add([checkpoint / "config.json"])
 
 
+def test_paths_mean_what_they_mean_to_the_caller(tmp_path, checkpoint, monkeypatch):
+    """Run from the folder above Photos/, as a user would: "Photos/private/a.png" is that
+    file, in the API and the CLI alike; a path the index does not hold is an error, never a
+    silent no-op that leaves a private photo searchable."""
+    make_photos(tmp_path / "Photos", 3)
+    private = make_photos(tmp_path / "Photos" / "private", 2)
+    monkeypatch.chdir(tmp_path)
+    index = Index.build("Photos", "lib.lcx", checkpoint, device="cpu")
+    hidden = str(private[0].resolve())
+    given = str(private[0].relative_to(tmp_path))  # Photos/private/...
+    assert hidden in index.files()
+    before = index.generation
+    with pytest.raises(ValueError, match="Photos/Photos/private") as caught:
+        index.remove([given, "Photos/Photos/private/x.png"])
+    assert "nothing was removed" in str(caught.value)
+    assert index.generation == before and hidden in index.files()
+
+    assert index.remove([given]) == 1
+    assert hidden not in index.files()
+    assert all(path != hidden for path, _ in index.search(private[0], k=10))
+    assert index.update()["embedded"] == 0 and hidden not in index.files()
+    assert index.add([given])["embedded"] == 1
+    assert hidden in index.files()
+    # A relative path taken from the indexed folder instead of the working one says which to give.
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="did you mean"):
+        Index.open(tmp_path / "lib.lcx").remove([str(private[0].relative_to(tmp_path / "Photos"))])
+    monkeypatch.chdir(tmp_path)
+
+    # The CLI: a whole folder out, and back.
+    out = run_cli("index", "Photos", "--index", "lib.lcx", "--remove", "Photos/private", "--json")
+    assert json.loads(out)["removed"] == 2
+    assert not any("/private/" in p for p in Index.open("lib.lcx").files())
+    failed = run_cli_raw("index", "Photos", "--index", "lib.lcx", "--remove", "Photos/nope.png")
+    assert failed.returncode == 1 and "not in the index" in failed.stderr
+    report = json.loads(
+        run_cli("index", "Photos", "--index", "lib.lcx", "--add", "Photos/private", "--json")
+    )
+    assert report["embedded"] == 2 and report["size"] == 5
+
+
+def run_cli(*argv):
+    done = run_cli_raw(*argv)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def run_cli_raw(*argv):
+    return subprocess.run(
+        [sys.executable, "-m", "liteclip", *map(str, argv)], capture_output=True, text=True
+    )
+
+
 def test_bad_files_are_skipped_and_listed_never_fatal(tmp_path, checkpoint):
     root = tmp_path / "photos"
     photos = make_photos(root, 4)

@@ -110,10 +110,17 @@ def test_cli_flags_reach_the_api():
     assert passed["images_dir"] == "imgs" and passed["resume"] is True
     assert cli.train_arguments(parse("train", "D", "--patience", 4))["early_stopping_patience"] == 4
     zero_shot = cli.evaluate_arguments(
-        parse("evaluate", "C", "--zero-shot", "F", "--template", "a {}", "--precision", "fp16")
+        parse("evaluate", "C", "--zero-shot", "F", "--templates", "a {}", "--precision", "fp16")
     )
     assert zero_shot["task"] == "zero-shot" and zero_shot["data"] == "F"
     assert zero_shot["templates"] == ["a {}"] and zero_shot["precision"] == "fp16"
+    # The deprecated singular still works, and mixes with the plural.
+    both = cli.evaluate_arguments(
+        parse("evaluate", "C", "--template", "a {}", "--templates", "b {}")
+    )
+    assert both["templates"] == ["a {}", "b {}"]
+    predict = cli._parser().parse_args(["predict", "x.jpg", "a", "b", "--template", "a {}"])
+    assert predict.hypothesis_template == "a {}"
 
 
 @pytest.mark.parametrize(

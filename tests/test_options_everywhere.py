@@ -151,7 +151,7 @@ def test_serve(checkpoint, photos, expected, tmp_path):
         answer = s.client.post("/predict", data=data, files=files(image=CAT)).json()
         pipe = ZeroShotPipeline(checkpoint, device="cpu", precision="int8", decode="fast")
         want = pipe.predict(str(CAT), LABELS["labels"], hypothesis_template=template)
-        got = [(p["label"], p["prob"]) for p in answer["predictions"]]
+        got = [(p["label"], p["probability"]) for p in answer["predictions"]]
         assert [g[0] for g in got] == [w[0] for w in want]
         np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], atol=1e-5)
     finally:
@@ -163,7 +163,7 @@ def test_cli_predict_template_and_precision(checkpoint):
     template = "a drawing of {}"
     out = run_cli(
         "predict", CAT, *labels, "--checkpoint", checkpoint, "--device", "cpu",
-        "--template", template, "--precision", "int8", "--json",
+        "--hypothesis-template", template, "--precision", "int8", "--json",
     )  # fmt: skip
     got = {p["label"]: p["probability"] for p in json.loads(out)}
     pipe = ZeroShotPipeline(checkpoint, device="cpu", precision="int8")

@@ -305,3 +305,23 @@ def test_every_entry_point_has_the_same_decode_default():
     )
     for command in commands:
         assert cli._parser().parse_args(command).decode == "exact", command
+
+
+def test_a_model_takes_only_its_own_input_size():
+    """A 224-pixel array given to a 64-pixel model would be embedded as something else
+    entirely; it is refused naming both sizes, and the model's own preprocess makes the right
+    input."""
+    nano = liteclip.LiteClip("liteclip-nano", device="cpu", seed=0, decode="fast")
+    assert nano.image_size != 224
+    with pytest.raises(ValueError, match=rf"\(N, 3, {nano.image_size}, {nano.image_size}\).*224"):
+        nano.encode_image(liteclip.preprocess(str(CAT)))
+    with pytest.raises(ValueError, match="224"):
+        nano.encode_image(liteclip.preprocess([str(CAT), str(CAT)]))
+    own = nano.preprocess(str(CAT))
+    assert own.shape == (3, nano.image_size, nano.image_size)
+    # The same input as the free function at the model's size and decoding.
+    np.testing.assert_array_equal(
+        own, liteclip.preprocess(str(CAT), image_size=nano.image_size, decode="fast")
+    )
+    np.testing.assert_allclose(nano.encode_image(own), nano.encode_image(str(CAT)), atol=1e-6)
+    assert nano.preprocess([str(CAT)] * 3).shape == (3, 3, nano.image_size, nano.image_size)

@@ -73,14 +73,21 @@ def test_predict_gives_the_pipelines_numbers(server, checkpoint):
         ({"labels": labels}, dict(top_k=5)),
         ({"labels": json.dumps(labels), "top_k": "2"}, dict(top_k=2)),
         (
-            {"labels": labels, "template": "a photo of {}", "top_k": "3"},
+            {"labels": labels, "hypothesis_template": "a photo of {}", "top_k": "3"},
             dict(top_k=3, hypothesis_template="a photo of {}"),
+        ),
+        # The deprecated short name of the field.
+        (
+            {"labels": labels, "template": "a picture of {}", "top_k": "3"},
+            dict(top_k=3, hypothesis_template="a picture of {}"),
         ),
     ]
     for data, kwargs in cases:
         response = server.client.post("/predict", data=data, files=files(image=CAT))
         assert response.status_code == 200, response.text
-        got = [(p["label"], p["prob"]) for p in response.json()["predictions"]]
+        predictions = response.json()["predictions"]
+        assert all(p["prob"] == p["probability"] for p in predictions)  # deprecated name kept
+        got = [(p["label"], p["probability"]) for p in predictions]
         expected = pipeline.predict(CAT, labels, **kwargs)
         assert [g[0] for g in got] == [e[0] for e in expected]
         np.testing.assert_allclose([g[1] for g in got], [e[1] for e in expected], atol=1e-5)
@@ -206,6 +213,13 @@ def bad_requests(tmp: Path):
             "POST",
             "/predict",
             dict(data={**LABELS, "top_k": "two"}, files=cat),
+            400,
+        ),
+        (
+            "predict two template fields",
+            "POST",
+            "/predict",
+            dict(data={**LABELS, "template": "a {}", "hypothesis_template": "b {}"}, files=cat),
             400,
         ),
         ("predict JSON body", "POST", "/predict", dict(json={"labels": ["a", "b"]}), 400),
@@ -343,7 +357,7 @@ def test_concurrent_requests_are_batched(checkpoint, tmp_path):
         with ThreadPoolExecutor(12) as pool:
             answers = list(pool.map(one, range(12)))
         for i, response in answers:
-            got = [(p["label"], p["prob"]) for p in response.json()["predictions"]]
+            got = [(p["label"], p["probability"]) for p in response.json()["predictions"]]
             expected = pipeline.predict(REAL_IMAGES[i % len(REAL_IMAGES)], labels[i % 3])
             assert [g[0] for g in got] == [e[0] for e in expected]
             np.testing.assert_allclose([g[1] for g in got], [e[1] for e in expected], atol=1e-5)
@@ -566,5 +580,5 @@ def test_browser_classify_shows_probability_bars(server, browser):
     bars = browser.find_elements(By.CSS_SELECTOR, ".bar")
     track = browser.find_element(By.CSS_SELECTOR, ".bar-track").size["width"]
     for bar, p in zip(bars, expected):
-        assert abs(bar.size["width"] - p["prob"] * track) <= 2
+        assert abs(bar.size["width"] - p["probability"] * track) <= 2
     assert browser.find_element(By.ID, "classify-error").text == ""

@@ -143,6 +143,12 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **kwargs)
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     from .training import evaluate as evaluate_api
     from .training import train as train_api
@@ -151,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="liteclip",
         description="liteclip: a small CLIP computed in Rust on libtorch.",
     )
+    parser.add_argument("--version", action="version", version=f"liteclip {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     predict = sub.add_parser(
@@ -170,9 +177,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_precision(predict)
     predict.add_argument("--top-k", type=int, default=5, help="labels to show (default: 5)")
     predict.add_argument(
+        "--hypothesis-template",
         "--template",
+        dest="hypothesis_template",
         default=None,
-        help='text embedded for each label, with {} for the label (e.g. "a photo of a {}")',
+        help='text embedded for each label, with {} for the label (e.g. "a photo of a {}"); '
+        "--template is its deprecated short name",
     )
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -228,11 +238,14 @@ def _parser() -> argparse.ArgumentParser:
         help="class-per-sub-folder image folder (the same as --task zero-shot --data FOLDER)",
     )
     evaluate.add_argument(
+        "--templates",
         "--template",
+        dest="templates",
         action="append",
         default=None,
         help='prompt template with {} for the class name (repeatable; "ensemble" for 18 '
-        'built-in prompts; default "a photo of a {}.")',
+        'built-in prompts; default "a photo of a {}."); --template is its deprecated '
+        "singular",
     )
     evaluate.add_argument("--json", action="store_true", help="print JSON")
 
@@ -283,6 +296,23 @@ def _parser() -> argparse.ArgumentParser:
         default=1024,
         help="files per committed chunk: an interrupted run loses at most this many "
         "(default: %(default)s)",
+    )
+    change = index.add_mutually_exclusive_group()
+    change.add_argument(
+        "--add",
+        nargs="+",
+        metavar="PATH",
+        default=None,
+        help="index only these files or folders now (also ones taken out with --remove); "
+        "paths are absolute or relative to the working folder, under ROOT",
+    )
+    change.add_argument(
+        "--remove",
+        nargs="+",
+        metavar="PATH",
+        default=None,
+        help="take these files or folders out of the index and keep them out of later "
+        "updates; a path that is not in the index is an error and nothing is removed",
     )
     index.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -365,7 +395,7 @@ def _predict(args: argparse.Namespace) -> int:
         args.checkpoint, device=args.device, precision=args.precision, decode=args.decode
     )
     ranking = pipeline.predict(
-        args.image, args.labels, top_k=args.top_k, hypothesis_template=args.template
+        args.image, args.labels, top_k=args.top_k, hypothesis_template=args.hypothesis_template
     )
     if args.json:
         print(json.dumps([{"label": label, "probability": p} for label, p in ranking]))
@@ -389,7 +419,7 @@ def evaluate_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of `liteclip.evaluate` that a parsed `liteclip evaluate` stands
     for."""
     kwargs = {name: getattr(args, name) for name in args.api_options}
-    kwargs["templates"] = args.template
+    kwargs["templates"] = args.templates
     if args.zero_shot:
         kwargs.update(data=args.zero_shot, task="zero-shot")
     return kwargs
@@ -475,14 +505,16 @@ class _IndexProgress:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from . import BadIndexError, Index
+    from . import Index
     from .distributed import index_distributed
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    if index_distributed(args, show=lambda report: _print_index_report(report, args.json)):
+    if args.remove is not None:
+        return _index_remove(args)
+    if args.add is None and index_distributed(
+        args, show=lambda report: _print_index_report(report, args.json)
+    ):
         return EXIT_OK
     progress = _IndexProgress(not args.json and sys.stderr.isatty())
     options = {
@@ -492,7 +524,10 @@ def _index(args: argparse.Namespace) -> int:
         "commit_every": args.commit_every,
     }
     try:
-        if args.checkpoint is not None:
+        if args.add is not None:
+            index = _open_index_of(args)
+            report = index.add(args.add, **options)
+        elif args.checkpoint is not None:
             index = Index.build(
                 args.root,
                 args.index,
@@ -504,17 +539,39 @@ def _index(args: argparse.Namespace) -> int:
             )
             report = index.last_report
         else:
-            if not (Path(args.index) / "manifest.json").exists():
-                raise ValueError(f"{args.index} is not an index yet: give --checkpoint to build it")
-            index = Index.open(
-                args.index, device=args.device, precision=args.precision, decode=args.decode
-            )
-            if Path(args.root).resolve() != Path(index.root):
-                raise BadIndexError(f"{args.index} is an index of {index.root}, not {args.root}")
-            report = index.update(**options)
+            report = _open_index_of(args).update(**options)
     finally:
         progress.close()
     _print_index_report(report, args.json)
+    return EXIT_OK
+
+
+def _open_index_of(args: argparse.Namespace) -> Any:
+    """The existing index `--index` of the folder ROOT, with the model options given."""
+    from pathlib import Path
+
+    from . import BadIndexError, Index
+
+    if not (Path(args.index) / "manifest.json").exists():
+        raise ValueError(f"{args.index} is not an index yet: give --checkpoint to build it")
+    index = Index.open(
+        args.index,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        decode=args.decode,
+    )
+    if Path(args.root).resolve() != Path(index.root):
+        raise BadIndexError(f"{args.index} is an index of {index.root}, not {args.root}")
+    return index
+
+
+def _index_remove(args: argparse.Namespace) -> int:
+    removed = _open_index_of(args).remove(args.remove, lock_wait=args.lock_wait)
+    if args.json:
+        print(json.dumps({"removed": removed, "index": str(args.index)}))
+    else:
+        print(f"{removed} photos taken out of {args.index}")
     return EXIT_OK
 
 

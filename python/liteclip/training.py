@@ -366,7 +366,7 @@ _PYTHON_ONLY = ("progress", "distributed", "distributed_timeout")
 def evaluate(
     checkpoint: PathLike,
     data: PathLike | None = None,
-    split: str = "val",
+    split: str | None = None,
     task: str = "retrieval",
     templates: list[str] | str | None = None,
     batch_size: int = 64,
@@ -393,7 +393,8 @@ def evaluate(
         data: the data set: captioned (retrieval; by default the one the checkpoint's training
             run used) or a class-per-sub-folder image folder (zero-shot).
         split: ``"val"`` or ``"train"`` (the split a training run made: its ``val_fraction``
-            and ``seed`` are read from the checkpoint when not given) or ``"all"``.
+            and ``seed`` are read from the checkpoint when not given) or ``"all"``. Default:
+            ``"val"`` on the run's own data, ``"all"`` on a data set given with ``data=``.
         task: ``"retrieval"`` or ``"zero-shot"``.
         templates: zero-shot prompts with ``{}`` for the class name: one (``"a photo of a
             {}."`` by default), a list (their embeddings are averaged per class, as CLIP does),

@@ -46,11 +46,25 @@ pub struct ShardCounts {
 
 /// The shard files `specs` name, in order: each is a path, a brace pattern (`{000..127}`
 /// ranges keep their zero padding; `{a,b}` lists), or a glob (`*`, `?`, `[...]`, matches
-/// sorted). A pattern that names nothing is an error.
+/// sorted). A pattern that names nothing, or names shards that do not exist, is an error that
+/// says how many of the named shards exist and which pattern names those there are.
 pub fn expand(specs: &[String]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for spec in specs {
-        for pattern in expand_braces(spec)? {
+        let named = expand_braces(spec)?;
+        let missing: Vec<&String> = named
+            .iter()
+            .filter(|p| !p.contains(['*', '?', '[']) && !Path::new(p).is_file())
+            .collect();
+        if let Some(first) = missing.first() {
+            return Err(missing_shards(
+                spec,
+                named.len(),
+                &missing,
+                Path::new(first),
+            ));
+        }
+        for pattern in named {
             if pattern.contains(['*', '?', '[']) {
                 let mut matches: Vec<PathBuf> = glob::glob(&pattern)
                     .map_err(|e| Error::invalid(format!("bad shard pattern {pattern:?}: {e}")))?
@@ -65,18 +79,78 @@ pub fn expand(specs: &[String]) -> Result<Vec<PathBuf>> {
                 matches.sort();
                 out.extend(matches);
             } else {
-                let path = PathBuf::from(&pattern);
-                if !path.is_file() {
-                    return Err(Error::FileNotFound {
-                        path,
-                        hint: Some("a shard named by the data pattern is missing".into()),
-                    });
-                }
-                out.push(path);
+                out.push(PathBuf::from(&pattern));
             }
         }
     }
     Ok(out)
+}
+
+/// The error for a spec naming `total` shards of which `missing` do not exist.
+fn missing_shards(spec: &str, total: usize, missing: &[&String], first: &Path) -> Error {
+    let folder = first
+        .parent()
+        .filter(|f| !f.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let present = tar_files(folder);
+    let mut hint = if total == 1 {
+        "the shard does not exist".to_owned()
+    } else {
+        format!(
+            "{spec} names {total} shards, of which {} exist and {} are missing",
+            total - missing.len(),
+            missing.len()
+        )
+    };
+    match pattern_for(folder, &present) {
+        Some(pattern) => {
+            hint += &format!(
+                "; {} holds {} shards: data={pattern:?} names them (the pattern `liteclip shard` \
+             printed)",
+                folder.display(),
+                present.len()
+            )
+        }
+        None => hint += &format!("; {} holds no .tar files", folder.display()),
+    }
+    Error::FileNotFound {
+        path: first.to_owned(),
+        hint: Some(hint),
+    }
+}
+
+/// The names of the `.tar` files in `folder`, sorted.
+fn tar_files(folder: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.to_ascii_lowercase().ends_with(".tar"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A pattern naming exactly `names` (in `folder`): a brace range when they are consecutive
+/// numbers of one width (what `write_shards` writes), else a glob.
+fn pattern_for(folder: &Path, names: &[String]) -> Option<String> {
+    let joined = |name: String| Some(folder.join(name).display().to_string());
+    let (first, last) = (names.first()?, names.last()?);
+    let width = first.len() - ".tar".len();
+    let number = |name: &String| -> Option<u64> {
+        let stem = &name[..name.len() - ".tar".len()];
+        let digits = stem.len() == width && stem.bytes().all(|b| b.is_ascii_digit());
+        digits.then(|| stem.parse().ok())?
+    };
+    let numbers: Option<Vec<u64>> = names.iter().map(number).collect();
+    match numbers {
+        Some(n) if n.len() > 1 && n.windows(2).all(|w| w[1] == w[0] + 1) => {
+            let (a, b) = (&first[..width], &last[..width]);
+            joined(format!("{{{a}..{b}}}.tar"))
+        }
+        Some(n) if n.len() == 1 => joined(first.clone()),
+        _ => joined("*.tar".into()),
+    }
 }
 
 /// `a{1..3}b` -> `a1b a2b a3b`; `{x,y}` -> `x y`; nested and repeated groups expand in order.
@@ -437,6 +511,28 @@ mod tests {
             expand(&[missing]),
             Err(Error::FileNotFound { .. })
         ));
+    }
+
+    #[test]
+    fn a_pattern_naming_missing_shards_says_what_exists() {
+        let tmp = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            std::fs::write(tmp.path().join(format!("{i:05}.tar")), b"").unwrap();
+        }
+        let spec = format!("{}/{{00000..00127}}.tar", tmp.path().display());
+        let err = expand(&[spec]).unwrap_err().to_string();
+        assert!(
+            err.contains("names 128 shards, of which 5 exist and 123 are missing"),
+            "{err}"
+        );
+        assert!(err.contains("00005.tar"), "{err}");
+        let suggested = format!("{}/{{00000..00004}}.tar", tmp.path().display());
+        assert!(err.contains(&suggested), "{err}");
+        // The suggestion names exactly what is there.
+        assert_eq!(expand(&[suggested]).unwrap().len(), 5);
+        std::fs::write(tmp.path().join("extra.tar"), b"").unwrap();
+        let err = expand(&[format!("{}/00009.tar", tmp.path().display())]).unwrap_err();
+        assert!(err.to_string().contains("*.tar"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! usearch above [`EXACT_BELOW`] rows. Either way the candidates are scored exactly with the
 //! float32 rows, so a hit's score does not depend on the path that found it.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use rayon::prelude::*;
@@ -29,29 +30,158 @@ fn graph_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::invalid(format!("vector search ({what}): {e}"))
 }
 
-/// Rows in memory, with the graph over them when there are enough.
+/// Rows in memory, with the graph over them when there are enough. Rows and graph keys are the
+/// ids of the files the rows embed, so that a commit that adds or drops rows changes the
+/// searcher by those rows only ([`Searcher::sync`]): the graph is never rebuilt for a commit.
 pub struct Searcher {
     dim: usize,
-    /// `(N, dim)` float32 on the CPU.
+    /// `(N, dim)` float32 on the CPU: the rows of `chunks`, one chunk after another.
     matrix: Tensor,
-    /// Graph keys are row numbers.
+    /// The id of each row, and the row of each id.
+    ids: Vec<u64>,
+    row_of: std::collections::HashMap<u64, usize>,
+    /// The chunks the rows came from, in order: `(name, first row, rows)`.
+    chunks: Vec<(String, usize, usize)>,
+    /// Graph keys are ids.
     graph: Option<Graph>,
+    /// Graphs this searcher built (a commit must not make it build another).
+    builds: usize,
+}
+
+/// A chunk's rows, as [`Searcher::sync`] reads them.
+#[derive(Clone)]
+pub struct ChunkRows {
+    pub ids: Vec<u64>,
+    /// `ids.len() * dim` floats.
+    pub vectors: Vec<f32>,
+}
+
+/// What a [`Searcher::sync`] changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Synced {
+    pub added: usize,
+    pub removed: usize,
 }
 
 impl Searcher {
-    /// Exact search over `vectors` (`rows * dim` floats).
+    /// Exact search over `vectors` (`rows * dim` floats), each row's id its number.
     pub fn exact(vectors: &[f32], dim: usize) -> Result<Self> {
         let rows = vectors.len() / dim.max(1);
-        let matrix = Tensor::f_from_slice(vectors)?.f_view([rows as i64, dim as i64])?;
+        let mut searcher = Searcher::empty(dim)?;
+        let all = ChunkRows {
+            ids: (0..rows as u64).collect(),
+            vectors: vectors.to_vec(),
+        };
+        searcher.sync(&[String::new()], &mut |_| Ok(all.clone()))?;
+        Ok(searcher)
+    }
+
+    /// No rows yet.
+    pub fn empty(dim: usize) -> Result<Self> {
         Ok(Searcher {
             dim,
-            matrix,
+            matrix: Tensor::f_zeros([0, dim as i64], (Kind::Float, Device::Cpu))?,
+            ids: Vec::new(),
+            row_of: Default::default(),
+            chunks: Vec::new(),
             graph: None,
+            builds: 0,
         })
     }
 
+    /// Graphs this searcher has built from scratch.
+    pub fn graph_builds(&self) -> usize {
+        self.builds
+    }
+
     pub fn rows(&self) -> usize {
-        self.matrix.size()[0] as usize
+        self.ids.len()
+    }
+
+    /// Makes the rows those of the chunks named `wanted`, in that order: chunks held already
+    /// are kept, the others are read with `read`. The graph, if there is one, follows by ids:
+    /// the ids that left are removed from it, the new ones added.
+    pub fn sync(
+        &mut self,
+        wanted: &[String],
+        read: &mut dyn FnMut(&str) -> Result<ChunkRows>,
+    ) -> Result<Synced> {
+        let held: std::collections::HashMap<&str, (usize, usize)> = self
+            .chunks
+            .iter()
+            .map(|(name, start, len)| (name.as_str(), (*start, *len)))
+            .collect();
+        let mut parts = Vec::with_capacity(wanted.len());
+        let mut ids = Vec::with_capacity(self.ids.len());
+        let mut chunks = Vec::with_capacity(wanted.len());
+        // Rows new to this searcher: what the graph must take in.
+        let mut fresh: Vec<(u64, Vec<f32>)> = Vec::new();
+        for name in wanted {
+            let start = ids.len();
+            match held.get(name.as_str()) {
+                Some(&(from, len)) => {
+                    parts.push(self.matrix.f_narrow(0, from as i64, len as i64)?);
+                    ids.extend_from_slice(&self.ids[from..from + len]);
+                }
+                None => {
+                    let rows = read(name)?;
+                    let n = rows.ids.len();
+                    if rows.vectors.len() != n * self.dim {
+                        return Err(Error::invalid(format!(
+                            "chunk {name}: {} floats for {n} rows of {}",
+                            rows.vectors.len(),
+                            self.dim
+                        )));
+                    }
+                    parts.push(
+                        Tensor::f_from_slice(&rows.vectors)?.f_view([n as i64, self.dim as i64])?,
+                    );
+                    fresh.extend(
+                        rows.ids
+                            .iter()
+                            .zip(rows.vectors.chunks_exact(self.dim))
+                            .map(|(&id, v)| (id, v.to_vec())),
+                    );
+                    ids.extend_from_slice(&rows.ids);
+                }
+            }
+            chunks.push((name.clone(), start, ids.len() - start));
+        }
+        let kept: HashSet<u64> = ids.iter().copied().collect();
+        let before: HashSet<u64> = self.ids.iter().copied().collect();
+        let gone: Vec<u64> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|id| !kept.contains(id))
+            .collect();
+        // A row read again under a new chunk name (its chunk was rewritten) is not new.
+        fresh.retain(|(id, _)| !before.contains(id));
+        if let Some(graph) = &self.graph {
+            for id in &gone {
+                graph.remove(*id).map_err(|e| graph_error("remove", e))?;
+            }
+            let threads = rayon::current_num_threads().max(SEARCH_THREADS);
+            graph
+                .reserve_capacity_and_threads(graph.size() + fresh.len(), threads)
+                .map_err(|e| graph_error("reserve", e))?;
+            fresh
+                .par_iter()
+                .try_for_each(|(id, vector)| graph.add(*id, vector))
+                .map_err(|e| graph_error("add", e))?;
+        }
+        self.matrix = if parts.is_empty() {
+            Tensor::f_zeros([0, self.dim as i64], (Kind::Float, Device::Cpu))?
+        } else {
+            Tensor::f_cat(&parts, 0)?
+        };
+        self.row_of = ids.iter().enumerate().map(|(row, &id)| (id, row)).collect();
+        self.ids = ids;
+        self.chunks = chunks;
+        Ok(Synced {
+            added: fresh.len(),
+            removed: gone.len(),
+        })
     }
 
     /// Candidates the graph search keeps (HNSW's `ef`): more finds more of the true
@@ -66,8 +196,14 @@ impl Searcher {
         self.graph.is_some()
     }
 
+    /// Searches exactly from now on.
+    pub fn drop_graph(&mut self) {
+        self.graph = None;
+    }
+
     /// Builds the graph over the rows (on all cores).
     pub fn build_graph(&mut self) -> Result<()> {
+        self.builds += 1;
         let rows = self.rows();
         let graph = Graph::new(&IndexOptions {
             dimensions: self.dim,
@@ -85,8 +221,8 @@ impl Searcher {
             .map_err(|e| graph_error("reserve", e))?;
         let data = self.flat()?;
         data.par_chunks_exact(self.dim)
-            .enumerate()
-            .try_for_each(|(row, vector)| graph.add(row as u64, vector))
+            .zip(self.ids.par_iter())
+            .try_for_each(|(vector, &id)| graph.add(id, vector))
             .map_err(|e| graph_error("add", e))?;
         self.graph = Some(graph);
         Ok(())
@@ -104,9 +240,10 @@ impl Searcher {
         })
     }
 
-    /// Loads a graph saved by [`Searcher::save_graph`] for these rows.
-    pub fn load_graph(&mut self, path: &Path) -> Result<()> {
-        let graph = Graph::restore(&path.to_string_lossy()).map_err(|e| graph_error("load", e))?;
+    /// Loads a graph saved by [`Searcher::save_graph`] for these rows from its file's bytes
+    /// (which the caller has checked against the hash it recorded).
+    pub fn load_graph(&mut self, bytes: &[u8], path: &Path) -> Result<()> {
+        let graph = Graph::restore_from_buffer(bytes).map_err(|e| graph_error("load", e))?;
         if graph.size() != self.rows() || graph.dimensions() != self.dim {
             return Err(Error::invalid(format!(
                 "{}: the saved graph holds {} rows of {} floats, the index {} of {}",
@@ -125,8 +262,9 @@ impl Searcher {
         Ok(())
     }
 
-    /// The `k` rows most similar to the unit vector `query`, best first: `(row, cosine)`.
-    /// Ties go to the lower row, so results are repeatable.
+    /// The `k` rows most similar to the unit vector `query`, best first: `(row, cosine)`, rows
+    /// in the order of the chunks last synced. Ties go to the lower row, so results are
+    /// repeatable.
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>> {
         if query.len() != self.dim {
             return Err(Error::invalid(format!(
@@ -139,34 +277,36 @@ impl Searcher {
         if k == 0 {
             return Ok(Vec::new());
         }
-        let candidates: Vec<i64> = match &self.graph {
+        let q = Tensor::f_from_slice(query)?.f_view([self.dim as i64, 1])?;
+        let (rows, scores) = match &self.graph {
             Some(graph) => {
                 let found = graph
                     .search(query, k)
                     .map_err(|e| graph_error("search", e))?;
-                found.keys.iter().map(|&key| key as i64).collect()
+                // The candidates' rows, scored exactly.
+                let rows: Vec<i64> = found
+                    .keys
+                    .iter()
+                    .filter_map(|id| self.row_of.get(id))
+                    .map(|&row| row as i64)
+                    .collect();
+                let index = Tensor::f_from_slice(&rows)?;
+                let scores = self.matrix.f_index_select(0, &index)?.f_matmul(&q)?;
+                (rows, scores)
             }
-            None => (0..self.rows() as i64).collect(),
+            None => ((0..self.rows() as i64).collect(), self.matrix.f_matmul(&q)?),
         };
-        self.score_exactly(query, &candidates, k)
-    }
-
-    fn score_exactly(&self, query: &[f32], rows: &[i64], k: usize) -> Result<Vec<(usize, f32)>> {
-        let q = Tensor::f_from_slice(query)?.f_view([self.dim as i64, 1])?;
-        let scores = if rows.len() == self.rows() {
-            self.matrix.f_matmul(&q)?
-        } else {
-            let index = Tensor::f_from_slice(rows)?;
-            self.matrix.f_index_select(0, &index)?.f_matmul(&q)?
-        }
-        .f_view([-1])?;
-        let scores = Vec::<f32>::try_from(&scores.f_to_kind(Kind::Float)?)?;
+        let scores = Vec::<f32>::try_from(&scores.f_view([-1])?.f_to_kind(Kind::Float)?)?;
         let mut order: Vec<usize> = (0..scores.len()).collect();
         let cmp = |a: &usize, b: &usize| {
             scores[*b]
                 .total_cmp(&scores[*a])
                 .then(rows[*a].cmp(&rows[*b]))
         };
+        let k = k.min(order.len());
+        if k == 0 {
+            return Ok(Vec::new());
+        }
         if k < order.len() {
             order.select_nth_unstable_by(k - 1, cmp);
             order.truncate(k);
@@ -176,6 +316,11 @@ impl Searcher {
             .into_iter()
             .map(|i| (rows[i] as usize, scores[i]))
             .collect())
+    }
+
+    /// The id of a row.
+    pub fn id_of(&self, row: usize) -> u64 {
+        self.ids[row]
     }
 
     fn flat(&self) -> Result<Vec<f32>> {
@@ -235,8 +380,78 @@ mod tests {
         let path = dir.path().join("g.usearch");
         approx.save_graph(&path).unwrap();
         let mut reloaded = Searcher::exact(&data, dim).unwrap();
-        reloaded.load_graph(&path).unwrap();
+        reloaded
+            .load_graph(&std::fs::read(&path).unwrap(), &path)
+            .unwrap();
         let q = &queries[..dim];
         assert_eq!(reloaded.search(q, 5).unwrap(), approx.search(q, 5).unwrap());
+    }
+
+    /// Rows of chunk `c`: ids `c * 1000 + i`.
+    fn chunk(c: u64, n: usize, dim: usize) -> ChunkRows {
+        ChunkRows {
+            ids: (0..n as u64).map(|i| c * 1000 + i).collect(),
+            vectors: unit_rows(n, dim, c),
+        }
+    }
+
+    #[test]
+    fn a_sync_follows_added_and_dropped_chunks_without_rebuilding_the_graph() {
+        let dim = 16;
+        let read = |name: &str| -> Result<ChunkRows> {
+            let c: u64 = name.parse().unwrap();
+            Ok(chunk(c, if c == 3 { 150 } else { 400 }, dim))
+        };
+        let names = |list: &[u64]| list.iter().map(u64::to_string).collect::<Vec<_>>();
+        let mut live = Searcher::empty(dim).unwrap();
+        live.sync(&names(&[1, 2]), &mut |n| read(n)).unwrap();
+        live.build_graph().unwrap();
+        // Chunk 2 goes, chunk 3 comes (a commit that dropped files and added some).
+        let synced = live.sync(&names(&[1, 3]), &mut |n| read(n)).unwrap();
+        assert_eq!(
+            synced,
+            Synced {
+                added: 150,
+                removed: 400
+            }
+        );
+        assert_eq!(live.rows(), 550);
+        assert!(live.has_graph());
+        // What a searcher made from scratch over the same rows finds, by id.
+        let mut fresh = Searcher::empty(dim).unwrap();
+        fresh.sync(&names(&[1, 3]), &mut |n| read(n)).unwrap();
+        let mut found = 0;
+        for q in unit_rows(40, dim, 99).chunks_exact(dim) {
+            let truth: Vec<u64> = fresh
+                .search(q, 10)
+                .unwrap()
+                .iter()
+                .map(|h| fresh.id_of(h.0))
+                .collect();
+            let got: Vec<u64> = live
+                .search(q, 10)
+                .unwrap()
+                .iter()
+                .map(|h| live.id_of(h.0))
+                .collect();
+            assert!(
+                got.iter().all(|id| id / 1000 != 2),
+                "a dropped row was found"
+            );
+            found += got.iter().filter(|id| truth.contains(id)).count();
+        }
+        assert!(
+            found as f64 / 400.0 >= 0.95,
+            "recall@10 {}",
+            found as f64 / 400.0
+        );
+        // A chunk rewritten under a new name with the same rows is not new to the graph.
+        let same =
+            |name: &str| -> Result<ChunkRows> { read(if name == "1b" { "1" } else { name }) };
+        let synced = live
+            .sync(&["1b".to_string(), "3".to_string()], &mut |n| same(n))
+            .unwrap();
+        assert_eq!(synced, Synced::default());
+        assert_eq!(live.graph_builds(), 1);
     }
 }

@@ -27,7 +27,7 @@ use tch::Device;
 use crate::error::{Error, Result};
 use crate::liteclip::LiteClip;
 use crate::model::Precision;
-use ann::{Searcher, EXACT_BELOW};
+use ann::{ChunkRows, Searcher, EXACT_BELOW};
 use embedder::{embed_files, BatchOutcome};
 use scan::{FoundFile, Plan};
 use store::{bad, Chunk, ChunkRef, Entry, Manifest, SkippedFile, Store, WriteLock};
@@ -148,8 +148,10 @@ pub struct PhotoIndex {
     /// The entries of each listed chunk, in manifest order.
     chunk_entries: Vec<Vec<Entry>>,
     stamp: Option<Stamp>,
-    /// Built on the first search after a (re)load.
+    /// Built on the first search, then kept in step with the commits it sees.
     searcher: Option<Searcher>,
+    /// The manifest when the writer lock was taken (its graph is updated, not rebuilt).
+    before_update: Option<Manifest>,
     /// Rows from which searches go through a graph ([`EXACT_BELOW`]).
     exact_below: usize,
 }
@@ -176,6 +178,7 @@ impl PhotoIndex {
             chunk_entries,
             stamp,
             searcher: None,
+            before_update: None,
             exact_below: EXACT_BELOW,
         })
     }
@@ -342,17 +345,16 @@ impl PhotoIndex {
         self.manifest = manifest;
         self.chunk_entries = chunk_entries;
         self.stamp = stamp;
-        self.searcher = None;
+        // The searcher stays: the next search brings it to these chunks by the rows they add
+        // and drop, without rebuilding its graph.
         Ok(true)
     }
 
     /// The `k` indexed files closest to the unit vector `query`, best first.
     pub fn search(&mut self, query: &[f32], k: usize) -> Result<Vec<Hit>> {
         self.refresh()?;
-        if self.searcher.is_none() {
-            self.searcher = Some(self.load_searcher()?);
-        }
-        let searcher = self.searcher.as_ref().expect("loaded above");
+        self.sync_searcher()?;
+        let searcher = self.searcher.as_ref().expect("synced above");
         let rows = searcher.search(query, k)?;
         Ok(rows
             .into_iter()
@@ -398,32 +400,59 @@ impl PhotoIndex {
         })
     }
 
-    /// The rows of every chunk, read from disk, with the graph when the index is big enough.
-    fn load_searcher(&mut self) -> Result<Searcher> {
+    /// Brings the searcher to the listed chunks (reading only the chunks it does not hold yet;
+    /// see [`Searcher::sync`]). Above [`EXACT_BELOW`] rows a searcher without a graph takes the
+    /// one saved with the manifest, if it is intact, and otherwise keeps searching exactly:
+    /// only a writer builds a graph ([`PhotoIndex::finish`]), so a reader (a server) never
+    /// stops answering for minutes to build one.
+    fn sync_searcher(&mut self) -> Result<()> {
         let dim = self.manifest.embed_dim as usize;
-        let mut vectors = Vec::with_capacity(self.len() * dim);
-        for reference in &self.manifest.chunks {
-            match self.store.read_chunk(reference, dim) {
-                Ok(chunk) => vectors.extend_from_slice(&chunk.vectors),
-                // A writer replaced the chunk after our manifest was read: start again.
-                Err(Error::FileNotFound { .. }) if self.refresh()? => return self.load_searcher(),
+        let mut searcher = match self.searcher.take() {
+            Some(searcher) => searcher,
+            None => Searcher::empty(dim)?,
+        };
+        loop {
+            let names: Vec<String> = self
+                .manifest
+                .chunks
+                .iter()
+                .map(|c| c.name.clone())
+                .collect();
+            let listed: HashMap<&str, &ChunkRef> = self
+                .manifest
+                .chunks
+                .iter()
+                .map(|c| (c.name.as_str(), c))
+                .collect();
+            let store = &self.store;
+            let result = searcher.sync(&names, &mut |name| {
+                read_chunk_rows(store, listed[name], dim)
+            });
+            match result {
+                Ok(_) => break,
+                // A writer replaced the chunk after our manifest was read: read it again.
+                Err(Error::FileNotFound { .. }) if self.refresh()? => continue,
                 Err(e) => return Err(e),
             }
         }
-        let mut searcher = Searcher::exact(&vectors, dim)?;
-        if searcher.rows() >= self.exact_below {
-            let saved = self.manifest.ann.as_ref().map(|n| self.store.ann_path(n));
-            // Only the file saved with this manifest (by its hash) is handed to the loader.
-            let intact = |path: &Path| {
-                self.manifest.ann_hash.is_some()
-                    && scan::hash_file(path).ok() == self.manifest.ann_hash
-            };
-            match saved {
-                Some(path) if intact(&path) && searcher.load_graph(&path).is_ok() => {}
-                _ => searcher.build_graph()?,
+        if searcher.rows() < self.exact_below {
+            searcher.drop_graph();
+        } else if !searcher.has_graph() {
+            if let Some(bytes) = self.saved_graph_bytes() {
+                let path = self.store.dir().to_owned();
+                if searcher.load_graph(&bytes, &path).is_err() {
+                    searcher.drop_graph();
+                }
             }
         }
-        Ok(searcher)
+        self.searcher = Some(searcher);
+        Ok(())
+    }
+
+    /// The bytes of the graph the manifest names, if its hash is the one recorded (only such a
+    /// file is handed to the graph loader).
+    fn saved_graph_bytes(&self) -> Option<Vec<u8>> {
+        saved_graph_bytes(&self.store, &self.manifest)
     }
 
     /// Brings the index up to date with its folder: embeds new and changed image files, drops
@@ -501,8 +530,11 @@ impl PhotoIndex {
         outcome.map(|()| embedded)
     }
 
-    /// Indexes the given files (under the root) now, also ones taken out with
-    /// [`PhotoIndex::remove`]. Unchanged files already indexed are left as they are.
+    /// Indexes the given files now, also ones taken out with [`PhotoIndex::remove`]. A path
+    /// is a file or a folder (every image under it), absolute or relative to the working
+    /// folder, and must lie under the root. Unchanged files already indexed are left as they
+    /// are. Nothing is done if a path does not exist, is not an image file, or lies in a folder
+    /// taken out with `remove` (add that folder instead).
     pub fn add(
         &mut self,
         model: &LiteClip,
@@ -511,93 +543,162 @@ impl PhotoIndex {
         progress: &mut dyn FnMut(&Progress) -> Result<()>,
     ) -> Result<UpdateReport> {
         let started = Instant::now();
+        for path in paths {
+            if std::fs::symlink_metadata(path).is_err() {
+                return Err(Error::FileNotFound {
+                    path: path.clone(),
+                    hint: Some(
+                        "add takes files or folders that exist under the indexed folder".into(),
+                    ),
+                });
+            }
+        }
         let _lock = WriteLock::acquire(self.store.dir(), options.lock_wait)?;
         self.reload_for_writing()?;
-        let relative = self.relative_paths(paths, true)?;
-        let wanted: HashSet<&str> = relative.iter().map(String::as_str).collect();
-        self.manifest
-            .excluded
-            .retain(|p| !wanted.contains(p.as_str()));
-        self.manifest
-            .skipped
-            .retain(|s| !wanted.contains(s.path.as_str()));
+        let scopes = self.paths_under_root(paths)?;
+        for (scope, given) in scopes.iter().zip(paths) {
+            if let Some(folder) = scan::excluding_folder(&self.manifest.excluded, scope) {
+                return Err(Error::invalid(format!(
+                    "{} lies in {folder}/, which was taken out of the index with remove; add \
+                     that folder to bring it back (then remove what should stay out)",
+                    given.display()
+                )));
+            }
+        }
+        let wanted = |path: &str| scopes.iter().any(|scope| scan::covers(scope, path));
         let (found, skipped) = scan::scan(&self.manifest.root)?;
-        let found: Vec<FoundFile> = found
-            .into_iter()
-            .filter(|f| wanted.contains(f.path.as_str()))
-            .collect();
+        let found: Vec<FoundFile> = found.into_iter().filter(|f| wanted(&f.path)).collect();
+        let skipped: Vec<SkippedFile> = skipped.into_iter().filter(|s| wanted(&s.path)).collect();
+        for (scope, given) in scopes.iter().zip(paths) {
+            let is_file = std::fs::metadata(given).is_ok_and(|m| m.is_file());
+            let named = |path: &str| path == scope.as_str();
+            if is_file
+                && !found.iter().any(|f| named(&f.path))
+                && !skipped.iter().any(|s| named(&s.path))
+            {
+                return Err(Error::invalid(format!(
+                    "{} is not an image file the index takes (extensions: {}; names starting \
+                     with '.' are left out)",
+                    given.display(),
+                    crate::data::IMAGE_EXTENSIONS.join(", ")
+                )));
+            }
+        }
+        self.manifest.excluded.retain(|p| !wanted(p));
+        self.manifest.skipped.retain(|s| !wanted(&s.path));
         let entries: Vec<Entry> = self
             .chunk_entries
             .iter()
             .flatten()
-            .filter(|e| wanted.contains(e.path.as_str()))
+            .filter(|e| wanted(&e.path))
             .cloned()
-            .collect();
-        let skipped = skipped
-            .into_iter()
-            .filter(|s| wanted.contains(s.path.as_str()))
             .collect();
         let plan = scan::plan(&self.manifest, &entries, found, skipped)?;
         self.apply(model, plan, options, progress, started)
     }
 
-    /// Takes files out of the index; later updates leave them out until they are added again.
-    /// Returns how many indexed files were removed.
+    /// Takes files out of the index, and keeps them out of later updates until they are added
+    /// again. A path is a file or a folder (everything under it, also files put there later),
+    /// absolute or relative to the working folder, under the root. Returns how many indexed
+    /// files were removed. A path that is neither in the index nor already removed is an
+    /// error naming it, and then nothing is removed: a mistyped path must not leave a private
+    /// photo searchable without a word.
     pub fn remove(&mut self, paths: &[PathBuf], lock_wait: Duration) -> Result<usize> {
         let _lock = WriteLock::acquire(self.store.dir(), lock_wait)?;
         self.reload_for_writing()?;
-        let relative = self.relative_paths(paths, false)?;
-        let wanted: HashSet<&str> = relative.iter().map(String::as_str).collect();
+        let scopes = self.paths_under_root(paths)?;
+        let mut not_found = Vec::new();
+        for (scope, given) in scopes.iter().zip(paths) {
+            if scope.is_empty() {
+                return Err(Error::invalid(format!(
+                    "{} is the indexed folder itself; to drop the whole index, delete {}",
+                    given.display(),
+                    self.store.dir().display()
+                )));
+            }
+            let known = self
+                .chunk_entries
+                .iter()
+                .flatten()
+                .any(|e| scan::covers(scope, &e.path))
+                || self
+                    .manifest
+                    .skipped
+                    .iter()
+                    .any(|s| scan::covers(scope, &s.path))
+                || scan::excluding_folder(&self.manifest.excluded, scope).is_some()
+                || self.manifest.excluded.contains(scope);
+            if !known {
+                not_found.push(given.display().to_string());
+            }
+        }
+        if !not_found.is_empty() {
+            return Err(Error::invalid(format!(
+                "not in the index, so nothing was removed: {} (paths are absolute or relative \
+                 to the working folder {})",
+                not_found.join(", "),
+                std::env::current_dir().unwrap_or_default().display()
+            )));
+        }
+        let wanted = |path: &str| scopes.iter().any(|scope| scan::covers(scope, path));
         let drop: HashSet<u64> = self
             .chunk_entries
             .iter()
             .flatten()
-            .filter(|e| wanted.contains(e.path.as_str()))
+            .filter(|e| wanted(&e.path))
             .map(|e| e.id)
             .collect();
-        for path in &relative {
-            if !self.manifest.excluded.contains(path) {
-                self.manifest.excluded.push(path.clone());
+        // A removed folder's exclusion stands for the exclusions under it.
+        self.manifest.excluded.retain(|p| !wanted(p));
+        self.manifest.skipped.retain(|s| !wanted(&s.path));
+        for scope in scopes {
+            if !self.manifest.excluded.contains(&scope) {
+                self.manifest.excluded.push(scope);
             }
         }
-        self.manifest
-            .skipped
-            .retain(|s| !wanted.contains(s.path.as_str()));
         self.rewrite_chunks(&drop, &HashMap::new())?;
         self.commit()?;
         self.finish()?;
         Ok(drop.len())
     }
 
-    /// Paths relative to the root, '/'-separated; each must lie under the root.
-    fn relative_paths(&self, paths: &[PathBuf], must_exist: bool) -> Result<Vec<String>> {
+    /// `paths` as the caller means them (absolute, or relative to the working folder) as
+    /// '/'-separated paths relative to the root ("" for the root itself). A path outside the
+    /// root is an error; for a relative path that names a file under the root only when taken
+    /// from the root, the error says which path to give.
+    fn paths_under_root(&self, paths: &[PathBuf]) -> Result<Vec<String>> {
         let root = &self.manifest.root;
+        let cwd = std::env::current_dir().map_err(|e| Error::io(Path::new("."), e))?;
         paths
             .iter()
-            .map(|p| {
-                let absolute = if p.is_absolute() {
-                    p.clone()
-                } else {
-                    root.join(p)
-                };
-                let resolved = match absolute.canonicalize() {
-                    Ok(r) => r,
-                    Err(e) if must_exist => return Err(Error::io(&absolute, e)),
-                    Err(_) => absolute.clone(),
-                };
-                let relative = resolved
-                    .strip_prefix(root)
-                    .or_else(|_| absolute.strip_prefix(root))
-                    .map_err(|_| {
+            .map(|given| {
+                let located = scan::real_location(&cwd.join(given));
+                let relative = located.strip_prefix(root).map_err(|_| {
+                    let mut message = format!(
+                        "{} is not under the indexed folder {}",
+                        given.display(),
+                        root.display()
+                    );
+                    if given.is_relative() {
+                        message += &format!(
+                            " (relative paths are taken from the working folder, {})",
+                            cwd.display()
+                        );
+                        if root.join(given).exists() {
+                            message += &format!("; did you mean {}?", root.join(given).display());
+                        }
+                    }
+                    Error::invalid(message)
+                })?;
+                relative
+                    .to_str()
+                    .map(|r| r.replace(std::path::MAIN_SEPARATOR, "/"))
+                    .ok_or_else(|| {
                         Error::invalid(format!(
-                            "{} is not under the indexed folder {}",
-                            p.display(),
-                            root.display()
+                            "{}: the file name is not valid UTF-8",
+                            given.display()
                         ))
-                    })?;
-                relative.to_str().map(str::to_owned).ok_or_else(|| {
-                    Error::invalid(format!("{}: the file name is not valid UTF-8", p.display()))
-                })
+                    })
             })
             .collect()
     }
@@ -606,6 +707,7 @@ impl PhotoIndex {
     fn reload_for_writing(&mut self) -> Result<()> {
         let (manifest, chunk_entries, stamp) = read_consistent(&self.store)?;
         self.store.sweep(&manifest);
+        self.before_update = Some(manifest.clone());
         self.committed = manifest.clone();
         self.manifest = manifest;
         self.chunk_entries = chunk_entries;
@@ -831,7 +933,7 @@ impl PhotoIndex {
         let wants_graph = self.len() >= self.exact_below;
         // (A graph saved without a hash, by an older version, is saved again with one.)
         if wants_graph && self.manifest.ann_hash.is_none() {
-            let searcher = self.load_searcher()?;
+            let searcher = self.graph_for_final_rows()?;
             let name = format!("ann-{:08}.usearch", self.manifest.generation + 1);
             let path = self.store.ann_path(&name);
             searcher.save_graph(&path)?;
@@ -846,6 +948,59 @@ impl PhotoIndex {
         self.store.sweep(&self.manifest);
         Ok(())
     }
+
+    /// A searcher with a graph over the final rows: the graph saved before this update (still
+    /// on disk: old files are swept after this), brought up to date by the rows the update
+    /// added and dropped; or, with none saved or intact, one built from scratch. At a million
+    /// rows the first takes seconds, the second minutes.
+    fn graph_for_final_rows(&mut self) -> Result<Searcher> {
+        let dim = self.manifest.embed_dim as usize;
+        let mut searcher = Searcher::empty(dim)?;
+        let names = |m: &Manifest| m.chunks.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        let before = self.before_update.take();
+        let mut from_saved = false;
+        if let Some(before) = before.filter(|b| b.ann.is_some()) {
+            if let Some(bytes) = saved_graph_bytes(&self.store, &before) {
+                let listed: HashMap<&str, &ChunkRef> =
+                    before.chunks.iter().map(|c| (c.name.as_str(), c)).collect();
+                let store = &self.store;
+                searcher.sync(&names(&before), &mut |name| {
+                    read_chunk_rows(store, listed[name], dim)
+                })?;
+                from_saved = searcher.load_graph(&bytes, store.dir()).is_ok();
+            }
+        }
+        let listed: HashMap<&str, &ChunkRef> = self
+            .manifest
+            .chunks
+            .iter()
+            .map(|c| (c.name.as_str(), c))
+            .collect();
+        let store = &self.store;
+        searcher.sync(&names(&self.manifest), &mut |name| {
+            read_chunk_rows(store, listed[name], dim)
+        })?;
+        if !from_saved {
+            searcher.build_graph()?;
+        }
+        Ok(searcher)
+    }
+}
+
+/// A chunk's ids and rows, for a [`Searcher`].
+fn read_chunk_rows(store: &Store, chunk: &ChunkRef, dim: usize) -> Result<ChunkRows> {
+    let chunk = store.read_chunk(chunk, dim)?;
+    Ok(ChunkRows {
+        ids: chunk.entries.iter().map(|e| e.id).collect(),
+        vectors: chunk.vectors,
+    })
+}
+
+/// The bytes of the graph `manifest` names, if they hash to what it recorded.
+fn saved_graph_bytes(store: &Store, manifest: &Manifest) -> Option<Vec<u8>> {
+    let (name, hash) = (manifest.ann.as_ref()?, manifest.ann_hash.as_ref()?);
+    let bytes = std::fs::read(store.ann_path(name)).ok()?;
+    (&scan::hash_bytes(&bytes) == hash).then_some(bytes)
 }
 
 /// Rows embedded since the last commit.

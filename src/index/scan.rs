@@ -143,6 +143,9 @@ pub fn plan(
     scan_skipped: Vec<SkippedFile>,
 ) -> Result<Plan> {
     let excluded: HashSet<&str> = manifest.excluded.iter().map(String::as_str).collect();
+    let is_excluded = |path: &str| {
+        excluded.contains(path) || folders_of(path).any(|folder| excluded.contains(folder))
+    };
     let mut indexed: HashMap<&str, &Entry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let failed_before: HashMap<&str, &SkippedFile> = manifest
         .skipped
@@ -154,7 +157,7 @@ pub fn plan(
         ..Plan::default()
     };
     for file in found {
-        if excluded.contains(file.path.as_str()) {
+        if is_excluded(&file.path) {
             continue;
         }
         plan.total += 1;
@@ -183,6 +186,63 @@ pub fn plan(
         plan.removed += 1;
     }
     Ok(plan)
+}
+
+/// Whether the relative path `path` is `scope` or lies under the folder `scope` ("" is the
+/// root, which covers everything).
+pub fn covers(scope: &str, path: &str) -> bool {
+    scope.is_empty()
+        || path
+            .strip_prefix(scope)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The folders a relative '/'-separated path lies in, outermost first (`a/b/c.jpg`: `a`, `a/b`).
+fn folders_of(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/').map(move |(i, _)| &path[..i])
+}
+
+/// The folder among `excluded` that `path` lies in (not `path` itself), if any.
+pub fn excluding_folder<'a>(excluded: &'a [String], path: &str) -> Option<&'a str> {
+    folders_of(path).find_map(|folder| {
+        excluded
+            .iter()
+            .find(|x| x.as_str() == folder)
+            .map(String::as_str)
+    })
+}
+
+/// Where an absolute path really is: its folder resolved through links, its last component
+/// kept as named (a link to a file is indexed under the link's name). `.` and `..` are
+/// resolved first, textually, so that a path to a file that is gone still resolves.
+pub fn real_location(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut normal = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
+    }
+    match (normal.parent(), normal.file_name()) {
+        (Some(parent), Some(name)) => match real_location_of_folder(parent) {
+            Some(folder) => folder.join(name),
+            None => normal,
+        },
+        _ => normal,
+    }
+}
+
+/// The canonical form of `folder`, or of its nearest existing ancestor joined with the rest.
+fn real_location_of_folder(folder: &Path) -> Option<PathBuf> {
+    if let Ok(real) = folder.canonicalize() {
+        return Some(real);
+    }
+    let (parent, name) = (folder.parent()?, folder.file_name()?);
+    Some(real_location_of_folder(parent)?.join(name))
 }
 
 /// xxh3-64 of a file's bytes, hex, read in blocks.

@@ -191,6 +191,8 @@ fn big_indexes_keep_a_graph_that_follows_their_rows() {
     let second = graph(&index);
     assert_ne!(second, first);
     assert!(!s.lib.join(&first).exists());
+    // The new graph is the saved one less the deleted row: updated, not built again.
+    assert_eq!(index.searcher.as_ref().unwrap().graph_builds(), 0);
     // A reader searches through the saved graph and finds each file by its own embedding.
     let mut reader = PhotoIndex::open(&s.lib).unwrap();
     reader.set_exact_below(2);
@@ -203,7 +205,33 @@ fn big_indexes_keep_a_graph_that_follows_their_rows() {
         assert_eq!(reader.search(&own, 1).unwrap()[0].path, path);
     }
     assert!(reader.searcher.as_ref().unwrap().has_graph());
-    // Below the size again: the graph is dropped.
+    // A commit seen by the reader (a new photo) is taken in by its rows: the reader keeps its
+    // graph, builds none, and finds the new photo.
+    image::RgbImage::from_pixel(24, 24, image::Rgb([10, 200, 30]))
+        .save(s.photos.join("new.png"))
+        .unwrap();
+    update(&mut index, &s.model);
+    let new = s.photos.join("new.png");
+    let own = s
+        .model
+        .encode_images(&[ImageInput::Path(new.clone())])
+        .unwrap();
+    let own = Vec::<f32>::try_from(&own.view([-1])).unwrap();
+    assert_eq!(reader.search(&own, 1).unwrap()[0].path, new);
+    let searcher = reader.searcher.as_ref().unwrap();
+    assert!(searcher.has_graph());
+    assert_eq!(searcher.graph_builds(), 0);
+    // A saved graph that is not the one recorded (damaged, replaced) is not loaded.
+    let saved = s.lib.join(graph(&index));
+    let mut bytes = std::fs::read(&saved).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&saved, bytes).unwrap();
+    let mut fresh = PhotoIndex::open(&s.lib).unwrap();
+    fresh.set_exact_below(2);
+    assert_eq!(fresh.search(&own, 1).unwrap()[0].path, new);
+    assert!(!fresh.searcher.as_ref().unwrap().has_graph()); // searched exactly instead
+                                                            // Below the size again: the graph is dropped.
     index.set_exact_below(10);
     update(&mut index, &s.model);
     assert!(index.manifest.ann.is_none());
@@ -216,7 +244,7 @@ fn removed_files_stay_out_until_added_back() {
     let mut index = PhotoIndex::create(&s.lib, &s.photos, &s.model, &s.checkpoint).unwrap();
     update(&mut index, &s.model);
     let gone = index
-        .remove(&[PathBuf::from("b.jpg")], Duration::ZERO)
+        .remove(&[s.photos.join("b.jpg")], Duration::ZERO)
         .unwrap();
     assert_eq!(gone, 1);
     assert_eq!(update(&mut index, &s.model).total, 2);
@@ -239,6 +267,75 @@ fn removed_files_stay_out_until_added_back() {
         &mut no_progress,
     );
     assert!(outside.unwrap_err().to_string().contains("not under"));
+}
+
+#[test]
+fn paths_not_in_the_index_are_refused_and_folders_are_removed_whole() {
+    let s = setup();
+    let mut index = PhotoIndex::create(&s.lib, &s.photos, &s.model, &s.checkpoint).unwrap();
+    update(&mut index, &s.model);
+    let before = index.generation();
+    // A path that names nothing indexed (here: taken from the wrong folder) changes nothing.
+    let typo = [s.photos.join("a.png"), s.photos.join("photos/b.jpg")];
+    let err = index.remove(&typo, Duration::ZERO).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(err.to_string().contains("photos/b.jpg"), "{err}");
+    assert!(!err.to_string().contains("a.png"), "{err}");
+    assert_eq!(index.generation(), before);
+    assert_eq!(indexed(&index), ["a.png", "b.jpg", "sub/c.png"]);
+    // A folder: everything under it, now and later.
+    assert_eq!(
+        index
+            .remove(&[s.photos.join("sub")], Duration::ZERO)
+            .unwrap(),
+        1
+    );
+    photo(&s.photos, "sub/deeper/d.png", 90);
+    assert_eq!(update(&mut index, &s.model).total, 2);
+    assert_eq!(indexed(&index), ["a.png", "b.jpg"]);
+    // Removing it again, or a file in it, is not an error: it is out already.
+    let again = [s.photos.join("sub"), s.photos.join("sub/c.png")];
+    assert_eq!(index.remove(&again, Duration::ZERO).unwrap(), 0);
+    let options = UpdateOptions::default();
+    let inside = index.add(
+        &s.model,
+        &[s.photos.join("sub/c.png")],
+        &options,
+        &mut no_progress,
+    );
+    assert!(inside.unwrap_err().to_string().contains("sub/"));
+    let not_image = s.photos.join("notes.txt");
+    std::fs::write(&not_image, "x").unwrap();
+    let err = index
+        .add(&s.model, &[not_image], &options, &mut no_progress)
+        .unwrap_err();
+    assert!(err.to_string().contains("not an image file"), "{err}");
+    let missing = index.add(
+        &s.model,
+        &[s.photos.join("nope.png")],
+        &options,
+        &mut no_progress,
+    );
+    assert!(matches!(missing.unwrap_err(), Error::FileNotFound { .. }));
+    // Adding the folder brings back all of it.
+    let back = index
+        .add(
+            &s.model,
+            &[s.photos.join("sub")],
+            &options,
+            &mut no_progress,
+        )
+        .unwrap();
+    assert_eq!(back.embedded, 2);
+    assert_eq!(
+        indexed(&index),
+        ["a.png", "b.jpg", "sub/c.png", "sub/deeper/d.png"]
+    );
+    assert!(index.manifest.excluded.is_empty());
+    let err = index
+        .remove(std::slice::from_ref(&s.photos), Duration::ZERO)
+        .unwrap_err();
+    assert!(err.to_string().contains("indexed folder itself"), "{err}");
 }
 
 #[test]

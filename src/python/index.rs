@@ -310,8 +310,12 @@ impl PyIndex {
         self.remember(py, report)
     }
 
-    /// Indexes these files (paths under the root, absolute or relative to it) now, including
-    /// ones taken out with `remove`. Returns a report as `update` does.
+    /// Indexes these files now, including ones taken out with `remove`. Each path is a file or
+    /// a folder (every image under it), absolute or relative to the working folder (as `open`
+    /// takes it), and must lie under the root. Returns a report as `update` does. Raises
+    /// FileNotFoundError for a path that does not exist and ValueError for one outside the
+    /// root, one that is not an image file, or one inside a folder taken out with `remove`
+    /// (add that folder); nothing is indexed then.
     #[pyo3(signature = (paths, batch_size = 64, progress = None, lock_wait = 10.0, commit_every = 1024))]
     fn add<'py>(
         &self,
@@ -333,7 +337,10 @@ impl PyIndex {
     }
 
     /// Takes files out of the index; later updates leave them out until `add` brings them
-    /// back. Returns how many indexed files were removed.
+    /// back. Each path is a file or a folder (everything under it, also files put there
+    /// later), absolute or relative to the working folder. Returns how many indexed files were
+    /// removed. Raises ValueError naming every path that is outside the root or neither
+    /// indexed nor already removed, and then removes nothing.
     #[pyo3(signature = (paths, lock_wait = 10.0))]
     fn remove(&self, py: Python<'_>, paths: Vec<PathBuf>, lock_wait: f64) -> PyResult<usize> {
         let options = update_options(1, 1, lock_wait).py_err(py)?;

@@ -23,7 +23,8 @@ use crate::text::{Padding, TextTokenizer};
 
 /// Applies liteCLIP's image transform (resize shorter side with bicubic antialiasing, center
 /// crop, normalise with CLIP's mean/std). One image gives float32 `(3, S, S)`; a list gives
-/// `(N, 3, S, S)`. `decode="fast"` decodes large JPEGs at a reduced DCT scale first.
+/// `(N, 3, S, S)`. `decode="fast"` decodes large JPEGs at a reduced DCT scale first. A model
+/// takes only its own size: `LiteClip.preprocess` makes that (and uses the model's decoding).
 #[pyfunction]
 #[pyo3(signature = (image, image_size = 224, decode = "exact"))]
 fn preprocess<'py>(
@@ -36,6 +37,16 @@ fn preprocess<'py>(
         return Err(Error::invalid("image_size must be positive")).py_err(py);
     }
     let decode = img::DecodeMode::parse(decode).py_err(py)?;
+    preprocess_images(py, image, image_size, decode)
+}
+
+/// `preprocess`'s work, also `LiteClip.preprocess` (at the model's size and decoding).
+pub(crate) fn preprocess_images<'py>(
+    py: Python<'py>,
+    image: &Bound<'py, PyAny>,
+    image_size: u32,
+    decode: img::DecodeMode,
+) -> PyResult<Bound<'py, PyAny>> {
     let (list, batched) = match extract_images(image).py_err(py)?.into_core() {
         (liteclip::Images::Inputs(list), batched) => (list, batched),
         (liteclip::Images::Pixels(_), _) => {

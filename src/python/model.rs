@@ -194,6 +194,19 @@ impl PyLiteClip {
         run_released(py, move || model.save(&path))
     }
 
+    /// The model's input for images (a path, bytes, PIL image, uint8 array, or a list of
+    /// them): float32 `(3, S, S)` for one, `(N, 3, S, S)` for a list, with S this model's
+    /// `image_size` and its `decode` mode. What `encode_image` does first; its result may be
+    /// given to `encode_image` later.
+    fn preprocess<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let size = self.inner.config().image_size as u32;
+        super::preprocess_images(py, images, size, self.inner.decode())
+    }
+
     /// Embeds images: a path, PIL image, uint8 array, or a list of them, or a float32
     /// `(N, 3, S, S)` batch already preprocessed. Returns float32 `(N, embed_dim)`, rows of unit
     /// length: a numpy array, or a CPU `torch.Tensor` sharing its memory with `as_tensor=True`.

@@ -739,19 +739,25 @@ fn open_data(
         zero_shot,
         train,
         val,
+        // Absolute, so that `evaluate(checkpoint, split="val")` finds the data from any folder.
         info: DataInfo {
-            data: options.data.first(),
+            data: absolute(&options.data.first()),
             image_column: csv.image_column,
             caption_column: csv.caption_column,
-            images_dir: csv.images_dir,
+            images_dir: csv.images_dir.as_deref().map(absolute),
             val_fraction: options.val_fraction,
             seed: options.seed,
-            val_data: options.val_data.clone(),
+            val_data: options.val_data.as_deref().map(absolute),
             shards: matches!(source, DataSource::Shards(_)),
         },
         malformed_rows: report.malformed_rows,
         missing_images: report.missing_images,
     })
+}
+
+/// `path` made absolute against the working folder (as given when that fails).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// A folder or CSV, split by image (or whole, with `val_data`).
@@ -775,8 +781,32 @@ fn open_captioned(
             train.num_images()
         )));
     }
+    check_validation_size(options, &dataset, &val)?;
     let report = dataset.report.clone();
     Ok((TrainSet::Captioned(Arc::new(train)), val, report))
+}
+
+/// Validation ranks images against captions: one image cannot be ranked, and would fail the
+/// run at the end of its first epoch. Checked before the first step instead.
+fn check_validation_size(options: &TrainOptions, dataset: &Dataset, val: &Dataset) -> Result<()> {
+    let n = val.num_images();
+    if n == 0 || n >= 2 {
+        return Ok(());
+    }
+    Err(Error::invalid(match &options.val_data {
+        Some(val_data) => format!(
+            "val_data {} holds {n} image; validation needs at least 2",
+            val_data.display()
+        ),
+        None => format!(
+            "val_fraction={} of {} images leaves {n} image for validation, which needs at \
+             least 2: give val_fraction={:.2} or more, a separate val_data=, or val_fraction=0 \
+             to train without validation",
+            options.val_fraction,
+            dataset.num_images(),
+            (2.0 / dataset.num_images() as f64).min(0.99)
+        ),
+    }))
 }
 
 /// Shards, counted from their member names unless `samples_per_epoch` sizes the epoch. No
@@ -815,6 +845,7 @@ fn open_shards(
     let (val, report) = match &options.val_data {
         Some(val_data) => {
             let val = Dataset::open(val_data, &options.csv())?;
+            check_validation_size(options, &val, &val)?;
             let report = val.report.clone();
             (val, report)
         }

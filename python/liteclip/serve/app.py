@@ -320,15 +320,28 @@ async def predict(request: Request) -> Response:
     service, options = _service(request), _service(request).options
     async with _form(request) as form:
         labels = _labels(form, options)
-        template = form.get("template")
-        if template is not None:
-            template = _check_text(template, "template", options.max_text_chars)
+        template = _template_field(form, options)
         top_k = _int_param(form.get("top_k"), "top_k", 5, 1, options.max_labels)
         with service.images.hold(1):
             pixels = await service.pixels(_image_field(form))
             item = PredictItem(pixels, labels, template, top_k)
             ranking = await service.batchers["predict"].submit(item)
-    return JSONResponse({"predictions": [{"label": lab, "prob": p} for lab, p in ranking]})
+    # "prob" repeats "probability" for clients written against earlier versions (deprecated).
+    return JSONResponse(
+        {"predictions": [{"label": lab, "probability": p, "prob": p} for lab, p in ranking]}
+    )
+
+
+def _template_field(form: FormData, options: ServeOptions) -> str | None:
+    """The prompt template: `hypothesis_template`, as in the Python API and the CLI, or its
+    deprecated short name `template`."""
+    given = {name: form.get(name) for name in ("hypothesis_template", "template")}
+    given = {name: value for name, value in given.items() if value is not None}
+    if len(given) > 1:
+        raise HTTPException(400, "give hypothesis_template or template, not both")
+    for name, value in given.items():
+        return _check_text(value, name, options.max_text_chars)
+    return None
 
 
 async def embed_text(request: Request) -> Response:
