@@ -16,8 +16,8 @@
 
 use std::time::Instant;
 
-use liteclip::index::ann::{ChunkRows, Searcher, EXACT_BELOW};
-use liteclip::rng::Rng;
+use liteclip::internals::Rng;
+use liteclip::internals::{ChunkRows, Searcher, EXACT_BELOW, EXPANSION_SEARCH};
 
 fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
@@ -139,7 +139,7 @@ fn main() {
                 recall(&truth, &got)
             );
         }
-        approx.set_expansion_search(liteclip::index::ann::EXPANSION_SEARCH);
+        approx.set_expansion_search(EXPANSION_SEARCH);
         let (got, ann_p50, ann_p99) = time_queries(&approx, &queries, dim);
         let recall_before = recall(&truth, &got);
         // One commit: chunk "b" dropped, chunk "c" of new rows added.

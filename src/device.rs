@@ -1,7 +1,7 @@
 //! Device names as users write them: "auto", "cpu", "cuda", "cuda:N".
 
 use serde::{Deserialize, Serialize};
-use tch::{Cuda, Device};
+use tch::{Cuda, Device, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -82,6 +82,29 @@ pub fn device_name(device: Device) -> String {
         Device::Mps => "mps".into(),
         Device::Vulkan => "vulkan".into(),
     }
+}
+
+/// Moves a CPU tensor to `device` without making the host wait: on CUDA through page-locked
+/// memory and a non-blocking copy (pass `pinned` when the tensor already is page-locked, as
+/// the data loader's batches are). A copy from ordinary memory would block the host until the
+/// GPU has finished all queued work, so the host could never run ahead of the GPU and every
+/// kernel launch would show in the step time.
+pub fn to_device_async(t: &Tensor, device: Device, pinned: bool) -> Result<Tensor> {
+    if !device.is_cuda() {
+        return Ok(t.f_to_device(device)?);
+    }
+    let staged = if pinned {
+        t.shallow_clone()
+    } else {
+        pin(t, device)?
+    };
+    Ok(staged.f_to_device_(device, staged.kind(), true, false)?)
+}
+
+/// A page-locked copy of a CPU tensor, for asynchronous copies to `device`. (`_pin_memory`:
+/// `pin_memory(device)` warns on every call that its argument is deprecated.)
+pub fn pin(t: &Tensor, device: Device) -> Result<Tensor> {
+    Ok(t.f_internal_pin_memory(device)?)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::fsio;
 use crate::image::ImageInput;
 use crate::liteclip::LiteClip;
+use crate::npy;
 
 /// What [`embed_to_file`] wrote.
 #[derive(Debug, Clone, Serialize)]
@@ -72,7 +73,7 @@ pub fn embed_to_file(
         ("texts", items, embeddings, Vec::new())
     };
     let index_path = output.with_extension("json");
-    write_npy(output, &embeddings)?;
+    npy::write(output, &embeddings)?;
     let rows = items.len();
     fsio::write_json(
         &index_path,
@@ -151,31 +152,4 @@ fn is_unreadable(error: &Error) -> bool {
         error,
         Error::ImageDecode { .. } | Error::FileNotFound { .. } | Error::Io { .. }
     )
-}
-
-/// Writes a 2-D float32 tensor as a NumPy `.npy` file (format 1.0, C order), atomically.
-pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
-    let t = t.f_to_kind(Kind::Float)?.f_contiguous()?;
-    let shape = t.size();
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_text = match dims.len() {
-        1 => format!("({},)", dims[0]),
-        _ => format!("({})", dims.join(", ")),
-    };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
-    // The magic, version and length take 10 bytes; the header ends in '\n' at a multiple of 64.
-    let total = (10 + header.len() + 1).div_ceil(64) * 64;
-    header.push_str(&" ".repeat(total - 10 - header.len() - 1));
-    header.push('\n');
-    let n = t.numel();
-    let mut values = vec![0f32; n];
-    t.f_copy_data(&mut values, n)?;
-    let mut bytes = Vec::with_capacity(total + 4 * n);
-    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    for v in values {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    fsio::write_bytes(path, &bytes)
 }

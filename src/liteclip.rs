@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::image::{preprocess_batch, DecodeMode, ImageInput};
 use crate::model::{ClipModel, Precision, TowerLocks};
 use crate::prefetch;
-use crate::text::{Padding, TextTokenizer, TokenBatch, TokenizedCaptions};
+use crate::text::{token_tensors, Padding, TextTokenizer, TokenBatch, TokenizedCaptions};
 
 /// Images per forward pass when encoding many: bounds activation memory, keeps batches large
 /// enough for the kernels to be efficient.
@@ -324,39 +324,6 @@ impl LiteClip {
         }
         Ok(Tensor::f_cat(&parts, 0)?)
     }
-}
-
-/// Token ids and attention mask as `(N, L)` int64 tensors on `device`.
-pub fn token_tensors(tokens: &TokenBatch, device: Device) -> Result<(Tensor, Tensor)> {
-    let shape = [tokens.batch as i64, tokens.seq_len as i64];
-    let ids = Tensor::f_from_slice(&tokens.input_ids)?.f_view(shape)?;
-    let mask = Tensor::f_from_slice(&tokens.attention_mask)?.f_view(shape)?;
-    let ids = to_device_async(&ids, device, false)?;
-    let mask = to_device_async(&mask, device, false)?;
-    Ok((ids, mask))
-}
-
-/// Moves a CPU tensor to `device` without making the host wait: on CUDA through page-locked
-/// memory and a non-blocking copy (pass `pinned` when the tensor already is page-locked, as
-/// the data loader's batches are). A copy from ordinary memory would block the host until the
-/// GPU has finished all queued work, so the host could never run ahead of the GPU and every
-/// kernel launch would show in the step time.
-pub fn to_device_async(t: &Tensor, device: Device, pinned: bool) -> Result<Tensor> {
-    if !device.is_cuda() {
-        return Ok(t.f_to_device(device)?);
-    }
-    let staged = if pinned {
-        t.shallow_clone()
-    } else {
-        pin(t, device)?
-    };
-    Ok(staged.f_to_device_(device, staged.kind(), true, false)?)
-}
-
-/// A page-locked copy of a CPU tensor, for asynchronous copies to `device`. (`_pin_memory`:
-/// `pin_memory(device)` warns on every call that its argument is deprecated.)
-pub fn pin(t: &Tensor, device: Device) -> Result<Tensor> {
-    Ok(t.f_internal_pin_memory(device)?)
 }
 
 #[cfg(test)]

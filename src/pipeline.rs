@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::eval::fill_template;
 use crate::liteclip::{Images, LiteClip};
+use crate::zeroshot::fill_template;
 
 /// `(label, probability)` pairs, most probable first.
 pub type Ranking = Vec<(String, f64)>;

@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+use tch::{Device, Tensor};
+
 use crate::error::{Error, Result};
 
 static TOKENIZER_JSON: &[u8] =
@@ -150,10 +152,6 @@ impl TokenizedCaptions {
         self.ids.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
     /// Tokens of caption `i`, [CLS] and [SEP] included.
     pub fn token_count(&self, i: usize) -> usize {
         self.ids[i].len()
@@ -182,6 +180,16 @@ impl TokenizedCaptions {
             seq_len,
         }
     }
+}
+
+/// Token ids and attention mask as `(N, L)` int64 tensors on `device`.
+pub fn token_tensors(tokens: &TokenBatch, device: Device) -> Result<(Tensor, Tensor)> {
+    let shape = [tokens.batch as i64, tokens.seq_len as i64];
+    let ids = Tensor::f_from_slice(&tokens.input_ids)?.f_view(shape)?;
+    let mask = Tensor::f_from_slice(&tokens.attention_mask)?.f_view(shape)?;
+    let ids = crate::device::to_device_async(&ids, device, false)?;
+    let mask = crate::device::to_device_async(&mask, device, false)?;
+    Ok((ids, mask))
 }
 
 #[cfg(test)]

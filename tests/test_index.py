@@ -534,3 +534,18 @@ def test_rows_that_are_not_finite_make_the_index_damaged_not_the_query(tmp_path,
     with pytest.raises(BadIndexError, match=f"damaged chunk {vectors.stem}: row 2") as info:
         Index.open(lib).search("a photo")
     assert "not a finite number" in str(info.value)
+
+
+def test_index_folder_builds_then_updates_and_index_exists_says_which(tmp_path, checkpoint):
+    photos = make_photos(tmp_path / "photos", 4)
+    lib = tmp_path / "lib.lcx"
+    assert not Index.exists(lib)
+    with pytest.raises(ValueError, match="not an index yet"):
+        liteclip.index_folder(tmp_path / "photos", lib)
+    first = liteclip.index_folder(tmp_path / "photos", lib, checkpoint, device="cpu")
+    assert Index.exists(lib) and first["embedded"] == 4
+    photos[0].unlink()
+    again = liteclip.index_folder(tmp_path / "photos", lib, device="cpu")
+    assert (again["embedded"], again["removed"], again["size"]) == (0, 1, 3)
+    with pytest.raises(BadIndexError, match="is an index of"):
+        liteclip.index_folder(tmp_path, lib, device="cpu")

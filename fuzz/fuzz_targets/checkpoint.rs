@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use liteclip::checkpoint::torch_pickle::{unpickle, TorchFile, Value};
+use liteclip::internals::{unpickle, TorchFile, Value};
 
 fuzz_target!(|data: &[u8]| {
     let _ = unpickle(data);

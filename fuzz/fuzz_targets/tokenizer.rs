@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use liteclip::text::{Padding, TextTokenizer};
+use liteclip::internals::{Padding, TextTokenizer};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -36,6 +36,7 @@ from ._liteclip import (
     set_max_image_pixels,
     tokenize,
 )
+from .indexing import index_folder
 from .training import TrainResult, evaluate, train
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "__version__",
     "cuda_is_available",
     "get_max_image_pixels",
+    "index_folder",
     "preprocess",
     "set_max_image_pixels",
     "tokenize",

@@ -225,6 +225,8 @@ class Index:
         decode: str = "exact",
     ) -> Index: ...
     @staticmethod
+    def exists(path: str | os.PathLike[str]) -> bool: ...
+    @staticmethod
     def open(
         path: str | os.PathLike[str],
         checkpoint: str | os.PathLike[str] | LiteClip | None = None,

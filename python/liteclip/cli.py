@@ -150,16 +150,28 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .training import evaluate as evaluate_api
-    from .training import train as train_api
-
     parser = argparse.ArgumentParser(
         prog="liteclip",
         description="liteclip: a small CLIP computed in Rust on libtorch.",
     )
     parser.add_argument("--version", action="version", version=f"liteclip {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in (
+        _register_predict,
+        _register_train,
+        _register_evaluate,
+        _register_embed,
+        _register_index,
+        _register_search,
+        _register_shard,
+        _register_serve,
+        _register_demo,
+    ):
+        register(sub)
+    return parser
 
+
+def _register_predict(sub: Any) -> None:
     predict = sub.add_parser(
         "predict",
         help="rank candidate labels for an image (zero-shot classification)",
@@ -185,6 +197,11 @@ def _parser() -> argparse.ArgumentParser:
         "--template is its deprecated short name",
     )
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+    predict.set_defaults(run=_predict)
+
+
+def _register_train(sub: Any) -> None:
+    from .training import train as train_api
 
     train = sub.add_parser(
         "train",
@@ -221,6 +238,11 @@ def _parser() -> argparse.ArgumentParser:
         help="data-parallel over torch.distributed (auto: when torchrun started several processes)",
     )
     train.add_argument("--json", action="store_true", help="print the result as JSON")
+    train.set_defaults(run=_train)
+
+
+def _register_evaluate(sub: Any) -> None:
+    from .training import evaluate as evaluate_api
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -248,7 +270,10 @@ def _parser() -> argparse.ArgumentParser:
         "singular",
     )
     evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(run=_evaluate)
 
+
+def _register_embed(sub: Any) -> None:
     embed = sub.add_parser(
         "embed",
         help="embed a folder of images or a text file of captions into a .npy file",
@@ -263,7 +288,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_device(embed)
     _add_precision(embed)
     embed.add_argument("--json", action="store_true", help="print a JSON summary")
+    embed.set_defaults(run=_embed)
 
+
+def _register_index(sub: Any) -> None:
     index = sub.add_parser(
         "index",
         help="index a folder of photos for search (the first run builds, later runs update)",
@@ -315,7 +343,10 @@ def _parser() -> argparse.ArgumentParser:
         "updates; a path that is not in the index is an error and nothing is removed",
     )
     index.add_argument("--json", action="store_true", help="print the report as JSON")
+    index.set_defaults(run=_index)
 
+
+def _register_search(sub: Any) -> None:
     search = sub.add_parser(
         "search",
         help="search an index of photos with words or an image",
@@ -342,7 +373,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_device(search)
     _add_precision(search)
     search.add_argument("--json", action="store_true", help="print JSON")
+    search.set_defaults(run=_search)
 
+
+def _register_shard(sub: Any) -> None:
     shard = sub.add_parser(
         "shard",
         help="write a captioned data set (folder or CSV) as WebDataset tar shards",
@@ -365,7 +399,10 @@ def _parser() -> argparse.ArgumentParser:
         "order) (default: shuffle)",
     )
     shard.add_argument("--seed", type=int, default=0, help="the shuffle's seed (default: 0)")
+    shard.set_defaults(run=_shard)
 
+
+def _register_serve(sub: Any) -> None:
     serve = sub.add_parser(
         "serve",
         help="an HTTP service and web page: zero-shot prediction, embeddings, photo search",
@@ -374,7 +411,10 @@ def _parser() -> argparse.ArgumentParser:
         "`pip install 'liteclip[serve]'`.",
     )
     _add_serve_options(serve)
+    serve.set_defaults(run=_serve)
 
+
+def _register_demo(sub: Any) -> None:
     demo = sub.add_parser(
         "demo",
         help="the self-contained demo: generate data, train liteclip-nano, evaluate",
@@ -385,7 +425,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--images", type=int, default=2000, help="training images to generate")
     demo.add_argument("--epochs", type=int, default=10)
     _add_device(demo)
-    return parser
+    demo.set_defaults(run=_demo)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -505,73 +545,36 @@ class _IndexProgress:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from . import Index
-    from .distributed import index_distributed
+    from .indexing import index_folder, open_index_of
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
+    model = dict(device=args.device, precision=args.precision, decode=args.decode)
     if args.remove is not None:
-        return _index_remove(args)
-    if args.add is None and index_distributed(
-        args, show=lambda report: _print_index_report(report, args.json)
-    ):
+        index = open_index_of(args.root, args.index, args.checkpoint, **model)
+        removed = index.remove(args.remove, lock_wait=args.lock_wait)
+        if args.json:
+            print(json.dumps({"removed": removed, "index": str(args.index)}))
+        else:
+            print(f"{removed} photos taken out of {args.index}")
         return EXIT_OK
     progress = _IndexProgress(not args.json and sys.stderr.isatty())
-    options = {
-        "batch_size": args.batch_size,
-        "progress": progress if progress.enabled else None,
-        "lock_wait": args.lock_wait,
-        "commit_every": args.commit_every,
-    }
+    options = dict(
+        batch_size=args.batch_size,
+        progress=progress if progress.enabled else None,
+        lock_wait=args.lock_wait,
+        commit_every=args.commit_every,
+    )
     try:
         if args.add is not None:
-            index = _open_index_of(args)
+            index = open_index_of(args.root, args.index, args.checkpoint, **model)
             report = index.add(args.add, **options)
-        elif args.checkpoint is not None:
-            index = Index.build(
-                args.root,
-                args.index,
-                args.checkpoint,
-                device=args.device,
-                precision=args.precision,
-                decode=args.decode,
-                **options,
-            )
-            report = index.last_report
         else:
-            report = _open_index_of(args).update(**options)
+            report = index_folder(args.root, args.index, args.checkpoint, **model, **options)
     finally:
         progress.close()
-    _print_index_report(report, args.json)
-    return EXIT_OK
-
-
-def _open_index_of(args: argparse.Namespace) -> Any:
-    """The existing index `--index` of the folder ROOT, with the model options given."""
-    from pathlib import Path
-
-    from . import BadIndexError, Index
-
-    if not (Path(args.index) / "manifest.json").exists():
-        raise ValueError(f"{args.index} is not an index yet: give --checkpoint to build it")
-    index = Index.open(
-        args.index,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        precision=args.precision,
-        decode=args.decode,
-    )
-    if Path(args.root).resolve() != Path(index.root):
-        raise BadIndexError(f"{args.index} is an index of {index.root}, not {args.root}")
-    return index
-
-
-def _index_remove(args: argparse.Namespace) -> int:
-    removed = _open_index_of(args).remove(args.remove, lock_wait=args.lock_wait)
-    if args.json:
-        print(json.dumps({"removed": removed, "index": str(args.index)}))
-    else:
-        print(f"{removed} photos taken out of {args.index}")
+    if report is not None:  # None on the ranks other than 0 under torchrun
+        _print_index_report(report, args.json)
     return EXIT_OK
 
 
@@ -714,19 +717,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("train needs the data set once: DATA or --data DATA")
         data = args.data or args.data_option
         args.data = data[0] if len(data) == 1 else data
-    commands = {
-        "predict": _predict,
-        "train": _train,
-        "evaluate": _evaluate,
-        "embed": _embed,
-        "index": _index,
-        "search": _search,
-        "shard": _shard,
-        "serve": _serve,
-        "demo": _demo,
-    }
     try:
-        return commands[args.command](args)
+        return args.run(args)
     except KeyboardInterrupt:
         print(f"liteclip {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -68,7 +68,8 @@ impl LoaderConfig {
 
 /// One batch of images, ready to be moved to the device.
 pub struct ImageBatch {
-    /// Position of the batch in the plan.
+    /// Position of the batch in the plan (the tests check that batches arrive in order).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub index: usize,
     /// `(k, S, S, 3)` uint8, for the `k` samples that decoded.
     pub pixels: Tensor,
@@ -99,10 +100,6 @@ impl BatchCaptions {
             BatchCaptions::Samples(samples) => samples.len(),
             BatchCaptions::Tokens(tokens) => tokens.len().saturating_sub(1),
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -223,7 +220,7 @@ pub(super) fn pixels_tensor(
     let s = config.image_size as i64;
     let mut pixels = Tensor::f_from_data_size(bytes, &[rows as i64, s, s, 3], Kind::Uint8)?;
     if let Some(device) = config.pin_memory {
-        pixels = crate::liteclip::pin(&pixels, device)?;
+        pixels = crate::device::pin(&pixels, device)?;
     }
     Ok((pixels, config.pin_memory.is_some()))
 }

@@ -507,13 +507,6 @@ pub fn epoch_samples(dataset: &Dataset, seed: u64, epoch: u64) -> Vec<Sample> {
     samples
 }
 
-/// Every image once with its first caption, in data set order (validation).
-pub fn first_caption_samples(dataset: &Dataset) -> Vec<Sample> {
-    (0..dataset.entries.len() as u32)
-        .map(|entry| Sample { entry, caption: 0 })
-        .collect()
-}
-
 /// Cuts samples into batches of `batch_size` in which no image appears twice (a repeated image
 /// would be its own false negative in the contrastive loss): a duplicate is swapped with the
 /// next sample whose image is not in the batch yet. A last batch of fewer than two pairs is

@@ -5,7 +5,6 @@
 //! reads the samples of one shard as a stream (memory bounded by one sample, a sample at a
 //! position can be skipped to), and writes shards from a captioned data set.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::ops::ControlFlow;
@@ -447,19 +446,6 @@ pub fn count_keys(shard: &Path) -> Result<usize> {
         caption |= ext == "txt" || ext == "json";
     }
     Ok(count + usize::from(image && caption))
-}
-
-/// How many samples each shard of `shards` holds (reads them all: for tests and tools).
-pub fn count_samples(shards: &[PathBuf]) -> Result<BTreeMap<PathBuf, ShardCounts>> {
-    shards
-        .iter()
-        .map(|s| {
-            Ok((
-                s.clone(),
-                read_shard(s, 0, &mut |_| ControlFlow::Continue(()))?,
-            ))
-        })
-        .collect()
 }
 
 #[cfg(test)]

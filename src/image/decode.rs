@@ -97,11 +97,6 @@ pub fn set_max_image_pixels(limit: u64) -> Result<()> {
     Ok(())
 }
 
-/// Reads and decodes an image file, every pixel.
-pub fn decode_file(path: &Path) -> Result<RgbImage> {
-    decode_file_at(path, Resolution::Full)
-}
-
 /// Reads and decodes an image file at the resolution `need` asks for (or more).
 pub fn decode_file_at(path: &Path, need: Resolution) -> Result<RgbImage> {
     if path.is_dir() {

@@ -6,9 +6,6 @@ use image::RgbImage;
 
 use crate::error::{Error, Result};
 
-/// Longest side of a preview when none is asked for.
-pub const THUMBNAIL_SIZE: u32 = 256;
-
 /// JPEG quality of previews: small files that still look clean at thumbnail size.
 const QUALITY: u8 = 85;
 

@@ -167,6 +167,11 @@ impl std::fmt::Debug for PhotoIndex {
 }
 
 impl PhotoIndex {
+    /// Whether `dir` holds an index (its manifest), intact or not.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(store::MANIFEST).is_file()
+    }
+
     /// Opens an existing index for searching and updating.
     pub fn open(dir: &Path) -> Result<Self> {
         let store = Store::new(dir);
@@ -183,7 +188,8 @@ impl PhotoIndex {
         })
     }
 
-    /// Changes the size from which searches go through a graph (tests and benchmarks).
+    /// Changes the size from which searches go through a graph.
+    #[cfg(test)]
     pub fn set_exact_below(&mut self, rows: usize) {
         self.exact_below = rows;
         self.searcher = None;
@@ -317,10 +323,6 @@ impl PhotoIndex {
         self.manifest.rows()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Every indexed file: `(id, absolute path)`, in row order.
     pub fn files(&self) -> Vec<(u64, PathBuf)> {
         self.chunk_entries
@@ -378,11 +380,6 @@ impl PhotoIndex {
             row -= entries.len();
         }
         panic!("row {row} past the end of the index")
-    }
-
-    /// The absolute path of an indexed file by its id.
-    pub fn path_of(&self, id: u64) -> Option<PathBuf> {
-        self.entry_of(id).map(|e| self.absolute(&e.path))
     }
 
     fn entry_of(&self, id: u64) -> Option<&Entry> {

@@ -234,7 +234,7 @@ impl Store {
         }
         let matrix =
             tch::Tensor::f_from_slice(&chunk.vectors)?.f_view([rows as i64, dim as i64])?;
-        crate::embed::write_npy(&npy, &matrix)?;
+        crate::npy::write(&npy, &matrix)?;
         fsio::write_json(&json, &chunk.entries)
     }
 
@@ -274,7 +274,7 @@ impl Store {
         let (npy, _) = self.chunk_paths(&chunk.name);
         let entries = self.read_chunk_entries(chunk)?;
         let bytes = std::fs::read(&npy).map_err(|e| Error::io(&npy, e))?;
-        let vectors = read_npy_rows(&bytes, dim)
+        let vectors = crate::npy::read_rows(&bytes, dim)
             .map_err(|m| bad(&self.dir, format!("damaged chunk {}: {m}", npy.display())))?;
         if let Some(row) = vectors
             .chunks(dim.max(1))
@@ -389,33 +389,6 @@ impl Store {
             name.ends_with(".usearch") || name.contains(".tmp-")
         });
     }
-}
-
-/// Parses a float32 `.npy` of shape `(rows, dim)` as [`crate::embed::write_npy`] writes it.
-fn read_npy_rows(bytes: &[u8], dim: usize) -> std::result::Result<Vec<f32>, String> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err("not a .npy file".into());
-    }
-    let header_len = usize::from(u16::from_le_bytes([bytes[8], bytes[9]]));
-    let start = 10 + header_len;
-    let header = bytes
-        .get(10..start)
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .ok_or("truncated header")?;
-    if !header.contains("'descr': '<f4'") || header.contains("'fortran_order': True") {
-        return Err(format!("not C-ordered float32 rows ({})", header.trim()));
-    }
-    let data = &bytes[start..];
-    if data.len() % (4 * dim.max(1)) != 0 {
-        return Err(format!(
-            "{} bytes of data is not whole {dim}-float rows",
-            data.len()
-        ));
-    }
-    Ok(data
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
 }
 
 /// The single-writer lock of an index, held until dropped (closing the file releases it, also

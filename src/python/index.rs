@@ -235,6 +235,13 @@ impl PyIndex {
     /// Opens an index folder made by `Index.build` or `liteclip index`. The model is the
     /// recorded checkpoint (loaded at the first search or update); a `checkpoint` given here
     /// (a path, or a loaded `LiteClip` to share) must hold the same weights, and is checked now.
+    /// Whether `path` holds an index (a folder with its manifest). Says nothing of whether the
+    /// index is intact: `open` checks that.
+    #[staticmethod]
+    fn exists(path: PathBuf) -> bool {
+        crate::index::PhotoIndex::exists(&path)
+    }
+
     #[staticmethod]
     #[pyo3(signature = (path, checkpoint = None, device = "auto", precision = "fp32", decode = "exact"))]
     fn open(

@@ -29,14 +29,15 @@ mod run_dir;
 mod step;
 mod trainer;
 
-pub use distributed::{Collectives, SingleProcess};
-pub(crate) use options::from_json_named;
-pub use options::{Monitor, PrecisionChoice, Resume, TrainOptions};
-pub use report::{EpochRecord, Flow, Observer, Silent, StepInfo, TrainResult};
+pub use options::{Monitor, TrainOptions};
+pub use report::{EpochRecord, Flow, Observer, StepInfo};
 pub use trainer::{train, train_distributed};
 
 #[cfg(test)]
 mod tests {
+    use super::distributed::Collectives;
+    use super::options::{PrecisionChoice, Resume};
+    use super::report::{Silent, TrainResult};
     use super::*;
     use crate::checkpoint;
     use crate::config::LiteClipConfig;

@@ -124,6 +124,7 @@ impl FlatAdam {
         })
     }
 
+    #[cfg(test)]
     pub fn step_count(&self) -> i64 {
         self.step
     }

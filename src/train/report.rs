@@ -103,5 +103,7 @@ pub trait Observer {
 }
 
 /// An observer that ignores everything.
+#[cfg(test)]
 pub struct Silent;
+#[cfg(test)]
 impl Observer for Silent {}

@@ -8,11 +8,12 @@ use super::distributed::{backward_global_batch, GlobalStep, LossForm};
 use super::grad_cache::grad_cache_backward;
 use super::trainer::Trainer;
 use crate::data::loader::{BatchCaptions, ImageBatch};
+use crate::device::to_device_async;
 use crate::error::{Error, Result};
-use crate::liteclip::{to_device_async, token_tensors};
 use crate::loss::clamp_logit_scale;
 use crate::model::{l2_normalize, Precision};
 use crate::rng::Rng;
+use crate::text::token_tensors;
 use crate::text::TokenBatch;
 
 /// What a step did.

@@ -30,13 +30,12 @@ use crate::data::stream::{
 };
 use crate::data::{epoch_samples, make_batches, DataInfo, Dataset, ImageFolder};
 use crate::error::{Error, Result};
-use crate::eval::{
-    resolve_templates, retrieval, tokenize_captions, zero_shot, RetrievalMetrics, ZeroShotMetrics,
-};
+use crate::eval::{retrieval, tokenize_captions, zero_shot, RetrievalMetrics, ZeroShotMetrics};
 use crate::image::Normalizer;
 use crate::liteclip::LiteClip;
 use crate::model::{Precision, TowerLocks};
 use crate::text::TokenizedCaptions;
+use crate::zeroshot::resolve_templates;
 
 /// Trains a model as `options` say, reporting to `observer`.
 pub fn train(options: &TrainOptions, observer: &mut dyn Observer) -> Result<TrainResult> {
