@@ -13,15 +13,16 @@ export LIBTORCH_USE_PYTORCH := 1
 TORCH := torch==2.11.0
 RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock build.rs
 
-.PHONY: demo test test-fast lint rust-test py-test py-test-fast develop browser clean-venv
+.PHONY: demo test test-fast lint docs rust-test py-test py-test-fast develop browser clean-venv
 
 ## The main job: generate the built-in data set, train liteclip-nano on the CPU (a few
 ## minutes), evaluate retrieval, and zero-shot classify new images with an unseen prompt.
 demo: $(VENV)/.built
 	$(PYTHON) -m liteclip demo --output runs/demo
 
-## The whole test suite: lints, Rust tests, Python tests (the slow ones included).
-test: lint rust-test py-test
+## The whole test suite: lints, the documentation site (strict: a broken link or reference
+## fails), Rust tests, Python tests (the slow ones included).
+test: lint docs rust-test py-test
 
 ## The inner loop (under 3 minutes on 2 cores once built): Rust tests and every Python test not
 ## marked `slow` (notebooks, the wheel, SIGKILL and Ctrl-C loops, the 5,000-predict soak,
@@ -35,6 +36,11 @@ lint: $(VENV)/.built
 	$(VENV)/bin/ruff format --check python tests benchmarks docs
 	# The stub against the built module (names, signatures, classes).
 	$(PYTHON) -m mypy.stubtest liteclip._liteclip
+
+## The documentation site (docs/ and mkdocs.yml) into site/; the API reference is generated from
+## the package's docstrings and stubs.
+docs: $(VENV)/.built
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 rust-test: $(VENV)/.built
 	cargo test --release
@@ -68,7 +74,7 @@ $(VENV)/.deps: pyproject.toml
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(RUST_SOURCES)
-	$(VENV)/bin/maturin develop --release --extras test,dev,serve
+	$(VENV)/bin/maturin develop --release --extras test,dev,serve,docs
 	touch $@
 
 clean-venv:

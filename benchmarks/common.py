@@ -44,7 +44,7 @@ def machine() -> dict:
             if line.startswith("model name"):
                 info["cpu"] = line.split(":", 1)[1].strip()
             elif line.startswith("flags"):
-                # What decides which precision is fastest (README, "Precision by CPU").
+                # What decides which precision is fastest (docs/guides/performance.md).
                 flags = set(line.split(":", 1)[1].split())
                 wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16"]
                 info["cpu_flags"] = [f for f in wanted if f in flags]

@@ -1,4 +1,4 @@
-"""Every Python and shell example in README.md (and any Markdown under docs/) runs as a reader
+"""Every Python and shell example in README.md and the documentation (docs/) runs as a reader
 would run it: in one working folder holding what the examples name (the sample photos, a small
 captioned set, a class folder, a trained liteclip-nano as the demo's model, and that model in
 the original release's place, `model/liteclip2.pt`), in the order they appear.
@@ -6,7 +6,7 @@ the original release's place, `model/liteclip2.pt`), in the order they appear.
 Python examples are collected by pytest-examples, shell examples by mktestdocs. An example
 that cannot run here says why in its fence (```python test="skip" reason="..."```) and is
 reported as skipped with that reason; one marked `needs="server"` runs against a `liteclip
-serve` started for it. Every `--flag` the README names is checked against the CLI's parser."""
+serve` started for it. Every `--flag` the docs name is checked against the CLI's parser."""
 
 from __future__ import annotations
 
@@ -78,9 +78,10 @@ def workdir(tmp_path_factory, liteclip_ckpt) -> Path:
     datasets.make_shapes(work / "flickr8k", n_images=60, seed=0)
     datasets.make_shapes(work / "classes", n_images=48, seed=1, layout="folders")
     demo = datasets.make_shapes(work / "runs" / "demo" / "data" / "train", n_images=60, seed=2)
+    demo_run = work / "runs" / "demo" / "run"
     liteclip.train(
         demo,
-        work / "runs" / "demo" / "run",
+        demo_run,
         model="liteclip-nano",
         epochs=1,
         batch_size=16,
@@ -89,6 +90,8 @@ def workdir(tmp_path_factory, liteclip_ckpt) -> Path:
     )
     (work / "model").mkdir()
     shutil.copy(liteclip_ckpt, work / "model" / "liteclip2.pt")
+    # The index the serving examples serve (the examples also build it, in their order).
+    liteclip.Index.build(work / "Photos", work / "photos.lcx", demo_run / "best", device="cpu")
     return work
 
 
@@ -190,13 +193,14 @@ def _cli_flags() -> dict[str, set[str]]:
     return flags
 
 
-def test_the_readme_names_only_flags_the_cli_has() -> None:
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_the_docs_name_only_flags_the_cli_has(path: Path) -> None:
     flags = _cli_flags()
     every = set().union(*flags.values())
-    text = (ROOT / "README.md").read_text()
+    text = path.read_text()
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]", text))
     unknown = sorted(named - every - OTHER_PROGRAMS)
-    assert not unknown, f"README.md names flags no liteclip command has: {unknown}"
+    assert not unknown, f"{path.name} names flags no liteclip command has: {unknown}"
     # And each `liteclip COMMAND ...` line uses flags of that command.
     for line in re.findall(r"^liteclip (\w+)(.*)$", text, re.M):
         command, rest = line

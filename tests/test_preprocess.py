@@ -63,9 +63,9 @@ def test_odd_images_match_torchvision(tmp_path, fmt):
         if fmt == "GIF" and img.mode in ("LA", "RGBA"):
             continue  # GIF has no such modes
         if fmt in ("BMP", "TIFF") and img.mode == "LA":
-            continue  # BMP has no grey+alpha; the Rust TIFF decoder lacks it (see README)
+            continue  # BMP has no grey+alpha; the Rust TIFF decoder lacks it (docs: Images)
         if fmt == "TIFF" and img.mode == "P":
-            continue  # palette TIFF: not supported by the Rust TIFF decoder (see README)
+            continue  # palette TIFF: not supported by the Rust TIFF decoder (docs: Images)
         path = tmp_path / f"{name}.{fmt.lower()}"
         save_args = {"lossless": True} if fmt == "WEBP" else {}
         img.save(path, format=fmt, **save_args)

@@ -112,7 +112,8 @@ def _add_precision(parser: argparse.ArgumentParser) -> None:
         default="fp32",
         choices=OPTION_CHOICES["evaluate"]["precision"],
         help='"fp32" (exact), "bf16" (faster on GPUs and CPUs with fast bf16 units), "fp16" or '
-        '"int8" (CPU: int8 linear layers, about 2x fp32; see README) (default: fp32)',
+        '"int8" (CPU: int8 linear layers, about 2x fp32; see the Performance guide) '
+        "(default: fp32)",
     )
     parser.add_argument(
         "--decode",
