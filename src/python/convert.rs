@@ -188,7 +188,12 @@ fn float_pixels(obj: &Bound<'_, PyAny>) -> Result<Images, Error> {
         .as_slice()
         .map_err(|e| Error::InvalidType(format!("float array is not contiguous: {e}")))?;
     let (batched, shape) = match shape.len() {
-        3 => (false, [&[1][..], &shape[..]].concat()),
+        3 if shape[0] == 3 => (false, [&[1][..], &shape[..]].concat()),
+        3 => {
+            return Err(Error::invalid(format!(
+                "one preprocessed image is (3, S, S), got {shape:?}; a batch is (N, 3, S, S)"
+            )))
+        }
         4 => (true, shape),
         _ => {
             return Err(Error::invalid(format!(
