@@ -20,7 +20,7 @@ from PIL import Image
 import liteclip
 from liteclip import BadIndexError, Index, IndexLockedError
 from liteclip import cli as liteclip_cli
-from liteclip.distributed import free_port, local_rank_environment
+from liteclip.distributed import start_local_ranks
 
 from conftest import make_photos
 
@@ -154,7 +154,7 @@ def test_paths_mean_what_they_mean_to_the_caller(tmp_path, checkpoint, monkeypat
     out = run_cli("index", "Photos", "--index", "lib.lcx", "--remove", "Photos/private", "--json")
     assert json.loads(out)["removed"] == 2
     assert not any("/private/" in p for p in Index.open("lib.lcx").files())
-    failed = run_cli_raw("index", "Photos", "--index", "lib.lcx", "--remove", "Photos/nope.png")
+    failed = cli("index", "Photos", "--index", "lib.lcx", "--remove", "Photos/nope.png")
     assert failed.returncode == 1 and "not in the index" in failed.stderr
     report = json.loads(
         run_cli("index", "Photos", "--index", "lib.lcx", "--add", "Photos/private", "--json")
@@ -163,15 +163,9 @@ def test_paths_mean_what_they_mean_to_the_caller(tmp_path, checkpoint, monkeypat
 
 
 def run_cli(*argv):
-    done = run_cli_raw(*argv)
+    done = cli(*argv)
     assert done.returncode == 0, done.stderr
     return done.stdout
-
-
-def run_cli_raw(*argv):
-    return subprocess.run(
-        [sys.executable, "-m", "liteclip", *map(str, argv)], capture_output=True, text=True
-    )
 
 
 def test_bad_files_are_skipped_and_listed_never_fatal(tmp_path, checkpoint):
@@ -387,20 +381,10 @@ def test_two_gloo_ranks_give_the_same_index_as_one_process(tmp_path, checkpoint)
     make_photos(tmp_path / "photos", 24)
     single = Index.build(tmp_path / "photos", tmp_path / "one.lcx", checkpoint, device="cpu")
     lib = tmp_path / "two.lcx"
-    port = free_port()
     command = [sys.executable, "-m", "liteclip", "index", str(tmp_path / "photos")]
     command += ["--index", str(lib), "--checkpoint", str(checkpoint), "--device", "cpu"]
     command += ["--batch-size", "4", "--json"]
-    procs = [
-        subprocess.Popen(
-            command,
-            env={**os.environ, **local_rank_environment(rank, 2, port), "OMP_NUM_THREADS": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(2)
-    ]
+    procs = start_local_ranks(2, command, {"OMP_NUM_THREADS": "1"})
     outputs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err

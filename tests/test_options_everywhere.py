@@ -7,7 +7,6 @@ against fp32), so that an option dropped on the way fails the test."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from PIL import Image
 
 import liteclip
 from liteclip import Index, LiteClip, ZeroShotPipeline
-from liteclip.distributed import free_port, local_rank_environment
+from liteclip.distributed import start_local_ranks
 
 from conftest import CAT
 from serving import LABELS, Server, files
@@ -116,20 +115,10 @@ def test_api_index_build_and_its_batch_size(checkpoint, photos, expected, tmp_pa
 
 def test_torchrun_index(checkpoint, photos, expected, tmp_path):
     lib = tmp_path / "lib.lcx"
-    port = free_port()
     command = [sys.executable, "-m", "liteclip", "index", str(photos), "--index", str(lib)]
     command += ["--checkpoint", str(checkpoint), "--device", "cpu", "--batch-size", "1"]
     command += ["--decode", "fast", "--precision", "int8", "--json"]
-    procs = [
-        subprocess.Popen(
-            command,
-            env={**os.environ, **local_rank_environment(rank, 2, port), "OMP_NUM_THREADS": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(2)
-    ]
+    procs = start_local_ranks(2, command, {"OMP_NUM_THREADS": "1"})
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err

@@ -409,23 +409,7 @@ impl PhotoIndex {
             None => Searcher::empty(dim)?,
         };
         loop {
-            let names: Vec<String> = self
-                .manifest
-                .chunks
-                .iter()
-                .map(|c| c.name.clone())
-                .collect();
-            let listed: HashMap<&str, &ChunkRef> = self
-                .manifest
-                .chunks
-                .iter()
-                .map(|c| (c.name.as_str(), c))
-                .collect();
-            let store = &self.store;
-            let result = searcher.sync(&names, &mut |name| {
-                read_chunk_rows(store, listed[name], dim)
-            });
-            match result {
+            match sync_to(&mut searcher, &self.store, &self.manifest) {
                 Ok(_) => break,
                 // A writer replaced the chunk after our manifest was read: read it again.
                 Err(Error::FileNotFound { .. }) if self.refresh()? => continue,
@@ -951,37 +935,35 @@ impl PhotoIndex {
     /// added and dropped; or, with none saved or intact, one built from scratch. At a million
     /// rows the first takes seconds, the second minutes.
     fn graph_for_final_rows(&mut self) -> Result<Searcher> {
-        let dim = self.manifest.embed_dim as usize;
-        let mut searcher = Searcher::empty(dim)?;
-        let names = |m: &Manifest| m.chunks.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        let mut searcher = Searcher::empty(self.manifest.embed_dim as usize)?;
         let before = self.before_update.take();
         let mut from_saved = false;
         if let Some(before) = before.filter(|b| b.ann.is_some()) {
             if let Some(bytes) = saved_graph_bytes(&self.store, &before) {
-                let listed: HashMap<&str, &ChunkRef> =
-                    before.chunks.iter().map(|c| (c.name.as_str(), c)).collect();
-                let store = &self.store;
-                searcher.sync(&names(&before), &mut |name| {
-                    read_chunk_rows(store, listed[name], dim)
-                })?;
-                from_saved = searcher.load_graph(&bytes, store.dir()).is_ok();
+                sync_to(&mut searcher, &self.store, &before)?;
+                from_saved = searcher.load_graph(&bytes, self.store.dir()).is_ok();
             }
         }
-        let listed: HashMap<&str, &ChunkRef> = self
-            .manifest
-            .chunks
-            .iter()
-            .map(|c| (c.name.as_str(), c))
-            .collect();
-        let store = &self.store;
-        searcher.sync(&names(&self.manifest), &mut |name| {
-            read_chunk_rows(store, listed[name], dim)
-        })?;
+        sync_to(&mut searcher, &self.store, &self.manifest)?;
         if !from_saved {
             searcher.build_graph()?;
         }
         Ok(searcher)
     }
+}
+
+/// Brings `searcher` to the rows of `manifest`'s chunks, reading only the chunks it lacks.
+fn sync_to(searcher: &mut Searcher, store: &Store, manifest: &Manifest) -> Result<ann::Synced> {
+    let dim = manifest.embed_dim as usize;
+    let names: Vec<String> = manifest.chunks.iter().map(|c| c.name.clone()).collect();
+    let listed: HashMap<&str, &ChunkRef> = manifest
+        .chunks
+        .iter()
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    searcher.sync(&names, &mut |name| {
+        read_chunk_rows(store, listed[name], dim)
+    })
 }
 
 /// A chunk's ids and rows, for a [`Searcher`].
