@@ -112,6 +112,15 @@ def test_hub_ids_start_the_towers_and_load_models_offline(hub_cache, shapes_data
             np.testing.assert_array_equal(model.state_dict()[key], value, err_msg=key)
         pipe = liteclip.ZeroShotPipeline("hf-hub:{MODEL_REPO}", device="cpu")
         assert len(pipe.predict(np.zeros((32, 32, 3), np.uint8), ["a", "b"])) == 2
+        # Every entry point that takes a checkpoint takes a Hub id: evaluation and the index.
+        from_hub = liteclip.evaluate("hf-hub:{MODEL_REPO}", {str(shapes_data)!r}, device="cpu")
+        from_disk = liteclip.evaluate(hub / "model", {str(shapes_data)!r}, device="cpu")
+        assert from_hub["loss"] == from_disk["loss"], (from_hub, from_disk)
+        photos = Path({str(shapes_data)!r}) / "Images"
+        index = liteclip.Index.build(photos, hub / "lib.lcx", "hf-hub:{MODEL_REPO}", device="cpu")
+        assert len(index) > 0 and Path(index.checkpoint).is_dir()
+        reopened = liteclip.Index.open(hub / "lib.lcx", "hf-hub:{MODEL_REPO}", device="cpu")
+        assert reopened.search("a red circle", k=1)
         for spec, words in [
             ("hf-hub:nobody/missing", "HF_HUB_OFFLINE"),
             ("weights/not_here.pth", "no file or folder"),

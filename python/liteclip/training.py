@@ -389,7 +389,8 @@ def evaluate(
     ``top5``, ``per_class`` accuracy and a ``confusion`` matrix (``confusion[true][predicted]``).
 
     Args:
-        checkpoint: a checkpoint folder or file (any form ``LiteClip.load`` reads).
+        checkpoint: a checkpoint folder or file (any form ``LiteClip.load`` reads, a Hub id
+            ``"hf-hub:owner/name"`` included).
         data: the data set: captioned (retrieval; by default the one the checkpoint's training
             run used) or a class-per-sub-folder image folder (zero-shot).
         split: ``"val"`` or ``"train"`` (the split a training run made: its ``val_fraction``
@@ -416,4 +417,6 @@ def evaluate(
     """
     if isinstance(templates, str):
         templates = [templates]
+    if os.fspath(checkpoint).startswith(hub.PREFIX):
+        checkpoint = hub.model_folder(os.fspath(checkpoint))
     return _liteclip.evaluate_model(dict(locals()))

@@ -189,6 +189,7 @@ impl PyIndex {
     ) -> PyResult<Self> {
         let precision = Precision::parse(precision).py_err(py)?;
         let decode = DecodeMode::parse(decode).py_err(py)?;
+        let checkpoint = super::hub::resolve_checkpoint(py, checkpoint)?;
         let device_spec = device.to_owned();
         let (index, model) = run_released(py, move || {
             let mut model = LiteClip::load(&checkpoint, parse_device(&device_spec)?, None)?;
@@ -273,6 +274,9 @@ impl PyIndex {
                 ),
             },
         };
+        let checkpoint = checkpoint
+            .map(|c| super::hub::resolve_checkpoint(py, c))
+            .transpose()?;
         let shared = loaded.clone();
         let index = run_released(py, move || {
             let index = PhotoIndex::open(&path)?;

@@ -4,6 +4,7 @@
 mod convert;
 mod distributed;
 mod errors;
+mod hub;
 mod index;
 mod model;
 mod pipeline;

@@ -74,7 +74,7 @@ impl PyLiteClip {
         let config = config.map(str::to_owned);
         let precision = Precision::parse(precision).py_err(py)?;
         let decode = DecodeMode::parse(decode).py_err(py)?;
-        let path = hub_model_folder(py, path)?;
+        let path = super::hub::resolve_checkpoint(py, path)?;
         let model = run_released(py, move || {
             let device = parse_device(&device)?;
             let mut model = LiteClip::load(&path, device, config_from_arg(config.as_deref())?)?;
@@ -85,18 +85,6 @@ impl PyLiteClip {
         Ok(PyLiteClip {
             inner: Arc::new(SharedModel(model)),
         })
-    }
-}
-
-/// A `hf-hub:owner/name` model as its folder in the Hugging Face cache (fetched through the
-/// Python `huggingface_hub` by `liteclip.hub`); any other path as it is.
-fn hub_model_folder(py: Python<'_>, path: PathBuf) -> PyResult<PathBuf> {
-    match path.to_str() {
-        Some(spec) if spec.starts_with("hf-hub:") => py
-            .import("liteclip.hub")?
-            .call_method1("model_folder", (spec,))?
-            .extract(),
-        _ => Ok(path),
     }
 }
 
