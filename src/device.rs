@@ -69,12 +69,7 @@ impl DeviceSpec {
 
 crate::serde_by_name!(DeviceSpec);
 
-/// Parses and resolves a device name (see [`DeviceSpec`]).
-pub fn parse_device(name: &str) -> Result<Device> {
-    DeviceSpec::parse(name)?.resolve()
-}
-
-/// The name users see for a device, the inverse of [`parse_device`].
+/// The name users see for a device (what [`DeviceSpec::parse`] reads).
 pub fn device_name(device: Device) -> String {
     match device {
         Device::Cpu => "cpu".into(),
@@ -110,6 +105,10 @@ pub fn pin(t: &Tensor, device: Device) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_device(name: &str) -> Result<Device> {
+        DeviceSpec::parse(name)?.resolve()
+    }
 
     #[test]
     fn parses_names() {

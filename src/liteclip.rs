@@ -326,6 +326,42 @@ impl LiteClip {
     }
 }
 
+/// How a loaded model computes: the device it runs on, its arithmetic, and how it decodes
+/// images given by path or bytes. Parsed once from the names users type, wherever a model is
+/// made or loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InferenceOptions {
+    pub device: crate::device::DeviceSpec,
+    pub precision: Precision,
+    pub decode: DecodeMode,
+}
+
+impl InferenceOptions {
+    /// From the names: device "auto", "cpu", "cuda", "cuda:N"; precision "fp32", "bf16",
+    /// "fp16", "int8"; decode "exact" or "fast".
+    pub fn parse(device: &str, precision: &str, decode: &str) -> Result<Self> {
+        Ok(InferenceOptions {
+            device: crate::device::DeviceSpec::parse(device)?,
+            precision: Precision::parse(precision)?,
+            decode: DecodeMode::parse(decode)?,
+        })
+    }
+
+    /// Loads a checkpoint with these settings.
+    pub fn load(&self, path: &Path, config: Option<LiteClipConfig>) -> Result<LiteClip> {
+        let mut model = LiteClip::load(path, self.device.resolve()?, config)?;
+        self.apply(&mut model)?;
+        Ok(model)
+    }
+
+    /// Puts the arithmetic and the decoding on a model (already on its device).
+    pub fn apply(&self, model: &mut LiteClip) -> Result<()> {
+        model.set_precision(self.precision)?;
+        model.set_decode(self.decode);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -286,10 +286,18 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path, che
 def test_signature_and_cli_defaults_are_the_cores():
     from liteclip._liteclip import INDEX_DEFAULTS
 
-    for method in [Index.build, Index.update, Index.add]:
-        parameters = inspect.signature(method).parameters
+    # Every method and function of indexing that takes one of these options has the core's
+    # default for it.
+    callables = [getattr(Index, name) for name in dir(Index) if not name.startswith("_")]
+    callables = [c for c in callables if callable(c)] + [liteclip.index_folder]
+    checked = 0
+    for function in callables:
+        parameters = inspect.signature(function).parameters
         for name, default in INDEX_DEFAULTS.items():
-            assert parameters[name].default == default, (method, name)
+            if name in parameters:
+                assert parameters[name].default == default, (function, name)
+                checked += 1
+    assert checked >= 12, checked  # build, update, add, remove, embed_share, index_folder
     parser = liteclip_cli._parser()
     args = parser.parse_args(["index", "photos", "--index", "lib.lcx"])
     for name, default in INDEX_DEFAULTS.items():

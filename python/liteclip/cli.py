@@ -293,6 +293,8 @@ def _register_embed(sub: Any) -> None:
 
 
 def _register_index(sub: Any) -> None:
+    from ._liteclip import INDEX_DEFAULTS as DEFAULTS
+
     index = sub.add_parser(
         "index",
         help="index a folder of photos for search (the first run builds, later runs update)",
@@ -310,19 +312,19 @@ def _register_index(sub: Any) -> None:
         help="the model (needed to build; later runs use the recorded one, and one given "
         "must hold the same weights)",
     )
-    index.add_argument("--batch-size", type=int, default=64)
+    index.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     _add_device(index)
     _add_precision(index)
     index.add_argument(
         "--lock-wait",
         type=float,
-        default=10.0,
+        default=DEFAULTS["lock_wait"],
         help="seconds to wait for another process writing the index (default: %(default)s)",
     )
     index.add_argument(
         "--commit-every",
         type=int,
-        default=1024,
+        default=DEFAULTS["commit_every"],
         help="files per committed chunk: an interrupted run loses at most this many "
         "(default: %(default)s)",
     )

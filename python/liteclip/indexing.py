@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from ._liteclip import BadIndexError, Index
+from ._liteclip import INDEX_DEFAULTS, BadIndexError, Index
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -21,9 +21,9 @@ def index_folder(
     device: str = "auto",
     precision: str = "fp32",
     decode: str = "exact",
-    batch_size: int = 64,
-    lock_wait: float = 10.0,
-    commit_every: int = 1024,
+    batch_size: int = INDEX_DEFAULTS["batch_size"],
+    lock_wait: float = INDEX_DEFAULTS["lock_wait"],
+    commit_every: int = INDEX_DEFAULTS["commit_every"],
     progress: Callable[[dict[str, Any]], Any] | None = None,
     distributed: bool | str = "auto",
 ) -> dict[str, Any] | None:

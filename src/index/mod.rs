@@ -22,11 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tch::Device;
 
 use crate::error::{Error, Result};
-use crate::liteclip::LiteClip;
-use crate::model::Precision;
+use crate::liteclip::{InferenceOptions, LiteClip};
 use ann::{ChunkRows, Searcher, EXACT_BELOW};
 use embedder::{embed_files, BatchOutcome};
 use scan::{FoundFile, Plan};
@@ -248,11 +246,10 @@ impl PhotoIndex {
     pub fn load_model(
         &self,
         checkpoint: Option<&Path>,
-        device: Device,
-        precision: Precision,
+        options: &InferenceOptions,
     ) -> Result<LiteClip> {
         let path = checkpoint.unwrap_or(&self.manifest.checkpoint);
-        let mut model = LiteClip::load(path, device, None).map_err(|e| match e {
+        let model = options.load(path, None).map_err(|e| match e {
             Error::FileNotFound { path, .. } if checkpoint.is_none() => Error::FileNotFound {
                 path,
                 hint: Some(format!(
@@ -264,7 +261,6 @@ impl PhotoIndex {
             other => other,
         })?;
         self.check_model(&model, path)?;
-        model.set_precision(precision)?;
         Ok(model)
     }
 

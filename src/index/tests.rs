@@ -4,6 +4,7 @@
 use super::*;
 use crate::config::LiteClipConfig;
 use crate::image::ImageInput;
+use tch::Device;
 
 fn model(seed: i64) -> LiteClip {
     tch::manual_seed(seed);
@@ -349,14 +350,14 @@ fn another_models_weights_and_another_folder_are_refused() {
     assert!(matches!(err, Error::BadIndex { .. }), "{err}");
     assert!(err.to_string().contains("weights"), "{err}");
     let index = PhotoIndex::open(&s.lib).unwrap();
-    let err = index
-        .load_model(Some(&other_ck), Device::Cpu, Precision::Fp32)
-        .unwrap_err();
+    let err = index.load_model(Some(&other_ck), &on_cpu()).unwrap_err();
     assert!(err.to_string().contains("weights"), "{err}");
-    index
-        .load_model(None, Device::Cpu, Precision::Fp32)
-        .unwrap();
+    index.load_model(None, &on_cpu()).unwrap();
     let elsewhere = s.photos.join("sub");
     let err = PhotoIndex::create(&s.lib, &elsewhere, &s.model, &s.checkpoint).unwrap_err();
     assert!(err.to_string().contains("not "), "{err}");
+}
+
+fn on_cpu() -> InferenceOptions {
+    InferenceOptions::parse("cpu", "fp32", "exact").unwrap()
 }

@@ -11,14 +11,14 @@ use pyo3::types::{PyList, PyString};
 use super::convert::{extract_images, to_python};
 use super::errors::{run_released, IntoPyResult};
 use super::model::{PyLiteClip, SharedModel};
-use crate::device::{device_name, parse_device};
+use crate::device::device_name;
 use crate::error::{Error, Result};
 // The signature defaults below (commit_every = 1024, lock_wait = 10.0) are the core's
 // COMMIT_EVERY and LOCK_WAIT_SECONDS written out, so that help() shows them;
 // tests/test_index.py checks them (and the CLI's) against INDEX_DEFAULTS, made from the core.
 use crate::image::decode::decode_bytes_at;
 use crate::image::thumbnail::thumbnail_jpeg;
-use crate::image::{DecodeMode, Resolution};
+use crate::image::Resolution;
 use crate::index::{Hit, IndexedFile, PhotoIndex, Progress, UpdateOptions, UpdateReport};
 
 /// `INDEX_DEFAULTS`: the core's defaults of an update, for the signature and CLI checks.
@@ -30,8 +30,7 @@ pub fn add_index_defaults(m: &Bound<'_, PyModule>) -> PyResult<()> {
     out.set_item("lock_wait", defaults.lock_wait.as_secs_f64())?;
     m.add("INDEX_DEFAULTS", out)
 }
-use crate::liteclip::{Images, LiteClip};
-use crate::model::Precision;
+use crate::liteclip::{Images, InferenceOptions, LiteClip};
 
 /// A searchable index of a folder of photos, kept on disk (a folder, e.g. `LIB.lcx`) and
 /// brought up to date incrementally. Build one with `Index.build`, reopen it with `Index.open`.
@@ -42,9 +41,7 @@ pub struct PyIndex {
     model: Mutex<Option<Arc<SharedModel>>>,
     /// A checkpoint given to `open`, used instead of the recorded one (same weights).
     checkpoint: Option<PathBuf>,
-    device: String,
-    precision: Precision,
-    decode: DecodeMode,
+    options: InferenceOptions,
     last_report: Mutex<Option<UpdateReport>>,
 }
 
@@ -127,11 +124,9 @@ impl PyIndex {
         if let Some(model) = slot.as_ref() {
             return Ok(model.clone());
         }
-        let device = parse_device(&self.device)?;
-        let mut model =
-            self.locked()
-                .load_model(self.checkpoint.as_deref(), device, self.precision)?;
-        model.set_decode(self.decode);
+        let model = self
+            .locked()
+            .load_model(self.checkpoint.as_deref(), &self.options)?;
         let model = Arc::new(SharedModel::new(model));
         *slot = Some(model.clone());
         Ok(model)
@@ -187,14 +182,10 @@ impl PyIndex {
         precision: &str,
         decode: &str,
     ) -> PyResult<Self> {
-        let precision = Precision::parse(precision).py_err(py)?;
-        let decode = DecodeMode::parse(decode).py_err(py)?;
+        let options = InferenceOptions::parse(device, precision, decode).py_err(py)?;
         let checkpoint = super::hub::resolve_checkpoint(py, checkpoint)?;
-        let device_spec = device.to_owned();
         let (index, model) = run_released(py, move || {
-            let mut model = LiteClip::load(&checkpoint, parse_device(&device_spec)?, None)?;
-            model.set_precision(precision)?;
-            model.set_decode(decode);
+            let model = options.load(&checkpoint, None)?;
             let index = PhotoIndex::create(&path, &root, &model, &checkpoint)?;
             Ok((index, model))
         })?;
@@ -202,9 +193,7 @@ impl PyIndex {
             index: Mutex::new(index),
             model: Mutex::new(Some(Arc::new(SharedModel::new(model)))),
             checkpoint: None,
-            device: device.to_owned(),
-            precision,
-            decode,
+            options,
             last_report: Mutex::new(None),
         })
     }
@@ -253,8 +242,7 @@ impl PyIndex {
         precision: &str,
         decode: &str,
     ) -> PyResult<Self> {
-        let precision = Precision::parse(precision).py_err(py)?;
-        let decode = DecodeMode::parse(decode).py_err(py)?;
+        let options = InferenceOptions::parse(device, precision, decode).py_err(py)?;
         let (checkpoint, loaded) = match checkpoint {
             None => (None, None),
             Some(obj) => match obj.downcast::<PyLiteClip>() {
@@ -289,9 +277,7 @@ impl PyIndex {
             index: Mutex::new(index),
             model: Mutex::new(loaded),
             checkpoint,
-            device: device.to_owned(),
-            precision,
-            decode,
+            options,
             last_report: Mutex::new(None),
         };
         if opened.checkpoint.is_some() {

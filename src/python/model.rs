@@ -10,11 +10,9 @@ use pyo3::types::{PyDict, PyTuple};
 use super::convert::{as_strs, extract_images, extract_texts, to_numpy_2d, to_python};
 use super::errors::{run_released, IntoPyResult};
 use crate::config::LiteClipConfig;
-use crate::device::{device_name, parse_device};
+use crate::device::device_name;
 use crate::error::Result;
-use crate::image::DecodeMode;
-use crate::liteclip::LiteClip;
-use crate::model::Precision;
+use crate::liteclip::{InferenceOptions, LiteClip};
 
 /// A model shared between Python threads.
 ///
@@ -70,17 +68,11 @@ impl PyLiteClip {
         precision: &str,
         decode: &str,
     ) -> PyResult<Self> {
-        let device = device.to_owned();
+        let options = InferenceOptions::parse(device, precision, decode).py_err(py)?;
         let config = config.map(str::to_owned);
-        let precision = Precision::parse(precision).py_err(py)?;
-        let decode = DecodeMode::parse(decode).py_err(py)?;
         let path = super::hub::resolve_checkpoint(py, path)?;
         let model = run_released(py, move || {
-            let device = parse_device(&device)?;
-            let mut model = LiteClip::load(&path, device, config_from_arg(config.as_deref())?)?;
-            model.set_precision(precision)?;
-            model.set_decode(decode);
-            Ok(model)
+            options.load(&path, config_from_arg(config.as_deref())?)
         })?;
         Ok(PyLiteClip {
             inner: Arc::new(SharedModel(model)),
@@ -102,17 +94,15 @@ impl PyLiteClip {
         precision: &str,
         decode: &str,
     ) -> PyResult<Self> {
-        let (config, device) = (config.to_owned(), device.to_owned());
-        let precision = Precision::parse(precision).py_err(py)?;
-        let decode = DecodeMode::parse(decode).py_err(py)?;
+        let options = InferenceOptions::parse(device, precision, decode).py_err(py)?;
+        let config = config.to_owned();
         let model = run_released(py, move || {
-            let device = parse_device(&device)?;
             if let Some(seed) = seed {
                 tch::manual_seed(seed);
             }
-            let mut model = LiteClip::new(LiteClipConfig::from_name_or_file(&config)?, device)?;
-            model.set_precision(precision)?;
-            model.set_decode(decode);
+            let config = LiteClipConfig::from_name_or_file(&config)?;
+            let mut model = LiteClip::new(config, options.device.resolve()?)?;
+            options.apply(&mut model)?;
             Ok(model)
         })?;
         Ok(PyLiteClip {
