@@ -8,7 +8,7 @@ Dataset doing `PIL.Image.open(p).convert("RGB")` + the original torchvision tran
 the eager timm + transformers model batch by batch. liteclip: `LiteClip.encode_image(paths)`
 in chunks of the batch size, in fp32 (exact) and bf16, for each `--decode` mode. On a GPU the
 forward-only rate of the eager tower on device-resident tensors is measured too, and each
-liteclip row at the largest batch is given as a share of it (issue #15, part 4: >= 50%).
+liteclip row at the largest batch is given as a share of it (target: >= 50%).
 """
 
 from __future__ import annotations

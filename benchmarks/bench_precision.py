@@ -12,8 +12,8 @@ AVX2-only CPU: `MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CA
    of the zero-shot top-1 label among 24 prompts for every photo.
 3. A trained model: `liteclip-nano` trained by `common.trained_nano` on the built-in shapes, then
    zero-shot on 480 new images: top-1 agreement with fp32 and accuracy.
-Targets: bf16 (issue #4) mean cosine >= 0.995, same top-1 label on >= 99% of the images;
-int8 (issue #15) image tower >= 1.8x fp32, text tower faster, top-1 agreement >= 99%.
+Targets: bf16 mean cosine >= 0.995, same top-1 label on >= 99% of the images;
+int8 image tower >= 1.8x fp32, text tower faster, top-1 agreement >= 99%.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU case of issue #4 in one call on the lent GPU machine (which has torch, timm,
-# transformers, PIL but no Rust): the extension is built on the CPU machine and carried.
-#   run (carry python/liteclip/_liteclip.abi3.so):  bash benchmarks/gpu_suite.sh
+# Every GPU case of the inference suite in one call on a GPU machine (which has torch, timm,
+# transformers, PIL but no Rust): the extension is built elsewhere and copied over.
+#   run (with python/liteclip/_liteclip.abi3.so copied in):  bash benchmarks/gpu_suite.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 export PYTHONPATH="$PWD/../python" PYTHONUNBUFFERED=1

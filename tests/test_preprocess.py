@@ -277,7 +277,7 @@ def test_decode_mode_reaches_every_entry_point(tmp_path):
 
 def test_every_entry_point_has_the_same_decode_default():
     """One default everywhere (the Python signatures, the CLI, the server's options): "exact",
-    because decode="fast" missed issue #15's bar for becoming the default (BENCHMARKS.md)."""
+    because decode="fast" missed the bar for becoming the default (BENCHMARKS.md)."""
     import inspect
 
     from liteclip import cli

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue #15, part 4, in one call on a lent GPU machine (torch, timm, transformers, PIL; no Rust):
-# build here, carry the extension, run this once, give the machine back.
-#   run (carry python/liteclip/_liteclip.abi3.so):  bash benchmarks/gpu_part4.sh
+# Two GPU measurements in one call, on a machine with torch, timm, transformers and PIL (no
+# Rust needed there: copy the built python/liteclip/_liteclip.abi3.so over):
+#   bash benchmarks/gpu_decode_and_train.sh
 # 1. From-disk image embedding as a share of the forward-only rate (target >= 50%), exact and
 #    fast decoding, 512 mixed JPEGs (Flickr sizes and some up to 4000x3000), batch 256.
 # 2. Training the full model at batch 64 and 256 in bf16 against an eager PyTorch step
