@@ -11,6 +11,7 @@ use crate::data::list_images;
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::image::ImageInput;
+use crate::image_embedding::embed_each;
 use crate::liteclip::LiteClip;
 use crate::npy;
 
@@ -102,35 +103,34 @@ pub struct FolderEmbeddings {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-/// Embeddings of every image under `root`, in path order, `batch_size` at a time. A batch with
-/// an undecodable image is retried image by image, so only that image is skipped.
+/// Embeddings of every image under `root`, in path order, `batch_size` at a time. An image
+/// that cannot be read or decoded is skipped and reported; the others of its batch are kept.
 pub fn embed_folder(model: &LiteClip, root: &Path, batch_size: usize) -> Result<FolderEmbeddings> {
     let paths = list_images(root)?;
+    let (size, decode) = (model.config().image_size as u32, model.decode());
     let mut kept = Vec::with_capacity(paths.len());
     let mut parts = Vec::new();
     let mut skipped = Vec::new();
-    for chunk in paths.chunks(batch_size.max(1)) {
-        let inputs: Vec<ImageInput> = chunk.iter().cloned().map(ImageInput::Path).collect();
-        match model.encode_images(&inputs) {
-            Ok(rows) => {
-                parts.push(rows);
-                kept.extend_from_slice(chunk);
-            }
-            Err(e) if is_unreadable(&e) => {
-                for (path, input) in chunk.iter().zip(inputs) {
-                    match model.encode_images(&[input]) {
-                        Ok(row) => {
-                            parts.push(row);
-                            kept.push(path.clone());
-                        }
-                        Err(e) if is_unreadable(&e) => skipped.push((path.clone(), e.to_string())),
-                        Err(e) => return Err(e),
-                    }
+    embed_each(
+        model,
+        &paths,
+        batch_size.max(1),
+        |path| {
+            let pixels = ImageInput::Path(path.clone()).preprocess(size, decode)?;
+            Ok::<_, Error>(((), pixels))
+        },
+        |batch| {
+            for (path, item) in paths[batch.start..].iter().zip(batch.items) {
+                match item {
+                    Ok(()) => kept.push(path.clone()),
+                    Err(e) if is_unreadable(&e) => skipped.push((path.clone(), e.to_string())),
+                    Err(e) => return Err(e),
                 }
             }
-            Err(e) => return Err(e),
-        }
-    }
+            parts.push(batch.rows);
+            Ok(())
+        },
+    )?;
     let embeddings = if parts.is_empty() {
         Tensor::f_zeros(
             [0, model.config().embed_dim],

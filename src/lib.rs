@@ -59,6 +59,7 @@ pub(crate) mod error;
 pub(crate) mod eval;
 pub(crate) mod fsio;
 pub(crate) mod image;
+pub(crate) mod image_embedding;
 pub(crate) mod index;
 pub(crate) mod json_options;
 pub(crate) mod liteclip;

@@ -11,7 +11,6 @@ use crate::config::LiteClipConfig;
 use crate::error::{Error, Result};
 use crate::image::{preprocess_batch, DecodeMode, ImageInput};
 use crate::model::{ClipModel, Precision, TowerLocks};
-use crate::prefetch;
 use crate::text::{token_tensors, Padding, TextTokenizer, TokenBatch, TokenizedCaptions};
 
 /// Images per forward pass when encoding many: bounds activation memory, keeps batches large
@@ -219,27 +218,27 @@ impl LiteClip {
         }
     }
 
-    /// L2-normalised embeddings `(N, embed_dim)` of images, on the CPU. A list is a pipeline:
-    /// threads decode the images ahead of the model while it embeds the ones before them
-    /// ([`prefetch`]: on a 2-core CPU each side fills the other's idle time; on a GPU host,
-    /// all cores decode). [`cancel::check`] is polled between chunks.
+    /// L2-normalised embeddings `(N, embed_dim)` of images, on the CPU. A list is a pipeline
+    /// ([`crate::image_embedding`]): threads decode the images ahead of the model while it
+    /// embeds the ones before them (on a 2-core CPU each side fills the other's idle time; on a
+    /// GPU host, all cores decode). The first image that cannot be used is the error.
     pub fn encode_images(&self, images: &[ImageInput]) -> Result<Tensor> {
         let chunk = pipeline_chunk(images.len());
         if images.len() <= chunk {
             return self.concat(vec![self.encode_pixels(&self.preprocess(images)?)?]);
         }
-        let (size, decode) = (self.config.image_size, self.decode);
+        let (size, decode) = (self.config.image_size as u32, self.decode);
         let mut parts = Vec::new();
-        prefetch::map_in_order(
+        crate::image_embedding::embed_each(
+            self,
             images,
             chunk,
-            |image| image.preprocess(size as u32, decode),
-            |_, decoded| {
-                cancel::check()?;
-                let n = decoded.len() as i64;
-                let pixels = decoded.into_iter().collect::<Result<Vec<_>>>()?.concat();
-                let pixels = Tensor::f_from_slice(&pixels)?.f_view([n, 3, size, size])?;
-                parts.push(self.encode_pixels(&pixels)?);
+            |image| image.preprocess(size, decode).map(|pixels| ((), pixels)),
+            |batch| {
+                if let Some(error) = batch.items.into_iter().find_map(|item| item.err()) {
+                    return Err(error);
+                }
+                parts.push(batch.rows);
                 Ok(())
             },
         )?;
