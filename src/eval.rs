@@ -7,14 +7,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::loader::{BatchCaptions, ImageTransform, Loader, LoaderConfig};
-use crate::data::{
-    epoch_samples, make_batches, CsvOptions, DataInfo, Dataset, Entry, ImageFolder, Sample,
-};
-use crate::device::to_device_async;
+use crate::data::{epoch_samples, make_batches, CsvOptions, DataInfo, Dataset, Entry, ImageFolder};
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
-use crate::image::{DecodeMode, Normalizer};
+use crate::image::{DecodeMode, ImageInput};
+use crate::image_embedding::embed_each;
 use crate::json_options::from_json_named;
 use crate::liteclip::LiteClip;
 use crate::loss::clip_loss;
@@ -52,53 +49,37 @@ pub struct EmbeddedImages {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-/// Embeds every image of `entries` (inference transform); failed images are reported.
+/// Embeds every image of `entries` (inference transform, decoded ahead of the model by
+/// [`crate::image_embedding`]); images that cannot be decoded are reported and left out.
 pub fn embed_entries(
     model: &LiteClip,
     entries: Arc<Dataset>,
     batch_size: usize,
 ) -> Result<EmbeddedImages> {
-    let samples: Vec<Sample> = (0..entries.entries.len() as u32)
-        .map(|entry| Sample { entry, caption: 0 })
-        .collect();
-    let batches: Vec<Vec<Sample>> = samples
-        .chunks(batch_size.max(1))
-        .map(<[_]>::to_vec)
-        .collect();
-    let loader = Loader::start(
-        entries,
-        batches,
-        LoaderConfig {
-            image_size: model.config().image_size as u32,
-            transform: ImageTransform::Center,
-            prefetch: 2,
-            seed: 0,
-            epoch: 0,
-            pin_memory: model.device().is_cuda().then(|| model.device()),
-            decode: model.decode(),
-        },
-    );
-    let normalizer = Normalizer::new(model.device())?;
+    let (size, decode) = (model.config().image_size as u32, model.decode());
     let mut parts = Vec::new();
     let mut kept = Vec::new();
-    let mut failed = Vec::new();
-    for batch in loader {
-        let batch = batch?;
-        failed.extend(batch.failed);
-        let BatchCaptions::Samples(samples) = &batch.captions else {
-            continue; // the folder loader's batches carry samples
-        };
-        if samples.is_empty() {
-            continue;
-        }
-        let pixels = normalizer.apply(&to_device_async(
-            &batch.pixels,
-            model.device(),
-            batch.pinned,
-        )?)?;
-        parts.push(model.encode_pixels(&pixels)?);
-        kept.extend(samples.iter().map(|s| s.entry as usize));
-    }
+    let mut skipped = Vec::new();
+    embed_each(
+        model,
+        &entries.entries,
+        batch_size.max(1),
+        |entry| {
+            let pixels = ImageInput::Path(entry.path.clone()).preprocess(size, decode);
+            pixels.map(|p| ((), p)).map_err(|e| e.to_string())
+        },
+        |batch| {
+            for (i, item) in batch.items.into_iter().enumerate() {
+                let entry = batch.start + i;
+                match item {
+                    Ok(()) => kept.push(entry),
+                    Err(reason) => skipped.push((entries.entries[entry].path.clone(), reason)),
+                }
+            }
+            parts.push(batch.rows);
+            Ok(())
+        },
+    )?;
     let embeddings = if parts.is_empty() {
         Tensor::f_zeros([0, model.config().embed_dim], (Kind::Float, Device::Cpu))?
     } else {
@@ -107,7 +88,7 @@ pub fn embed_entries(
     Ok(EmbeddedImages {
         embeddings,
         entries: kept,
-        skipped: failed,
+        skipped,
     })
 }
 

@@ -112,7 +112,9 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts preparing `batches` (indices into `dataset`) in the background.
+    /// Starts preparing `batches` (indices into `dataset`) in the background, positions
+    /// counted from the epoch's start.
+    #[cfg(test)]
     pub fn start(dataset: Arc<Dataset>, batches: Vec<Vec<Sample>>, config: LoaderConfig) -> Self {
         let mut position = 0u64;
         let positioned = batches
@@ -126,9 +128,9 @@ impl Loader {
         Self::start_at(dataset, positioned, config)
     }
 
-    /// Like [`Loader::start`], each batch with the epoch position of its first sample given
-    /// (augmentation draws are keyed by position): a data-parallel rank loads slices of the
-    /// epoch's global batches.
+    /// Starts preparing `batches` (indices into `dataset`) in the background, each batch with
+    /// the epoch position of its first sample (augmentation draws are keyed by position): a
+    /// data-parallel rank loads slices of the epoch's global batches.
     pub fn start_at(
         dataset: Arc<Dataset>,
         batches: Vec<(u64, Vec<Sample>)>,
