@@ -231,73 +231,30 @@ pub fn check_config_fits(
     let Ok(found) = infer_config(tensors, path) else {
         return Ok(());
     };
-    let (c, f) = (config, &found);
-    let sizes = [
-        (
-            "image.dims",
-            format!("{:?}", c.image.dims),
-            format!("{:?}", f.image.dims),
-        ),
-        (
-            "image.depths",
-            format!("{:?}", c.image.depths),
-            format!("{:?}", f.image.depths),
-        ),
-        (
-            "image.in_channels",
-            c.image.in_channels.to_string(),
-            f.image.in_channels.to_string(),
-        ),
-        (
-            "image.patch_size",
-            c.image.patch_size.to_string(),
-            f.image.patch_size.to_string(),
-        ),
-        (
-            "image.kernel_size",
-            c.image.kernel_size.to_string(),
-            f.image.kernel_size.to_string(),
-        ),
-        (
-            "image.mlp_ratio",
-            c.image.mlp_ratio.to_string(),
-            f.image.mlp_ratio.to_string(),
-        ),
-        (
-            "text.vocab_size",
-            c.text.vocab_size.to_string(),
-            f.text.vocab_size.to_string(),
-        ),
-        (
-            "text.hidden_size",
-            c.text.hidden_size.to_string(),
-            f.text.hidden_size.to_string(),
-        ),
-        (
-            "text.num_layers",
-            c.text.num_layers.to_string(),
-            f.text.num_layers.to_string(),
-        ),
-        (
-            "text.intermediate_size",
-            c.text.intermediate_size.to_string(),
-            f.text.intermediate_size.to_string(),
-        ),
-        (
-            "text.max_position_embeddings",
-            c.text.max_position_embeddings.to_string(),
-            f.text.max_position_embeddings.to_string(),
-        ),
-        (
-            "text.type_vocab_size",
-            c.text.type_vocab_size.to_string(),
-            f.text.type_vocab_size.to_string(),
-        ),
-        (
-            "embed_dim",
-            c.embed_dim.to_string(),
-            f.embed_dim.to_string(),
-        ),
+    // Each size as the config says it and as the weights have it, by its name in config.json.
+    macro_rules! sizes {
+        ($($($field:ident).+),* $(,)?) => {
+            [$((
+                stringify!($($field).+).replace(' ', ""),
+                format!("{:?}", config.$($field).+),
+                format!("{:?}", found.$($field).+),
+            )),*]
+        };
+    }
+    let sizes = sizes![
+        image.dims,
+        image.depths,
+        image.in_channels,
+        image.patch_size,
+        image.kernel_size,
+        image.mlp_ratio,
+        text.vocab_size,
+        text.hidden_size,
+        text.num_layers,
+        text.intermediate_size,
+        text.max_position_embeddings,
+        text.type_vocab_size,
+        embed_dim,
     ];
     let differences: Vec<String> = sizes
         .iter()
