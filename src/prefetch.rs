@@ -33,7 +33,7 @@ type Outcome<R> = (usize, std::result::Result<R, Box<dyn Any + Send>>);
 /// ahead of the consumer, so memory stays bounded whatever the list's length. An error from
 /// `consume` stops the workers (items under way finish, no new ones start) and is returned; a
 /// panic in `work` or `consume` stops them too and is raised again on the caller's thread.
-pub fn map_in_order<T, R, W, C>(items: &[T], batch: usize, work: W, mut consume: C) -> Result<()>
+pub fn map_in_order<T, R, W, C>(items: &[T], batch: usize, work: W, consume: C) -> Result<()>
 where
     T: Sync,
     R: Send,
@@ -41,6 +41,29 @@ where
     C: FnMut(usize, Vec<R>) -> Result<()>,
 {
     let batch = batch.max(1);
+    let groups: Vec<usize> = (0..items.len())
+        .step_by(batch)
+        .map(|start| batch.min(items.len() - start))
+        .collect();
+    map_in_groups(items, &groups, work, consume)
+}
+
+/// [`map_in_order`] with batches of the given sizes (which sum to `items.len()`): the training
+/// loader's batches, whose last one, or a rank's slice, may be shorter.
+pub fn map_in_groups<T, R, W, C>(
+    items: &[T],
+    groups: &[usize],
+    work: W,
+    mut consume: C,
+) -> Result<()>
+where
+    T: Sync,
+    R: Send,
+    W: Fn(&T) -> R + Sync,
+    C: FnMut(usize, Vec<R>) -> Result<()>,
+{
+    debug_assert_eq!(groups.iter().sum::<usize>(), items.len());
+    let batch = groups.iter().copied().max().unwrap_or(1).max(1);
     let workers = rayon::current_num_threads().clamp(1, items.len().max(1));
     let window = Window::new(window_size(batch, workers));
     let next = AtomicUsize::new(0);
@@ -65,7 +88,7 @@ where
             });
         }
         drop(send);
-        deliver(items.len(), batch, &receive, &window, &mut consume)
+        deliver(groups, &receive, &window, &mut consume)
     })
 }
 
@@ -76,18 +99,17 @@ fn window_size(batch: usize, workers: usize) -> usize {
     2 * batch + (AHEAD_PER_WORKER * workers).min(2 * batch)
 }
 
-/// Receives results in any order and hands them to `consume` in order, batch by batch.
+/// Receives results in any order and hands them to `consume` in order, group by group.
 fn deliver<R>(
-    total: usize,
-    batch: usize,
+    groups: &[usize],
     receive: &mpsc::Receiver<Outcome<R>>,
     window: &Window,
     consume: &mut impl FnMut(usize, Vec<R>) -> Result<()>,
 ) -> Result<()> {
     let mut early: BTreeMap<usize, R> = BTreeMap::new();
     let mut start = 0;
-    while start < total {
-        let end = (start + batch).min(total);
+    for &size in groups {
+        let end = start + size;
         let mut results = Vec::with_capacity(end - start);
         while start + results.len() < end {
             let wanted = start + results.len();
@@ -177,6 +199,30 @@ mod tests {
     use std::time::Duration;
 
     /// Results arrive in input order and batch sizes, whatever order the work finishes in.
+    #[test]
+    fn groups_of_any_size_arrive_whole_and_in_order() {
+        let items: Vec<usize> = (0..20).collect();
+        let groups = [3, 0, 7, 1, 9];
+        let mut got = Vec::new();
+        map_in_groups(
+            &items,
+            &groups,
+            |&i| i * 10,
+            |start, results| {
+                got.push((start, results));
+                Ok(())
+            },
+        )
+        .unwrap();
+        let mut start = 0;
+        for ((at, results), &size) in got.iter().zip(&groups) {
+            assert_eq!((*at, results.len()), (start, size));
+            assert!(results.iter().zip(start..).all(|(&r, i)| r == i * 10));
+            start += size;
+        }
+        assert_eq!(got.len(), groups.len());
+    }
+
     #[test]
     fn results_in_input_order_whatever_the_finishing_order() {
         let items: Vec<u64> = (0..103).collect();

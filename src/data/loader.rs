@@ -1,8 +1,9 @@
 //! Decoding and transforming batches of images on worker threads, ahead of the training loop.
 //!
-//! A producer thread walks the planned batches; each batch's images are decoded and transformed
-//! in parallel (rayon) and handed over through a bounded queue, so that up to `prefetch` batches
-//! are ready while the device computes. Images are shipped as 8-bit `(N, S, S, 3)` tensors (a
+//! A producer thread walks the planned batches; their images are decoded and transformed on all
+//! cores ahead of the batch being assembled ([`crate::prefetch`]'s bounded window: a batch does
+//! not wait for its slowest image while the cores idle), and the batches are handed over through
+//! a bounded queue, so that up to `prefetch` batches are ready while the device computes. Images are shipped as 8-bit `(N, S, S, 3)` tensors (a
 //! quarter of the bytes of floats); [`crate::image::Normalizer`] finishes them on the
 //! device. Images that fail to decode are left out of their batch and reported with it.
 
@@ -12,7 +13,6 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rayon::prelude::*;
 use tch::{Kind, Tensor};
 
 use super::stream::StreamProgress;
@@ -143,13 +143,37 @@ impl Loader {
         let worker = std::thread::Builder::new()
             .name("liteclip-loader".into())
             .spawn(move || {
-                for (index, (first, batch)) in batches.into_iter().enumerate() {
-                    if stop_flag.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let prepared = prepare(&dataset, index, batch, first, &config);
-                    if tx.send(prepared).is_err() {
-                        break; // the consumer is gone
+                // Every image of the plan, with its epoch position: decoded on all cores ahead
+                // of the batch being assembled (a batch never waits for its slowest image while
+                // the cores idle), within the window that bounds memory.
+                let groups: Vec<usize> = batches.iter().map(|(_, b)| b.len()).collect();
+                let items: Vec<(u64, Sample)> = batches
+                    .into_iter()
+                    .flat_map(|(first, batch)| {
+                        batch
+                            .into_iter()
+                            .enumerate()
+                            .map(move |(i, sample)| (first + i as u64, sample))
+                    })
+                    .collect();
+                let mut index = 0;
+                let outcome = crate::prefetch::map_in_groups(
+                    &items,
+                    &groups,
+                    |&(position, sample)| decode_sample(&dataset, sample, position, &config),
+                    |start, results| {
+                        let batch = items[start..start + results.len()].iter().map(|p| p.1);
+                        let prepared = assemble(&dataset, index, batch.zip(results), &config);
+                        index += 1;
+                        if stop_flag.load(Ordering::Relaxed) || tx.send(prepared).is_err() {
+                            return Err(crate::Error::Interrupted); // the consumer is gone
+                        }
+                        Ok(())
+                    },
+                );
+                if let Err(e) = outcome {
+                    if !matches!(e, crate::Error::Interrupted) {
+                        let _ = tx.send(Err(e));
                     }
                 }
             })
@@ -227,34 +251,35 @@ pub(super) fn pixels_tensor(
     Ok((pixels, config.pin_memory.is_some()))
 }
 
-fn prepare(
+/// One image of the plan, decoded and transformed (its augmentation drawn from its epoch
+/// position, so that the result does not depend on which thread or batch prepared it).
+fn decode_sample(
+    dataset: &Dataset,
+    sample: Sample,
+    position: u64,
+    config: &LoaderConfig,
+) -> crate::Result<Vec<u8>> {
+    let mut rng = Rng::derive(config.seed ^ AUGMENT_STREAM, config.epoch, position);
+    let path = &dataset.entries[sample.entry as usize].path;
+    let rgb = decode::decode_file_at(path, config.resolution())?;
+    Ok(transform_image(&rgb, config, &mut rng))
+}
+
+/// A batch from its samples' decoded images: the failed ones left out and reported.
+fn assemble(
     dataset: &Dataset,
     index: usize,
-    batch: Vec<Sample>,
-    first_position: u64,
+    batch: impl Iterator<Item = (Sample, crate::Result<Vec<u8>>)>,
     config: &LoaderConfig,
 ) -> crate::Result<ImageBatch> {
-    let results: Vec<crate::Result<Vec<u8>>> = batch
-        .par_iter()
-        .enumerate()
-        .map(|(i, sample)| {
-            let mut rng = Rng::derive(
-                config.seed ^ AUGMENT_STREAM,
-                config.epoch,
-                first_position + i as u64,
-            );
-            let path = &dataset.entries[sample.entry as usize].path;
-            let rgb = decode::decode_file_at(path, config.resolution())?;
-            Ok(transform_image(&rgb, config, &mut rng))
-        })
-        .collect();
-    let s = config.image_size as i64;
-    let mut bytes = Vec::with_capacity(batch.len() * (s * s * 3) as usize);
-    let mut kept = Vec::with_capacity(batch.len());
+    let s = config.image_size as usize;
+    let mut bytes = Vec::new();
+    let mut kept = Vec::new();
     let mut failed = Vec::new();
-    for (sample, result) in batch.into_iter().zip(results) {
+    for (sample, result) in batch {
         match result {
             Ok(rgb) => {
+                bytes.reserve(s * s * 3);
                 bytes.extend_from_slice(&rgb);
                 kept.push(sample);
             }
