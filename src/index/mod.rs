@@ -831,7 +831,9 @@ impl PhotoIndex {
             }
             let old = self.store.read_chunk(&self.manifest.chunks[i], dim)?;
             if old.entries.iter().any(|e| drop.contains(&e.id)) {
-                // Rows go: a saved graph (keyed by row) no longer matches.
+                // Rows go, and the saved graph still holds them: the manifest names no graph
+                // until this update saves one brought up to date (a reader keeps syncing the
+                // graph it holds, or searches exactly).
                 self.manifest.forget_graph();
             }
             let mut chunk = Chunk {
