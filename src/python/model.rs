@@ -115,7 +115,8 @@ impl PyLiteClip {
     /// "cpu", "cuda" or "cuda:N"; `config` overrides the stored or inferred model config.
     /// `precision` is the arithmetic of encoding: "fp32" (exact parity with the original),
     /// "bf16" (faster where the hardware has bf16 units, at a small, measured accuracy cost),
-    /// "fp16", or "int8" (CPU inference: int8 linear layers, about 2x fp32 on most x86 CPUs).
+    /// "fp16", or "int8" (CPU inference: int8 linear layers, about 2x fp32 on CPUs with AVX-512
+    /// VNNI, far slower than fp32 on CPUs without VNNI: see the Performance guide).
     /// `decode` is how images given by path or bytes are decoded: "exact" (every pixel, as
     /// PIL) or "fast" (large JPEGs decoded at a reduced DCT scale that keeps 1.5 times the
     /// resolution the resize produces).
