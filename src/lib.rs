@@ -44,7 +44,9 @@ pub mod internals {
     pub use crate::checkpoint::torch_pickle::{unpickle, TorchFile, Value};
     pub use crate::image::decode::{decode_bytes, set_max_image_pixels};
     pub use crate::image::transform::preprocess;
-    pub use crate::index::ann::{ChunkRows, Searcher, EXACT_BELOW, EXPANSION_SEARCH};
+    pub use crate::index::ann::{
+        ChunkRows, Searcher, EXACT_BELOW, EXPANSION_SEARCH, GRAPH_MIN_SHARE,
+    };
     pub use crate::rng::Rng;
     pub use crate::text::{Padding, TextTokenizer};
 }

@@ -176,6 +176,7 @@ OTHER_PROGRAMS = {
     "--auditwheel",
     "--speed-only",  # the precision benchmark
     "--fail-with-body",  # curl
+    "--data-urlencode",
     "--check",  # cargo fmt
     "--accum-freq",  # open_clip's names for what liteclip's options do
     "--gather-with-grad",

@@ -464,7 +464,7 @@ def png(path: Path, colour: tuple[int, int, int], size: int = 40) -> Path:
 
 def ids_by_path(index: Index) -> dict[str, int]:
     (hits,) = index.search_many(["a photo"], k=len(index))
-    return {path: id_ for path, _, id_ in hits}
+    return {hit.path: hit.id for hit in hits}
 
 
 def test_links_that_lead_out_of_the_folder_are_neither_indexed_nor_read(tmp_path, checkpoint):

@@ -93,6 +93,33 @@ def test_predict_gives_the_pipelines_numbers(server, checkpoint):
         np.testing.assert_allclose([g[1] for g in got], [e[1] for e in expected], atol=1e-5)
 
 
+def test_search_takes_query_terms_filters_and_pages(server, library):
+    root, lib = library
+    index = Index.open(lib, device="cpu")
+    # An indexed photo named in the query (relative to the indexed folder) is a term; the
+    # result equals the library's search with that photo's path.
+    q = "2:a cat on a sofa + generated/album1/p001.jpg - 0.5:a dog"
+    params = {"q": q, "k": 4, "under": "generated", "offset": 1}
+    results = server.client.get("/search", params=params).json()["results"]
+    expected = index.search(
+        [("a cat on a sofa", 2.0), Path(index.root) / "generated/album1/p001.jpg", ("a dog", -0.5)],
+        k=4,
+        under="generated",
+        offset=1,
+    )
+    assert [r["path"] for r in results] == [h.path for h in expected]
+    assert all(r["taken"] and r["width"] and r["thumb"].startswith("/thumb/") for r in results)
+    # A term naming a file outside the index is text, never a file read on the server.
+    outside = server.client.get("/search", params={"q": "/etc/hostname", "k": 2}).json()
+    assert [r["path"] for r in outside["results"]] == [
+        h.path for h in index.search("/etc/hostname", k=2)
+    ]
+    for bad in [{"after": "yesterday"}, {"sort": "date"}, {"min_score": "high"}, {"q": "a +"}]:
+        response = server.client.get("/search", params={"q": "a cat", **bad})
+        assert response.status_code == 400, (bad, response.text)
+        assert server.client.get("/search", params={"q": "a cat"}).status_code == 200
+
+
 def test_embeddings_are_the_models(server, checkpoint):
     model = LiteClip.load(checkpoint, device="cpu")
     texts = ["a photo of a cat", "an astronaut", "x"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, TypeAlias, final, overload
 
 import numpy as np
@@ -44,6 +44,8 @@ __all__ = [
     "BadIndexError",
     "IndexLockedError",
     "Index",
+    "SearchHit",
+    "parse_query",
 ]
 
 __version__: str
@@ -199,6 +201,40 @@ class ZeroShotPipeline:
     def model(self) -> LiteClip: ...
 
 @final
+class SearchHit:
+    """One search result: unpacks and compares as `(path, score)`, with the photo's metadata."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def id(self) -> int: ...
+    @property
+    def taken(self) -> str | None: ...
+    @property
+    def taken_from(self) -> str | None: ...
+    @property
+    def camera(self) -> str | None: ...
+    @property
+    def width(self) -> int | None: ...
+    @property
+    def height(self) -> int | None: ...
+    @property
+    def gps(self) -> tuple[float, float] | None: ...
+    @property
+    def file_size(self) -> int: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> str | float: ...
+    def __iter__(self) -> Iterator[str | float]: ...
+
+_Term: TypeAlias = str | _Image | tuple[str | _Image, float]
+_Query: TypeAlias = _Term | list[_Term]
+
+def parse_query(query: str | Sequence[str]) -> list[tuple[str, float]]: ...
+
+@final
 class Index:
     """A searchable, incrementally updated index of a folder of photos, kept on disk."""
 
@@ -258,10 +294,33 @@ class Index:
         progress: _Progress | None = None,
         commit_every: int = 1024,
     ) -> int: ...
-    def search(self, query: str | _Image, k: int = 10) -> list[tuple[str, float]]: ...
+    def search(
+        self,
+        query: _Query,
+        k: int = 10,
+        *,
+        offset: int = 0,
+        after: str | None = None,
+        before: str | None = None,
+        under: str | os.PathLike[str] | None = None,
+        camera: str | None = None,
+        min_score: float | None = None,
+        sort: str = "score",
+    ) -> list[SearchHit]: ...
     def search_many(
-        self, queries: Sequence[str | _Image], k: int = 10
-    ) -> list[list[tuple[str, float, int]]]: ...
+        self,
+        queries: Sequence[_Query],
+        k: int = 10,
+        *,
+        offset: int = 0,
+        after: str | None = None,
+        before: str | None = None,
+        under: str | os.PathLike[str] | None = None,
+        camera: str | None = None,
+        min_score: float | None = None,
+        sort: str = "score",
+    ) -> list[list[SearchHit]]: ...
+    def __contains__(self, path: str | os.PathLike[str], /) -> bool: ...
     def thumbnail(self, id: int, size: int = 256) -> bytes | None: ...
     def files(self) -> list[str]: ...
     def __len__(self) -> int: ...

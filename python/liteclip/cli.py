@@ -112,7 +112,8 @@ def _add_precision(parser: argparse.ArgumentParser) -> None:
         default="fp32",
         choices=OPTION_CHOICES["evaluate"]["precision"],
         help='"fp32" (exact), "bf16" (faster on GPUs and CPUs with fast bf16 units), "fp16" or '
-        '"int8" (CPU: int8 linear layers, about 2x fp32; see the Performance guide) '
+        '"int8" (CPU: int8 linear layers, about 2x fp32 with AVX-512 VNNI, much slower without; '
+        "see the Performance guide) "
         "(default: fp32)",
     )
     parser.add_argument(
@@ -352,12 +353,16 @@ def _register_index(sub: Any) -> None:
 def _register_search(sub: Any) -> None:
     search = sub.add_parser(
         "search",
-        help="search an index of photos with words or an image",
-        description="Find the indexed photos closest to a text query, or to an image with "
-        "--image, using the checkpoint recorded in the index. (A .npy file from "
-        "`liteclip embed` given as --index is ranked exactly, with --checkpoint.)",
+        help="search an index of photos with words, images, or both",
+        description="Find the indexed photos closest to a query, using the checkpoint "
+        "recorded in the index. A query is one or more terms joined by + and - (each a "
+        "separate word): a term that names an existing file is an image, anything else is "
+        "text, and W:TERM weights a term, e.g. "
+        '`liteclip search "2:a dog" + beach.jpg - people --index LIB.lcx`. '
+        "(A .npy file from `liteclip embed` given as --index is ranked exactly, with "
+        "--checkpoint.)",
     )
-    search.add_argument("query", nargs="?", default=None, help="query text")
+    search.add_argument("query", nargs="*", default=[], help="query terms, joined by + and -")
     search.add_argument("--index", required=True, help="index folder from `liteclip index`")
     search.add_argument(
         "--image",
@@ -365,17 +370,43 @@ def _register_search(sub: Any) -> None:
         const=True,
         default=None,
         metavar="IMAGE",
-        help="search with this image (`QUERY --image` also reads QUERY as an image path)",
+        help="add this image as a term (`QUERY --image` reads QUERY as an image path)",
     )
     search.add_argument(
         "--checkpoint",
         default=None,
         help="optional: must hold the weights that built the index",
     )
-    search.add_argument("--top-k", type=int, default=10, help="(default: %(default)s)")
+    search.add_argument("--top-k", type=int, default=10, help="results (default: %(default)s)")
+    search.add_argument(
+        "--offset", type=int, default=0, help="skip this many results: the next page"
+    )
+    search.add_argument("--after", metavar="YYYY-MM-DD", help="taken on or after this day")
+    search.add_argument("--before", metavar="YYYY-MM-DD", help="taken on or before this day")
+    search.add_argument(
+        "--under", metavar="FOLDER", help="only photos in this folder (relative to the root)"
+    )
+    search.add_argument("--camera", help="only photos whose camera make or model contains this")
+    search.add_argument(
+        "--min-score", type=float, default=None, help="leave out results below this cosine"
+    )
+    search.add_argument(
+        "--sort",
+        choices=["score", "date"],
+        default="score",
+        help="score: closest first (default); date: every photo above --min-score, newest first",
+    )
     _add_device(search)
     _add_precision(search)
-    search.add_argument("--json", action="store_true", help="print JSON")
+    output = search.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: path, score, taken, camera, width, height, ... per result",
+    )
+    output.add_argument(
+        "--paths-only", action="store_true", help="print one path per line and nothing else"
+    )
     search.set_defaults(run=_search)
 
 
@@ -596,28 +627,41 @@ def _print_index_report(report: dict[str, Any], as_json: bool) -> None:
         print(f"skipped {item['path']}: {item['error']}", file=sys.stderr)
 
 
-def _search(args: argparse.Namespace) -> int:
+def _search_terms(args: argparse.Namespace) -> list[Any]:
+    """The query's terms: words joined by + and -, an existing file an image."""
+    import os
     from pathlib import Path
 
+    from . import parse_query
+
+    if args.image is True:
+        # `liteclip search PHOTO.jpg --image`: the query is an image path.
+        if len(args.query) != 1:
+            raise ValueError("`QUERY --image` takes one image path as QUERY")
+        return [Path(args.query[0])]
+    terms: list[Any] = []
+    if args.query:
+        for text, weight in parse_query(args.query):
+            path = os.path.expanduser(text)
+            term: Any = Path(path) if os.path.isfile(path) else text
+            terms.append(term if weight == 1.0 else (term, weight))
+    if args.image is not None:
+        terms.append(Path(args.image))
+    if not terms:
+        raise ValueError("give a query: words to search for, an image path, or --image IMAGE")
+    return terms
+
+
+def _search(args: argparse.Namespace) -> int:
     from . import Index
 
     if args.top_k < 1:
         raise ValueError("--top-k must be at least 1")
-    if args.image is True:
-        # The older form: `liteclip search PHOTO.jpg --image`.
-        query: Any = Path(args.query) if args.query is not None else None
-        if query is None:
-            raise ValueError("--image needs an image path")
-    elif args.image is not None:
-        if args.query is not None:
-            raise ValueError("give either a text query or --image IMAGE, not both")
-        query = Path(args.image)
-    else:
-        if args.query is None:
-            raise ValueError("give a text query, or --image IMAGE")
-        query = args.query
+    if args.offset < 0:
+        raise ValueError("--offset must be 0 or more")
+    terms = _search_terms(args)
     if str(args.index).endswith(".npy"):
-        return _search_npy(args, query)
+        return _search_npy(args, terms)
     index = Index.open(
         args.index,
         checkpoint=args.checkpoint,
@@ -625,16 +669,30 @@ def _search(args: argparse.Namespace) -> int:
         precision=args.precision,
         decode=args.decode,
     )
-    hits = [{"path": path, "score": score} for path, score in index.search(query, k=args.top_k)]
+    hits = index.search(
+        terms if len(terms) > 1 else terms[0],
+        k=args.top_k,
+        offset=args.offset,
+        after=args.after,
+        before=args.before,
+        under=args.under,
+        camera=args.camera,
+        min_score=args.min_score,
+        sort=args.sort,
+    )
     if args.json:
-        print(json.dumps(hits))
+        print(json.dumps([hit.to_dict() for hit in hits]))
+    elif args.paths_only:
+        for hit in hits:
+            print(hit.path)
     else:
         for hit in hits:
-            print(f"{hit['score']:.4f}  {hit['path']}")
+            day = (hit.taken or "")[:10]
+            print(f"{hit.score:.4f}  {day:10}  {hit.path}")
     return EXIT_OK
 
 
-def _search_npy(args: argparse.Namespace, query: Any) -> int:
+def _search_npy(args: argparse.Namespace, terms: list[Any]) -> int:
     """Exact search over an embedding file from `liteclip embed` (the older way)."""
     from pathlib import Path
 
@@ -642,6 +700,14 @@ def _search_npy(args: argparse.Namespace, query: Any) -> int:
 
     from . import LiteClip
 
+    filters = [args.after, args.before, args.under, args.camera, args.min_score]
+    plain = len(terms) == 1 and all(f is None for f in filters)
+    if not plain or args.offset or args.sort != "score":
+        raise ValueError(
+            "a .npy file from `liteclip embed` is searched with one text or image and "
+            "--top-k only; build an index (`liteclip index`) for query terms and filters"
+        )
+    query = terms[0]
     if args.checkpoint is None:
         raise ValueError("searching a .npy file needs --checkpoint (an index records its own)")
     index_path = Path(args.index)
@@ -664,7 +730,10 @@ def _search_npy(args: argparse.Namespace, query: Any) -> int:
     scores = embeddings @ vector[0]
     order = np.argsort(-scores, kind="stable")[: args.top_k]
     hits = [{"item": meta["items"][i], "score": float(scores[i])} for i in order]
-    if args.json:
+    if args.paths_only:
+        for hit in hits:
+            print(hit["item"])
+    elif args.json:
         print(json.dumps(hits))
     else:
         for hit in hits:

@@ -3,6 +3,7 @@
 //! [`transform`]; this module only dispatches and batches them across threads.
 
 pub mod decode;
+pub mod photo_info;
 pub mod scaled_jpeg;
 pub mod thumbnail;
 pub mod transform;

@@ -23,6 +23,10 @@ pub const EXACT_BELOW: usize = 250_000;
 const CONNECTIVITY: usize = 32;
 const EXPANSION_ADD: usize = 128;
 pub const EXPANSION_SEARCH: usize = 512;
+/// A filter must let through at least one row in this many for the graph to search with it;
+/// below that share, filtered graph search visits most of the graph anyway and exact scoring
+/// of every row (tens of milliseconds at a million rows) is as fast and always complete.
+pub const GRAPH_MIN_SHARE: usize = 20;
 /// Threads that may search one graph at once (a server's workers, a notebook's pool).
 const SEARCH_THREADS: usize = 64;
 
@@ -266,38 +270,48 @@ impl Searcher {
     /// in the order of the chunks last synced. Ties go to the lower row, so results are
     /// repeatable.
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>> {
-        if query.len() != self.dim {
-            return Err(Error::invalid(format!(
-                "the query has {} dimensions, the index {}",
-                query.len(),
-                self.dim
-            )));
-        }
-        let k = k.min(self.rows());
+        self.search_where(query, k, None, None)
+    }
+
+    /// [`Searcher::search`] among the rows that `allowed` marks (all when None) and that score
+    /// at least `min_score`. With a graph, a filter that lets through at least
+    /// 1/[`GRAPH_MIN_SHARE`] of the rows is applied inside the graph search; a narrower one, a
+    /// `k` above [`EXPANSION_SEARCH`], or a graph search that finds fewer than `k` allowed rows
+    /// falls back to exact scoring, so `k` results come back whenever `k` rows are allowed.
+    pub fn search_where(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: Option<&[bool]>,
+        min_score: Option<f32>,
+    ) -> Result<Vec<(usize, f32)>> {
+        self.check_query(query, allowed)?;
+        let allowed_rows = allowed.map_or(self.rows(), |a| a.iter().filter(|&&x| x).count());
+        let k = k.min(allowed_rows);
         if k == 0 {
             return Ok(Vec::new());
         }
+        let candidates = match &self.graph {
+            Some(graph)
+                if k <= EXPANSION_SEARCH && allowed_rows * GRAPH_MIN_SHARE >= self.rows() =>
+            {
+                self.graph_candidates(graph, query, k, allowed)?
+            }
+            _ => None,
+        };
         let q = Tensor::f_from_slice(query)?.f_view([self.dim as i64, 1])?;
-        let (rows, scores) = match &self.graph {
-            Some(graph) => {
-                let found = graph
-                    .search(query, k)
-                    .map_err(|e| graph_error("search", e))?;
-                // The candidates' rows, scored exactly.
-                let rows: Vec<i64> = found
-                    .keys
-                    .iter()
-                    .filter_map(|id| self.row_of.get(id))
-                    .map(|&row| row as i64)
-                    .collect();
+        let (rows, scores) = match candidates {
+            Some(rows) => {
                 let index = Tensor::f_from_slice(&rows)?;
-                let scores = self.matrix.f_index_select(0, &index)?.f_matmul(&q)?;
-                (rows, scores)
+                (rows, self.matrix.f_index_select(0, &index)?.f_matmul(&q)?)
             }
             None => ((0..self.rows() as i64).collect(), self.matrix.f_matmul(&q)?),
         };
         let scores = Vec::<f32>::try_from(&scores.f_view([-1])?.f_to_kind(Kind::Float)?)?;
-        let mut order: Vec<usize> = (0..scores.len()).collect();
+        let mut order: Vec<usize> = (0..scores.len())
+            .filter(|&i| allowed.is_none_or(|a| a[rows[i] as usize]))
+            .filter(|&i| min_score.is_none_or(|m| scores[i] >= m))
+            .collect();
         let cmp = |a: &usize, b: &usize| {
             scores[*b]
                 .total_cmp(&scores[*a])
@@ -316,6 +330,78 @@ impl Searcher {
             .into_iter()
             .map(|i| (rows[i] as usize, scores[i]))
             .collect())
+    }
+
+    /// The graph's `k` nearest allowed rows, or None when it found fewer than `k` (a filter
+    /// that cuts the graph into pieces the search does not reach).
+    fn graph_candidates(
+        &self,
+        graph: &Graph,
+        query: &[f32],
+        k: usize,
+        allowed: Option<&[bool]>,
+    ) -> Result<Option<Vec<i64>>> {
+        let found = match allowed {
+            None => graph.search(query, k),
+            Some(mask) => graph.filtered_search(query, k, |id| {
+                self.row_of.get(&id).is_some_and(|&row| mask[row])
+            }),
+        }
+        .map_err(|e| graph_error("search", e))?;
+        let rows: Vec<i64> = found
+            .keys
+            .iter()
+            .filter_map(|id| self.row_of.get(id))
+            .filter(|&&row| allowed.is_none_or(|a| a[row]))
+            .map(|&row| row as i64)
+            .collect();
+        Ok((rows.len() >= k).then_some(rows))
+    }
+
+    /// Every allowed row's score, exactly, in row order: `(row, cosine)` for those scoring at
+    /// least `min_score`.
+    pub fn scores_where(
+        &self,
+        query: &[f32],
+        allowed: Option<&[bool]>,
+        min_score: f32,
+    ) -> Result<Vec<(usize, f32)>> {
+        self.check_query(query, allowed)?;
+        let q = Tensor::f_from_slice(query)?.f_view([self.dim as i64, 1])?;
+        let scores = self.matrix.f_matmul(&q)?.f_view([-1])?;
+        let scores = Vec::<f32>::try_from(&scores.f_to_kind(Kind::Float)?)?;
+        Ok(scores
+            .into_iter()
+            .enumerate()
+            .filter(|&(row, score)| allowed.is_none_or(|a| a[row]) && score >= min_score)
+            .collect())
+    }
+
+    /// The stored row of the file `id`, if this searcher holds it.
+    pub fn vector_of(&self, id: u64) -> Result<Option<Vec<f32>>> {
+        let Some(&row) = self.row_of.get(&id) else {
+            return Ok(None);
+        };
+        let row = self.matrix.f_get(row as i64)?.f_contiguous()?;
+        Ok(Some(Vec::<f32>::try_from(&row)?))
+    }
+
+    fn check_query(&self, query: &[f32], allowed: Option<&[bool]>) -> Result<()> {
+        if query.len() != self.dim {
+            return Err(Error::invalid(format!(
+                "the query has {} dimensions, the index {}",
+                query.len(),
+                self.dim
+            )));
+        }
+        if allowed.is_some_and(|a| a.len() != self.rows()) {
+            return Err(Error::invalid(format!(
+                "a filter over {} rows for a searcher of {}",
+                allowed.map_or(0, <[bool]>::len),
+                self.rows()
+            )));
+        }
+        Ok(())
     }
 
     /// The id of a row.
@@ -385,6 +471,53 @@ mod tests {
             .unwrap();
         let q = &queries[..dim];
         assert_eq!(reloaded.search(q, 5).unwrap(), approx.search(q, 5).unwrap());
+    }
+
+    #[test]
+    fn filtered_searches_return_k_allowed_rows_on_both_paths() {
+        let (n, dim) = (3000, 32);
+        let data = unit_rows(n, dim, 11);
+        let exact = Searcher::exact(&data, dim).unwrap();
+        let mut graph = Searcher::exact(&data, dim).unwrap();
+        graph.build_graph().unwrap();
+        let queries = unit_rows(20, dim, 12);
+        // A wide filter (every other row: through the graph) and a narrow one (1 row in 100:
+        // exact scoring of every row).
+        for (every, min_recall) in [(2usize, 0.9), (100, 1.0)] {
+            let allowed: Vec<bool> = (0..n).map(|row| row % every == 0).collect();
+            let mut found = 0;
+            for q in queries.chunks_exact(dim) {
+                // The truth: every row scored, the disallowed ones dropped, by hand.
+                let mut truth: Vec<(usize, f32)> = exact
+                    .search(q, n)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|(row, _)| allowed[*row])
+                    .collect();
+                truth.truncate(10);
+                let got = graph.search_where(q, 10, Some(&allowed), None).unwrap();
+                assert_eq!(got.len(), 10);
+                assert!(got.iter().all(|(row, _)| allowed[*row]));
+                let truth_rows: Vec<usize> = truth.iter().map(|h| h.0).collect();
+                found += got.iter().filter(|h| truth_rows.contains(&h.0)).count();
+                // A minimum score keeps only rows at or above it.
+                let floor = truth[4].1;
+                let above = exact
+                    .search_where(q, 10, Some(&allowed), Some(floor))
+                    .unwrap();
+                assert_eq!(above, truth[..5]);
+            }
+            let recall = found as f64 / 200.0;
+            assert!(recall >= min_recall, "every {every}: recall {recall}");
+        }
+        // More rows wanted than the filter lets through: all of them, exactly.
+        let few: Vec<bool> = (0..n).map(|row| row < 3).collect();
+        let got = graph
+            .search_where(&queries[..dim], 10, Some(&few), None)
+            .unwrap();
+        let mut rows: Vec<usize> = got.iter().map(|h| h.0).collect();
+        rows.sort();
+        assert_eq!(rows, [0, 1, 2]);
     }
 
     /// Rows of chunk `c`: ids `c * 1000 + i`.

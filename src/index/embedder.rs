@@ -6,6 +6,7 @@ use tch::Kind;
 
 use super::scan::{hash_bytes, FoundFile};
 use crate::error::{Error, Result};
+use crate::image::photo_info::{read_photo_info, PhotoInfo};
 use crate::image::{decode, transform, DecodeMode};
 use crate::image_embedding::embed_each;
 use crate::liteclip::LiteClip;
@@ -14,6 +15,7 @@ use crate::liteclip::LiteClip;
 pub struct Embedded {
     pub file: FoundFile,
     pub hash: String,
+    pub info: PhotoInfo,
     /// Unit length, `embed_dim` floats.
     pub vector: Vec<f32>,
 }
@@ -52,9 +54,10 @@ pub fn embed_files(
             };
             for (file, item) in files[batch.start..].iter().zip(batch.items) {
                 match item {
-                    Ok(hash) => outcome.embedded.push(Embedded {
+                    Ok((hash, info)) => outcome.embedded.push(Embedded {
                         file: file.clone(),
                         hash,
+                        info,
                         vector: vectors.next().expect("a row per good file").to_vec(),
                     }),
                     Err(reason) => outcome.failed.push((file.clone(), reason)),
@@ -65,17 +68,22 @@ pub fn embed_files(
     )
 }
 
-/// The file's content hash and its preprocessed pixels, or why it cannot be used.
+/// The file's content hash, its metadata and its preprocessed pixels, or why it cannot be
+/// used. The file is read once: the metadata comes from the same bytes.
 fn read_and_preprocess(
     file: &FoundFile,
     size: u32,
     mode: DecodeMode,
-) -> std::result::Result<(String, Vec<f32>), String> {
+) -> std::result::Result<((String, PhotoInfo), Vec<f32>), String> {
     let bytes = std::fs::read(&file.absolute).map_err(|e| format!("cannot read: {e}"))?;
     let need = mode.resolution(size);
     let rgb = decode::decode_bytes_at(&bytes, &file.path, need).map_err(|e| match e {
         Error::ImageDecode { message, .. } => message,
         other => other.to_string(),
     })?;
-    Ok((hash_bytes(&bytes), transform::preprocess(&rgb, size)))
+    let info = read_photo_info(&bytes, file.mtime_ns);
+    Ok((
+        (hash_bytes(&bytes), info),
+        transform::preprocess(&rgb, size),
+    ))
 }

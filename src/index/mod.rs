@@ -5,6 +5,8 @@
 //! - [`scan`]: what changed under the root since the last update.
 //! - [`embedder`]: decoding overlapped with the model.
 //! - [`ann`]: exact and approximate (usearch HNSW) nearest-neighbour search.
+//! - [`filter`]: which photos a search may return (dates, folder, camera, score), and paging.
+//! - [`query`]: a query from terms (texts, images, indexed photos) weighted and summed.
 //!
 //! An update takes the writer lock, re-reads the index, plans, drops deleted and changed files
 //! (one commit), embeds new and changed ones committing a chunk at a time, and last saves the
@@ -13,6 +15,8 @@
 
 pub mod ann;
 pub mod embedder;
+pub mod filter;
+pub mod query;
 pub mod scan;
 pub mod store;
 
@@ -21,12 +25,15 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::image::photo_info::{read_photo_info, PhotoInfo, TakenFrom};
 use crate::liteclip::{InferenceOptions, LiteClip};
 use ann::{ChunkRows, Searcher, EXACT_BELOW};
 use embedder::{embed_files, BatchOutcome};
+pub use filter::{PhotoFilter, SearchOptions, SortBy};
 use scan::{FoundFile, Plan};
 use store::{bad, Chunk, ChunkRef, Entry, Manifest, SkippedFile, Store, WriteLock};
 
@@ -105,6 +112,10 @@ pub struct Hit {
     pub path: PathBuf,
     /// Cosine similarity with the query.
     pub score: f32,
+    /// Bytes.
+    pub file_size: u64,
+    /// Date, camera, pixel size and place, when the index recorded them.
+    pub info: Option<PhotoInfo>,
 }
 
 /// An indexed file as the index recorded it, for reading it again safely.
@@ -349,22 +360,114 @@ impl PhotoIndex {
     }
 
     /// The `k` indexed files closest to the unit vector `query`, best first.
+    #[cfg(test)]
     pub fn search(&mut self, query: &[f32], k: usize) -> Result<Vec<Hit>> {
+        let options = SearchOptions {
+            top_k: k,
+            ..Default::default()
+        };
+        self.search_with(query, &options)
+    }
+
+    /// The page of results `options` asks for: the photos passing its filter, closest to the
+    /// unit vector `query` first (or newest first, see [`SortBy::Date`]), from `offset` on.
+    pub fn search_with(&mut self, query: &[f32], options: &SearchOptions) -> Result<Vec<Hit>> {
+        options.check()?;
         self.refresh()?;
         self.sync_searcher()?;
         let searcher = self.searcher.as_ref().expect("synced above");
-        let rows = searcher.search(query, k)?;
+        // Rows follow the chunks in manifest order, as the entries do.
+        let allowed: Option<Vec<bool>> = (!options.filter.is_empty()).then(|| {
+            self.chunk_entries
+                .iter()
+                .flatten()
+                .map(|e| options.filter.allows(e))
+                .collect()
+        });
+        let rows = match options.sort {
+            SortBy::Score => {
+                let wanted = options.offset.saturating_add(options.top_k);
+                let rows =
+                    searcher.search_where(query, wanted, allowed.as_deref(), options.min_score)?;
+                rows.into_iter().skip(options.offset).collect::<Vec<_>>()
+            }
+            SortBy::Date => {
+                let min_score = options.min_score.unwrap_or(-1.0);
+                let mut rows = searcher.scores_where(query, allowed.as_deref(), min_score)?;
+                let entries: Vec<&Entry> = self.chunk_entries.iter().flatten().collect();
+                let taken = |row: usize| entries[row].info.as_ref().map(|i| i.taken.as_str());
+                // Newest first; undated entries last; then by score, then by row.
+                rows.sort_by(|a, b| {
+                    taken(b.0)
+                        .cmp(&taken(a.0))
+                        .then(b.1.total_cmp(&a.1))
+                        .then(a.0.cmp(&b.0))
+                });
+                rows.into_iter()
+                    .skip(options.offset)
+                    .take(options.top_k)
+                    .collect()
+            }
+        };
         Ok(rows
             .into_iter()
-            .map(|(row, score)| {
-                let entry = self.entry_at(row);
-                Hit {
-                    id: entry.id,
-                    path: self.absolute(&entry.path),
-                    score,
-                }
-            })
+            .map(|(row, score)| self.hit(row, score))
             .collect())
+    }
+
+    fn hit(&self, row: usize, score: f32) -> Hit {
+        let entry = self.entry_at(row);
+        Hit {
+            id: entry.id,
+            path: self.absolute(&entry.path),
+            score,
+            file_size: entry.size,
+            info: entry.info.clone(),
+        }
+    }
+
+    /// The stored embedding of the indexed file `id` (to search with a photo already in the
+    /// index without decoding it again), or None when the index does not hold it.
+    pub fn vector_of(&mut self, id: u64) -> Result<Option<Vec<f32>>> {
+        self.refresh()?;
+        self.sync_searcher()?;
+        self.searcher.as_ref().expect("synced above").vector_of(id)
+    }
+
+    /// A folder given as absolute (under the root) or relative to the root, as the relative
+    /// '/'-separated path a [`PhotoFilter`] takes.
+    pub fn folder_under_root(&self, folder: &Path) -> Result<String> {
+        let root = &self.manifest.root;
+        let relative = if folder.is_absolute() {
+            let located = scan::real_location(folder);
+            located
+                .strip_prefix(root)
+                .map(Path::to_path_buf)
+                .map_err(|_| {
+                    Error::invalid(format!(
+                        "under={}: not under the indexed folder {}",
+                        folder.display(),
+                        root.display()
+                    ))
+                })?
+        } else {
+            folder.to_path_buf()
+        };
+        relative
+            .to_str()
+            .map(|r| r.replace(std::path::MAIN_SEPARATOR, "/"))
+            .ok_or_else(|| Error::invalid("under=: the folder name is not valid UTF-8"))
+    }
+
+    /// The id of the indexed file at `path` (absolute, or relative to the root), if indexed.
+    pub fn id_of_path(&self, path: &Path) -> Option<u64> {
+        let relative = path.strip_prefix(&self.manifest.root).unwrap_or(path);
+        let relative = relative.to_str()?.replace(std::path::MAIN_SEPARATOR, "/");
+        self.chunk_entries
+            .iter()
+            .flatten()
+            .find(|e| e.path == relative)
+            .map(|e| e.id)
     }
 
     /// The entry of row `row` (rows run through the chunks in manifest order).
@@ -687,6 +790,9 @@ impl PhotoIndex {
         self.before_update = Some(manifest.clone());
         self.committed = manifest.clone();
         self.manifest = manifest;
+        // What this writer commits is in the current format (entries without metadata are
+        // still read, and filled in by the next update: see `fill_missing_info`).
+        self.manifest.version = store::VERSION;
         self.chunk_entries = chunk_entries;
         self.stamp = stamp;
         self.searcher = None;
@@ -713,6 +819,7 @@ impl PhotoIndex {
         } = plan;
         self.manifest.skipped.extend(skipped);
         self.rewrite_chunks(&to_drop, &touched)?;
+        self.fill_missing_info()?;
         self.commit()?;
 
         let to_embed_count = to_embed.len();
@@ -802,9 +909,13 @@ impl PhotoIndex {
                 Some((entry, vector))
                     if entry.size == file.size && entry.mtime_ns == file.mtime_ns =>
                 {
+                    let info = entry
+                        .info
+                        .unwrap_or_else(|| PhotoInfo::from_file_time(file.mtime_ns));
                     ready.push(embedder::Embedded {
                         file,
                         hash: entry.hash,
+                        info,
                         vector,
                     })
                 }
@@ -849,6 +960,14 @@ impl PhotoIndex {
                     Some(file) => Entry {
                         size: file.size,
                         mtime_ns: file.mtime_ns,
+                        // Same bytes, so the same EXIF; a date taken from the file's time moves.
+                        info: entry.info.map(|info| match info.taken_from {
+                            TakenFrom::FileTime => PhotoInfo {
+                                taken: PhotoInfo::from_file_time(file.mtime_ns).taken,
+                                ..info
+                            },
+                            _ => info,
+                        }),
                         ..entry
                     },
                     None => entry,
@@ -871,6 +990,40 @@ impl PhotoIndex {
         self.manifest.chunks.retain(|_| *flags.next().unwrap());
         let mut flags = keep.iter();
         self.chunk_entries.retain(|_| *flags.next().unwrap());
+        Ok(())
+    }
+
+    /// Reads the metadata of entries that have none (indexed by a version that did not keep it)
+    /// from their files, and rewrites their chunks with it: the rows stay, nothing is embedded
+    /// again. A file that is no longer the one indexed, or cannot be read, is dated by its
+    /// recorded modification time.
+    fn fill_missing_info(&mut self) -> Result<()> {
+        let dim = self.manifest.embed_dim as usize;
+        for i in 0..self.manifest.chunks.len() {
+            if self.chunk_entries[i].iter().all(|e| e.info.is_some()) {
+                continue;
+            }
+            let mut chunk = self.store.read_chunk(&self.manifest.chunks[i], dim)?;
+            let root = self.manifest.root.clone();
+            chunk.entries.par_iter_mut().for_each(|entry| {
+                if entry.info.is_some() {
+                    return;
+                }
+                let absolute = root.join(&entry.path);
+                let bytes = scan::read_if_indexed(&root, &absolute, entry.size, entry.mtime_ns);
+                entry.info = Some(match bytes {
+                    Ok(Some(bytes)) => read_photo_info(&bytes, entry.mtime_ns),
+                    _ => PhotoInfo::from_file_time(entry.mtime_ns),
+                });
+            });
+            chunk.name = self.new_chunk_name(i);
+            self.store.write_chunk(&chunk, dim)?;
+            self.manifest.chunks[i] = ChunkRef {
+                name: chunk.name,
+                rows: chunk.entries.len(),
+            };
+            self.chunk_entries[i] = chunk.entries;
+        }
         Ok(())
     }
 
@@ -1009,6 +1162,7 @@ impl ChunkWriter {
                 size: row.file.size,
                 mtime_ns: row.file.mtime_ns,
                 hash: row.hash,
+                info: Some(row.info),
             });
             *next_id += 1;
             self.vectors.extend_from_slice(&row.vector);

@@ -280,6 +280,7 @@ mod tests {
             size: file.size,
             mtime_ns: file.mtime_ns,
             hash: hash_file(&file.absolute).unwrap(),
+            info: None,
         }
     }
 

@@ -22,11 +22,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::fsio;
+use crate::image::photo_info::PhotoInfo;
 
 /// Written in every manifest, so that a folder of something else is not taken for an index.
 pub const FORMAT: &str = "liteclip-index";
-/// The newest layout this build reads and the one it writes.
-pub const VERSION: u32 = 1;
+/// The newest layout this build reads and the one it writes. Version 2 added each photo's
+/// metadata to the chunk entries ([`Entry::info`]); version 1 indexes are read, and upgraded by
+/// their next update.
+pub const VERSION: u32 = 2;
 pub const MANIFEST: &str = "manifest.json";
 const CHUNKS: &str = "chunks";
 const LOCK: &str = "lock";
@@ -72,7 +75,7 @@ pub struct ChunkRef {
 }
 
 /// One indexed file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
     pub id: u64,
@@ -82,6 +85,10 @@ pub struct Entry {
     pub mtime_ns: i64,
     /// xxh3-64 of the file's bytes, hex.
     pub hash: String,
+    /// Date, camera, size and place, read when the file was embedded. Absent in indexes of
+    /// format version 1: the next update reads it from the files, without embedding again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<PhotoInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -442,6 +449,7 @@ mod tests {
             size: 10,
             mtime_ns: 5,
             hash: "00".into(),
+            info: None,
         }
     }
 

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString};
 
-use super::convert::{extract_images, to_python};
+use super::convert::to_python;
 use super::errors::{run_released, IntoPyResult};
 use super::model::{PyLiteClip, SharedModel};
+use super::search::{extract_query, search_options, PySearchHit};
 use crate::device::device_name;
 use crate::error::{Error, Result};
 // The signature defaults below (commit_every = 1024, lock_wait = 10.0) are the core's
@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::image::decode::decode_bytes_at;
 use crate::image::thumbnail::thumbnail_jpeg;
 use crate::image::Resolution;
+use crate::index::query::{query_vectors, use_indexed_rows};
 use crate::index::{Hit, IndexedFile, PhotoIndex, Progress, UpdateOptions, UpdateReport};
 
 /// `INDEX_DEFAULTS`: the core's defaults of an update, for the signature and CLI checks.
@@ -30,7 +31,7 @@ pub fn add_index_defaults(m: &Bound<'_, PyModule>) -> PyResult<()> {
     out.set_item("lock_wait", defaults.lock_wait.as_secs_f64())?;
     m.add("INDEX_DEFAULTS", out)
 }
-use crate::liteclip::{Images, InferenceOptions, LiteClip};
+use crate::liteclip::InferenceOptions;
 
 /// A searchable index of a folder of photos, kept on disk (a folder, e.g. `LIB.lcx`) and
 /// brought up to date incrementally. Build one with `Index.build`, reopen it with `Index.open`.
@@ -100,21 +101,50 @@ impl PyIndex {
         out
     }
 
-    /// The hits of each query, its vector computed in one model pass per kind of query.
+    /// The hits of each query (vectors computed in one model pass per kind of term), with the
+    /// filters and paging of the keywords.
+    #[allow(clippy::too_many_arguments)]
     fn search_queries(
         &self,
         py: Python<'_>,
-        queries: Vec<Query>,
+        queries: &[Bound<'_, PyAny>],
         k: usize,
+        offset: usize,
+        after: Option<&str>,
+        before: Option<&str>,
+        under: Option<PathBuf>,
+        camera: Option<&str>,
+        min_score: Option<f32>,
+        sort: &str,
     ) -> PyResult<Vec<Vec<Hit>>> {
-        if k == 0 {
-            return Err(Error::invalid("k must be at least 1")).py_err(py);
-        }
+        let mut queries = queries
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let query = extract_query(q);
+                if queries.len() > 1 {
+                    query.map_err(|e| e.in_item("queries", i))
+                } else {
+                    query
+                }
+            })
+            .collect::<Result<Vec<_>>>()
+            .py_err(py)?;
+        // Everything from here runs without the GIL: an update holding the index may be
+        // waiting for it (its progress callback).
         run_released(py, move || {
             let model = self.model()?;
-            let vectors = embed_queries(&model, &queries)?;
             let mut index = self.locked();
-            vectors.iter().map(|v| index.search(v, k)).collect()
+            index.refresh()?;
+            let options = search_options(
+                &index, k, offset, after, before, under, camera, min_score, sort,
+            )?;
+            use_indexed_rows(&mut queries, &|path| index.id_of_path(path));
+            let vectors = query_vectors(&model, &queries, &mut |id| index.vector_of(id))?;
+            vectors
+                .iter()
+                .map(|v| index.search_with(v, &options))
+                .collect()
         })
     }
 
@@ -344,52 +374,88 @@ impl PyIndex {
         run_released(py, || self.locked().remove(&paths, options.lock_wait))
     }
 
-    /// The `k` indexed images closest to `query`, best first, as `(path, score)` pairs (score:
-    /// cosine similarity). A `str` is a text query; an image is a `pathlib.Path`, bytes, a PIL
-    /// image or a uint8 array. Sees commits made by other processes since the last call.
-    #[pyo3(signature = (query, k = 10))]
+    /// The `k` indexed photos closest to `query`, best first, as `SearchHit`s: each unpacks as
+    /// `(path, score)` (score: cosine similarity) and carries `taken`, `camera`, `width`,
+    /// `height`, `gps`, `file_size` and `id`.
+    ///
+    /// `query` is a `str` (text), an image (a `pathlib.Path`, bytes, a PIL image or a uint8
+    /// array; a path to a photo in the index uses its stored embedding), a `(term, weight)`
+    /// pair, or a list of these: the query vector is then the normalised weighted sum of the
+    /// terms' embeddings (a negative weight steers away), e.g.
+    /// `[("a dog", 2.0), Path("beach.jpg"), ("people", -1.0)]`.
+    ///
+    /// Filters: `after` / `before` (`YYYY-MM-DD`, inclusive, on the date taken), `under` (a
+    /// folder, relative to the indexed root or absolute), `camera` (case-insensitive part of
+    /// the make or model), `min_score` (cosine). `offset` skips that many results (the next
+    /// page). `sort="date"` lists every photo passing the filters and scoring at least
+    /// `min_score` (then required), newest first. With filters, `k` results come back whenever
+    /// `k` photos match. Sees commits made by other processes since the last call.
+    #[pyo3(signature = (query, k = 10, *, offset = 0, after = None, before = None, under = None, camera = None, min_score = None, sort = "score"))]
+    #[allow(clippy::too_many_arguments)]
     fn search(
         &self,
         py: Python<'_>,
         query: &Bound<'_, PyAny>,
         k: usize,
-    ) -> PyResult<Vec<(String, f32)>> {
-        let query = Query::extract(query).py_err(py)?;
-        let mut hits = self.search_queries(py, vec![query], k)?;
+        offset: usize,
+        after: Option<&str>,
+        before: Option<&str>,
+        under: Option<PathBuf>,
+        camera: Option<&str>,
+        min_score: Option<f32>,
+        sort: &str,
+    ) -> PyResult<Vec<PySearchHit>> {
+        let queries = [query.clone()];
+        let mut hits = self.search_queries(
+            py, &queries, k, offset, after, before, under, camera, min_score, sort,
+        )?;
         Ok(hits
             .pop()
             .unwrap_or_default()
             .into_iter()
-            .map(|h| (text(&h.path), h.score))
+            .map(PySearchHit::new)
             .collect())
     }
 
-    /// Searches for several queries at once (texts embedded in one pass, images in another):
-    /// one list per query of `(path, score, id)`, best first. `id` names the indexed file for
-    /// `thumbnail` and stays the same while the file is unchanged. (What `liteclip serve` calls
-    /// for a batch of requests.)
-    #[pyo3(signature = (queries, k = 10))]
+    /// `search` for several queries at once (texts embedded in one pass, images in another),
+    /// with the same keywords for all: one list of `SearchHit`s per query. (What
+    /// `liteclip serve` calls for a batch of requests.)
+    #[pyo3(signature = (queries, k = 10, *, offset = 0, after = None, before = None, under = None, camera = None, min_score = None, sort = "score"))]
+    #[allow(clippy::too_many_arguments)]
     fn search_many(
         &self,
         py: Python<'_>,
         queries: Vec<Bound<'_, PyAny>>,
         k: usize,
-    ) -> PyResult<Vec<Vec<(String, f32, u64)>>> {
-        let queries = queries
-            .iter()
-            .enumerate()
-            .map(|(i, q)| Query::extract(q).map_err(|e| e.in_item("queries", i)))
-            .collect::<Result<Vec<_>>>()
-            .py_err(py)?;
-        let hits = self.search_queries(py, queries, k)?;
+        offset: usize,
+        after: Option<&str>,
+        before: Option<&str>,
+        under: Option<PathBuf>,
+        camera: Option<&str>,
+        min_score: Option<f32>,
+        sort: &str,
+    ) -> PyResult<Vec<Vec<PySearchHit>>> {
+        let hits = self.search_queries(
+            py, &queries, k, offset, after, before, under, camera, min_score, sort,
+        )?;
         Ok(hits
             .into_iter()
-            .map(|list| {
-                list.into_iter()
-                    .map(|h| (text(&h.path), h.score, h.id))
-                    .collect()
-            })
+            .map(|list| list.into_iter().map(PySearchHit::new).collect())
             .collect())
+    }
+
+    /// Whether the index holds the photo at `path` (absolute, or relative to the root).
+    fn __contains__(&self, py: Python<'_>, path: PathBuf) -> PyResult<bool> {
+        run_released(py, || {
+            let mut index = self.locked();
+            index.refresh()?;
+            let path = if path.is_absolute() {
+                path
+            } else {
+                index.root().join(&path)
+            };
+            Ok(index.id_of_path(&path).is_some())
+        })
     }
 
     /// A JPEG preview (longest side `size` pixels) of the indexed file with this `id` (from
@@ -514,80 +580,4 @@ impl PyIndex {
 /// A path for Python (indexed paths are UTF-8: other names are skipped when indexing).
 fn text(path: &std::path::Path) -> String {
     path.to_string_lossy().into_owned()
-}
-
-/// A search query: text, or one image.
-enum Query {
-    Text(String),
-    Image(Images),
-}
-
-impl Query {
-    fn extract(obj: &Bound<'_, PyAny>) -> Result<Self> {
-        if let Ok(text) = obj.downcast::<PyString>() {
-            let text = text.to_string();
-            if text.trim().is_empty() {
-                return Err(Error::invalid(
-                    "the query is empty: give words to search for (or an image)",
-                ));
-            }
-            return Ok(Query::Text(text));
-        }
-        if obj.downcast::<PyList>().is_ok() {
-            return Err(Error::InvalidType(
-                "search takes one query (a str, or one image), not a list".into(),
-            ));
-        }
-        let (images, batched) = extract_images(obj)?.into_core();
-        if batched {
-            return Err(Error::InvalidType(
-                "search takes one query image, not a batch".into(),
-            ));
-        }
-        Ok(Query::Image(images))
-    }
-}
-
-/// The unit vector of every query: texts in one model pass, images in another.
-fn embed_queries(model: &LiteClip, queries: &[Query]) -> Result<Vec<Vec<f32>>> {
-    let mut vectors = vec![Vec::new(); queries.len()];
-    let texts: Vec<(usize, &str)> = queries
-        .iter()
-        .enumerate()
-        .filter_map(|(i, q)| match q {
-            Query::Text(t) => Some((i, t.as_str())),
-            Query::Image(_) => None,
-        })
-        .collect();
-    if !texts.is_empty() {
-        let strs: Vec<&str> = texts.iter().map(|(_, t)| *t).collect();
-        let rows = model.encode_texts(&strs)?;
-        for (row, (i, _)) in texts.iter().enumerate() {
-            vectors[*i] = Vec::<f32>::try_from(&rows.f_get(row as i64)?)?;
-        }
-    }
-    let mut files = Vec::new();
-    let mut pixels = Vec::new();
-    for (i, q) in queries.iter().enumerate() {
-        match q {
-            Query::Image(Images::Inputs(inputs)) => files.extend(inputs.iter().map(|x| (i, x))),
-            Query::Image(Images::Pixels(t)) => pixels.push((i, t)),
-            Query::Text(_) => {}
-        }
-    }
-    if !files.is_empty() {
-        let inputs: Vec<_> = files.iter().map(|(_, x)| (*x).clone()).collect();
-        let rows = model.encode(&Images::Inputs(inputs))?;
-        for (row, (i, _)) in files.iter().enumerate() {
-            vectors[*i] = Vec::<f32>::try_from(&rows.f_get(row as i64)?)?;
-        }
-    }
-    if !pixels.is_empty() {
-        let batch: Vec<&tch::Tensor> = pixels.iter().map(|(_, t)| *t).collect();
-        let rows = model.encode(&Images::Pixels(tch::Tensor::f_cat(&batch, 0)?))?;
-        for (row, (i, _)) in pixels.iter().enumerate() {
-            vectors[*i] = Vec::<f32>::try_from(&rows.f_get(row as i64)?)?;
-        }
-    }
-    Ok(vectors)
 }

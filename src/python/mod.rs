@@ -8,6 +8,7 @@ mod hub;
 mod index;
 mod model;
 mod pipeline;
+mod search;
 mod training;
 
 use pyo3::prelude::*;
@@ -156,6 +157,8 @@ fn liteclip_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyLiteClip>()?;
     m.add_class::<pipeline::PyZeroShotPipeline>()?;
     m.add_class::<index::PyIndex>()?;
+    m.add_class::<search::PySearchHit>()?;
+    m.add_function(wrap_pyfunction!(search::parse_query, m)?)?;
     m.add_function(wrap_pyfunction!(preprocess, m)?)?;
     m.add_function(wrap_pyfunction!(tokenize, m)?)?;
     m.add_function(wrap_pyfunction!(get_max_image_pixels, m)?)?;

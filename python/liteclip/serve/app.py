@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,7 +29,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from .. import Index, TorchError, ZeroShotPipeline, preprocess
+from .. import Index, TorchError, ZeroShotPipeline, parse_query, preprocess
 from .._liteclip import image_dimensions
 from .batcher import Batcher, Overloaded
 from .limits import BearerAuth, BodyLimit, HostCheck, allowed_hosts, authorized
@@ -58,8 +59,11 @@ class PredictItem:
 
 @dataclass
 class SearchItem:
-    query: Any  # a str, or preprocessed pixels (3, S, S)
+    query: Any  # query terms (see `Index.search`), or preprocessed pixels (3, S, S)
     k: int
+    # Filters and paging: Index.search's keywords (offset, after, before, under, camera,
+    # min_score, sort).
+    filters: dict[str, Any]
 
 
 class Service:
@@ -98,12 +102,34 @@ class Service:
         )
 
     def search_batch(self, items: list[SearchItem]) -> list[list[dict[str, Any]]]:
+        """One `search_many` per distinct set of filters among the batch's requests."""
         assert self.index is not None
-        hits = self.index.search_many([i.query for i in items], k=max(i.k for i in items))
-        return [
-            [{"path": p, "score": s, "thumb": f"/thumb/{id_}"} for p, s, id_ in found[: i.k]]
-            for i, found in zip(items, hits)
-        ]
+        groups: dict[str, list[int]] = {}
+        for n, item in enumerate(items):
+            groups.setdefault(json.dumps(item.filters, sort_keys=True), []).append(n)
+        results: list[list[dict[str, Any]]] = [[] for _ in items]
+        for members in groups.values():
+            k = max(items[n].k for n in members)
+            found = self.index.search_many(
+                [items[n].query for n in members], k=k, **items[members[0]].filters
+            )
+            for n, hits in zip(members, found):
+                results[n] = [_hit_json(hit) for hit in hits[: items[n].k]]
+        return results
+
+    def query_terms(self, q: str) -> Any:
+        """The terms of a `q` in rclip's form. A term naming a photo in the index (its path
+        relative to the indexed folder) searches with that photo's stored embedding; every
+        other term is text: no other file on this machine is read."""
+        assert self.index is not None
+        terms: list[Any] = []
+        for text, weight in parse_query(q):
+            term: Any = text
+            relative = text.lstrip("/")
+            if relative and relative in self.index:
+                term = Path(self.index.root) / relative
+            terms.append(term if weight == 1.0 else (term, weight))
+        return terms if len(terms) > 1 else terms[0]
 
     def embed_text_batch(self, items: list[list[str]]) -> list[list[list[float]]]:
         rows = self.model.encode_text([t for texts in items for t in texts])
@@ -230,6 +256,29 @@ def _split(rows: list[Any], counts: Sequence[int]) -> list[list[Any]]:
 
 
 # --- request parsing ---
+
+
+def _hit_json(hit: Any) -> dict[str, Any]:
+    record = hit.to_dict()
+    record["thumb"] = f"/thumb/{record.pop('id')}"
+    return record
+
+
+def _search_filters(params: Any) -> dict[str, Any]:
+    """Index.search's filter and paging keywords from query or form fields (checked there)."""
+    filters: dict[str, Any] = {}
+    for name in ("after", "before", "under", "camera", "sort"):
+        value = params.get(name)
+        if isinstance(value, str) and value.strip():
+            filters[name] = value.strip()[:200]
+    filters["offset"] = _int_param(params.get("offset"), "offset", 0, 0, 1_000_000)
+    min_score = params.get("min_score")
+    if isinstance(min_score, str) and min_score.strip():
+        try:
+            filters["min_score"] = float(min_score)
+        except ValueError:
+            raise _bad(f"min_score must be a number, got {min_score[:40]!r}") from None
+    return filters
 
 
 def _int_param(value: Any, name: str, default: int, low: int, high: int) -> int:
@@ -385,17 +434,20 @@ async def search(request: Request) -> Response:
         query: Any = request.query_params.get("q")
         if query is None:
             raise _bad("give the words to search for: /search?q=a+dog+on+a+beach")
-        query = _check_text(query, "q", options.max_text_chars)
+        query = service.query_terms(_check_text(query, "q", options.max_text_chars))
         k = _int_param(request.query_params.get("k"), "k", k_default, 1, options.max_k)
+        filters = _search_filters(request.query_params)
     else:
         async with _form(request) as form:
             k_value = form.get("k", request.query_params.get("k"))
             k = _int_param(k_value, "k", k_default, 1, options.max_k)
+            filters = _search_filters(form)
             with service.images.hold(1):
                 query = await service.pixels(_image_field(form))
-                results = await service.batchers["search"].submit(SearchItem(query, k))
+                item = SearchItem(query, k, filters)
+                results = await service.batchers["search"].submit(item)
             return JSONResponse({"results": results})
-    results = await service.batchers["search"].submit(SearchItem(query, k))
+    results = await service.batchers["search"].submit(SearchItem(query, k, filters))
     return JSONResponse({"results": results})
 
 
