@@ -386,3 +386,84 @@ def test_an_index_of_format_1_is_upgraded_without_embedding_again(tmp_path, chec
     again = index.search("a photo", k=3)
     assert [h.path for h in again] == [h.path for h in before]
     np.testing.assert_allclose([h.score for h in again], [h.score for h in before], atol=1e-6)
+
+
+def brute_force_groups(paths: list[str], rows: np.ndarray, threshold: float) -> set[frozenset]:
+    """Connected components of "cosine >= threshold", from every pair, computed here."""
+    scores = rows @ rows.T
+    parent = list(range(len(paths)))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for a, b in zip(*np.nonzero(scores >= threshold)):
+        if a < b:
+            parent[root(a)] = root(b)
+    groups: dict[int, set[str]] = {}
+    for i, path in enumerate(paths):
+        groups.setdefault(root(i), set()).add(path)
+    return {frozenset(g) for g in groups.values() if len(g) > 1}
+
+
+def test_duplicate_groups_equal_the_pairwise_components(tmp_path, checkpoint, model):
+    from conftest import REAL_IMAGES
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    for image in REAL_IMAGES:
+        (root / image.name).write_bytes(image.read_bytes())
+    original = Image.open(REAL_IMAGES[0]).convert("RGB")
+    w, h = original.size
+    original.resize((w // 2, h // 2)).save(root / "copy-small.jpg", quality=90)
+    original.save(root / "copy-recompressed.jpg", quality=30)
+    original.crop((w // 40, h // 40, w - w // 40, h - h // 40)).save(root / "copy-cropped.png")
+    Image.open(REAL_IMAGES[1]).convert("RGB").save(root / "second-copy.jpg", quality=50)
+    index = Index.build(root, tmp_path / "lib.lcx", checkpoint, device="cpu")
+    paths = sorted(index.files())
+    rows = model.encode_image(paths)
+    scores = np.sort((rows @ rows.T)[np.triu_indices(len(paths), 1)])
+    # Thresholds in the middle of clear gaps between pair scores (no pair sits on one).
+    gaps = [(b - a, (a + b) / 2) for a, b in zip(scores, scores[1:]) if b - a > 2e-4]
+    thresholds = [t for _, t in sorted(gaps, reverse=True)[:4]] + [float(scores[-1]) - 1e-3]
+    seen_groups = 0
+    for threshold in thresholds:
+        groups = index.duplicates(threshold=threshold)
+        got = {frozenset([g["keep"], *g["duplicates"]]) for g in groups}
+        assert got == brute_force_groups(paths, rows, threshold), threshold
+        seen_groups += len(groups)
+        for group in groups:
+            # The keeper: most pixels, then the oldest.
+            def rank(path: str) -> tuple:
+                with Image.open(path) as image:
+                    pixels = image.size[0] * image.size[1]
+                return (-pixels, os.stat(path).st_mtime, path)
+
+            assert group["keep"] == min([group["keep"], *group["duplicates"]], key=rank)
+    assert seen_groups > 0
+    # The command line gives the same groups.
+    out = liteclip_cli.main(
+        [
+            "duplicates",
+            "--index",
+            str(tmp_path / "lib.lcx"),
+            "--threshold",
+            str(thresholds[0]),
+            "--json",
+        ]
+    )
+    assert out == 0
+    with pytest.raises(ValueError, match="cosine"):
+        index.duplicates(threshold=1.5)
+
+
+def test_the_duplicate_threshold_default_is_one_definition():
+    import inspect
+
+    from liteclip._liteclip import DUPLICATE_THRESHOLD
+
+    signature = inspect.signature(Index.duplicates)
+    assert signature.parameters["threshold"].default == DUPLICATE_THRESHOLD
+    args = liteclip_cli._parser().parse_args(["duplicates", "--index", "lib.lcx"])
+    assert args.threshold == DUPLICATE_THRESHOLD

@@ -33,6 +33,7 @@ __all__ = [
     "SHAPES_INFO",
     "OPTION_CHOICES",
     "INDEX_DEFAULTS",
+    "DUPLICATE_THRESHOLD",
     "LiteClipError",
     "ImageDecodeError",
     "CheckpointError",
@@ -320,6 +321,7 @@ class Index:
         min_score: float | None = None,
         sort: str = "score",
     ) -> list[list[SearchHit]]: ...
+    def duplicates(self, threshold: float = 0.95) -> list[dict[str, Any]]: ...
     def __contains__(self, path: str | os.PathLike[str], /) -> bool: ...
     def thumbnail(self, id: int, size: int = 256) -> bytes | None: ...
     def files(self) -> list[str]: ...
@@ -357,6 +359,7 @@ def _torch_failure_for_tests() -> None: ...
 SHAPES_INFO: dict[str, Any]
 OPTION_CHOICES: dict[str, dict[str, list[str]]]
 INDEX_DEFAULTS: dict[str, Any]
+DUPLICATE_THRESHOLD: float
 
 def write_shards(
     source: str | os.PathLike[str],

@@ -165,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
         _register_embed,
         _register_index,
         _register_search,
+        _register_duplicates,
         _register_shard,
         _register_serve,
         _register_demo,
@@ -436,6 +437,29 @@ def _register_shard(sub: Any) -> None:
     shard.set_defaults(run=_shard)
 
 
+def _register_duplicates(sub: Any) -> None:
+    from ._liteclip import DUPLICATE_THRESHOLD
+
+    duplicates = sub.add_parser(
+        "duplicates",
+        help="find groups of near-duplicate photos in an index",
+        description="Group indexed photos whose embeddings are within a cosine threshold of "
+        "each other (resized, recompressed, slightly cropped copies), each group with the "
+        "photo to keep (the largest in pixels, then the oldest). Deletes nothing.",
+    )
+    duplicates.add_argument("--index", required=True, help="index folder from `liteclip index`")
+    duplicates.add_argument(
+        "--threshold",
+        type=float,
+        default=DUPLICATE_THRESHOLD,
+        help="cosine at or above which two photos are copies (default: %(default)s)",
+    )
+    duplicates.add_argument(
+        "--json", action="store_true", help='print {"groups": [{"keep": ..., "duplicates": [...]}]}'
+    )
+    duplicates.set_defaults(run=_duplicates)
+
+
 def _register_serve(sub: Any) -> None:
     serve = sub.add_parser(
         "serve",
@@ -689,6 +713,22 @@ def _search(args: argparse.Namespace) -> int:
         for hit in hits:
             day = (hit.taken or "")[:10]
             print(f"{hit.score:.4f}  {day:10}  {hit.path}")
+    return EXIT_OK
+
+
+def _duplicates(args: argparse.Namespace) -> int:
+    from . import Index
+
+    groups = Index.open(args.index).duplicates(threshold=args.threshold)
+    if args.json:
+        print(json.dumps({"groups": groups}))
+        return EXIT_OK
+    for group in groups:
+        print(f"keep       {group['keep']}")
+        for path in group["duplicates"]:
+            print(f"duplicate  {path}")
+    copies = sum(len(g["duplicates"]) for g in groups)
+    print(f"{len(groups)} groups, {copies} duplicates", file=sys.stderr)
     return EXIT_OK
 
 

@@ -52,6 +52,28 @@ pub struct Searcher {
     builds: usize,
 }
 
+/// A searcher's graph and the row of each id: what finding neighbours from many threads needs
+/// (the searcher itself holds tensors, which are not shared across threads).
+pub struct Neighbours<'a> {
+    graph: &'a Graph,
+    row_of: &'a std::collections::HashMap<u64, usize>,
+}
+
+impl Neighbours<'_> {
+    /// The rows of the graph's `k` nearest neighbours of `vector`.
+    pub fn nearest(&self, vector: &[f32], k: usize) -> Result<Vec<usize>> {
+        let found = self
+            .graph
+            .search(vector, k)
+            .map_err(|e| graph_error("search", e))?;
+        Ok(found
+            .keys
+            .iter()
+            .filter_map(|id| self.row_of.get(id).copied())
+            .collect())
+    }
+}
+
 /// A chunk's rows, as [`Searcher::sync`] reads them.
 #[derive(Clone)]
 pub struct ChunkRows {
@@ -402,6 +424,19 @@ impl Searcher {
             )));
         }
         Ok(())
+    }
+
+    /// The rows, `(N, dim)` float32 on the CPU, in row order.
+    pub fn matrix(&self) -> &Tensor {
+        &self.matrix
+    }
+
+    /// The graph's neighbour search, shareable across threads (None without a graph).
+    pub fn neighbours(&self) -> Option<Neighbours<'_>> {
+        self.graph.as_ref().map(|graph| Neighbours {
+            graph,
+            row_of: &self.row_of,
+        })
     }
 
     /// The id of a row.

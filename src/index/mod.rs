@@ -6,6 +6,7 @@
 //! - [`embedder`]: decoding overlapped with the model.
 //! - [`ann`]: exact and approximate (usearch HNSW) nearest-neighbour search.
 //! - [`filter`]: which photos a search may return (dates, folder, camera, score), and paging.
+//! - [`duplicates`]: groups of near-duplicate photos, by neighbour search.
 //! - [`query`]: a query from terms (texts, images, indexed photos) weighted and summed.
 //!
 //! An update takes the writer lock, re-reads the index, plans, drops deleted and changed files
@@ -14,6 +15,7 @@
 //! one by its file identity.
 
 pub mod ann;
+pub mod duplicates;
 pub mod embedder;
 pub mod filter;
 pub mod query;
@@ -32,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::image::photo_info::{read_photo_info, PhotoInfo, TakenFrom};
 use crate::liteclip::{InferenceOptions, LiteClip};
 use ann::{ChunkRows, Searcher, EXACT_BELOW};
+pub use duplicates::DuplicateGroup;
 use embedder::{embed_files, BatchOutcome};
 pub use filter::{PhotoFilter, SearchOptions, SortBy};
 use scan::{FoundFile, Plan};
@@ -424,6 +427,47 @@ impl PhotoIndex {
             file_size: entry.size,
             info: entry.info.clone(),
         }
+    }
+
+    /// Groups of near-duplicate photos: those whose embeddings have a cosine of at least
+    /// `threshold` with another of the group (directly or through others), each group with the
+    /// photo to keep (the largest in pixels, then the oldest) and the others. Above
+    /// [`duplicates::EXACT_PAIRS`] rows this needs a search graph: the saved one, or one built
+    /// now (a minute or so below 250,000 rows, where none is saved).
+    pub fn duplicates(&mut self, threshold: f32) -> Result<Vec<DuplicateGroup<PathBuf>>> {
+        self.refresh()?;
+        self.sync_searcher()?;
+        let searcher = self.searcher.as_mut().expect("synced above");
+        if searcher.rows() > duplicates::EXACT_PAIRS && !searcher.has_graph() {
+            searcher.build_graph()?;
+        }
+        let pairs = duplicates::close_pairs(searcher, threshold)?;
+        let entries: Vec<&Entry> = self.chunk_entries.iter().flatten().collect();
+        let groups = duplicates::components(entries.len(), &pairs);
+        // The keeper: most pixels, then the earliest date, then the first path.
+        let rank = |e: &Entry| {
+            let info = e.info.as_ref();
+            let pixels = info.map_or(0, |i| u64::from(i.width) * u64::from(i.height));
+            let taken = info.map_or("9999", |i| i.taken.as_str()).to_owned();
+            (std::cmp::Reverse(pixels), taken, e.path.clone())
+        };
+        Ok(groups
+            .into_iter()
+            .map(|rows| {
+                let keep = *rows
+                    .iter()
+                    .min_by_key(|&&r| rank(entries[r]))
+                    .expect("a group has rows");
+                DuplicateGroup {
+                    keep: self.absolute(&entries[keep].path),
+                    duplicates: rows
+                        .iter()
+                        .filter(|&&r| r != keep)
+                        .map(|&r| self.absolute(&entries[r].path))
+                        .collect(),
+                }
+            })
+            .collect())
     }
 
     /// The stored embedding of the indexed file `id` (to search with a photo already in the

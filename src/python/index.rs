@@ -29,7 +29,13 @@ pub fn add_index_defaults(m: &Bound<'_, PyModule>) -> PyResult<()> {
     out.set_item("batch_size", defaults.batch_size)?;
     out.set_item("commit_every", defaults.commit_every)?;
     out.set_item("lock_wait", defaults.lock_wait.as_secs_f64())?;
-    m.add("INDEX_DEFAULTS", out)
+
+    m.add("INDEX_DEFAULTS", out)?;
+    // `Index.duplicates`' default threshold (the signature writes it out; a test compares).
+    m.add(
+        "DUPLICATE_THRESHOLD",
+        crate::index::duplicates::DEFAULT_THRESHOLD,
+    )
 }
 use crate::liteclip::InferenceOptions;
 
@@ -442,6 +448,16 @@ impl PyIndex {
             .into_iter()
             .map(|list| list.into_iter().map(PySearchHit::new).collect())
             .collect())
+    }
+
+    /// Groups of near-duplicate photos (resized, recompressed, slightly cropped copies):
+    /// photos whose embeddings have a cosine of at least `threshold` with another of the group.
+    /// A list of `{"keep": path, "duplicates": [path, ...]}`, `keep` being the largest in
+    /// pixels, then the oldest. Found by neighbour search (every pair is never compared).
+    #[pyo3(signature = (threshold = 0.95))]
+    fn duplicates<'py>(&self, py: Python<'py>, threshold: f32) -> PyResult<Bound<'py, PyAny>> {
+        let groups = run_released(py, || self.locked().duplicates(threshold))?;
+        to_python(py, &groups)
     }
 
     /// Whether the index holds the photo at `path` (absolute, or relative to the root).
