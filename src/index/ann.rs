@@ -23,10 +23,11 @@ pub const EXACT_BELOW: usize = 250_000;
 const CONNECTIVITY: usize = 32;
 const EXPANSION_ADD: usize = 128;
 pub const EXPANSION_SEARCH: usize = 512;
-/// A filter must let through at least one row in this many for the graph to search with it;
-/// below that share, filtered graph search visits most of the graph anyway and exact scoring
-/// of every row (tens of milliseconds at a million rows) is as fast and always complete.
-pub const GRAPH_MIN_SHARE: usize = 20;
+/// A filter must let through at least one row in this many for the graph to search with it.
+/// Measured (BENCHMARKS.md, benchmarks/bench_filtered_search.rs, 100,000 rows): a filter keeping
+/// half the rows searches faster through the graph than exactly, one keeping a tenth 3x slower
+/// (the graph visits many rows the filter rejects); exact scoring is always complete.
+pub const GRAPH_MIN_SHARE: usize = 4;
 /// Threads that may search one graph at once (a server's workers, a notebook's pool).
 const SEARCH_THREADS: usize = 64;
 
