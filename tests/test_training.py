@@ -183,6 +183,7 @@ def test_accum_steps_trains_on_the_whole_contrastive_batch(shapes, tmp_path):
         liteclip.train(train_dir, tmp_path / "bad", batch_size=8, accum_steps=0, **common)
 
 
+@pytest.mark.slow  # a SIGKILL loop: half a minute per layout
 @pytest.mark.parametrize("layout", ["folder", "shards"])
 def test_sigkill_inside_an_epoch_then_resume_ends_as_an_unbroken_run(shapes, tmp_path, layout):
     """checkpoint_every saves last/ inside the epoch; a run killed there and resumed ends with the
