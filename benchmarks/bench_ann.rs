@@ -16,33 +16,11 @@
 
 use std::time::Instant;
 
-use liteclip::internals::Rng;
 use liteclip::internals::{ChunkRows, Searcher, EXACT_BELOW, EXPANSION_SEARCH};
 
-fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    let mut v: Vec<f32> = (0..n * dim).map(|_| rng.uniform() as f32 - 0.5).collect();
-    for row in v.chunks_exact_mut(dim) {
-        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-        row.iter_mut().for_each(|x| *x /= norm);
-    }
-    v
-}
-
-/// Unit rows near 1,000 shared centres (the same centres for rows and queries).
-fn clustered_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let centres = unit_rows(1000, dim, 99);
-    let noise = unit_rows(n, dim, seed);
-    let mut rng = Rng::new(seed + 7);
-    let mut v = Vec::with_capacity(n * dim);
-    for row in noise.chunks_exact(dim) {
-        let c = &centres[rng.below(1000) * dim..][..dim];
-        let mixed: Vec<f32> = c.iter().zip(row).map(|(a, b)| a + 0.6 * b).collect();
-        let norm = mixed.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.extend(mixed.iter().map(|x| x / norm));
-    }
-    v
-}
+#[path = "rows.rs"]
+mod rows;
+use rows::{clustered_rows, unit_rows};
 
 /// Rows one commit of an index update adds (its default `commit_every`).
 const COMMIT: usize = 1024;

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use super::convert::to_python;
 use super::errors::{run_released, IntoPyResult};
 use super::model::{PyLiteClip, SharedModel};
-use super::search::{extract_query, search_options, PySearchHit};
+use super::search::{extract_query, PySearchHit, SearchKeywords};
 use crate::device::device_name;
 use crate::error::{Error, Result};
 // The signature defaults below (commit_every = 1024, lock_wait = 10.0) are the core's
@@ -109,19 +109,11 @@ impl PyIndex {
 
     /// The hits of each query (vectors computed in one model pass per kind of term), with the
     /// filters and paging of the keywords.
-    #[allow(clippy::too_many_arguments)]
     fn search_queries(
         &self,
         py: Python<'_>,
         queries: &[Bound<'_, PyAny>],
-        k: usize,
-        offset: usize,
-        after: Option<&str>,
-        before: Option<&str>,
-        under: Option<PathBuf>,
-        camera: Option<&str>,
-        min_score: Option<f32>,
-        sort: &str,
+        keywords: SearchKeywords,
     ) -> PyResult<Vec<Vec<Hit>>> {
         let mut queries = queries
             .iter()
@@ -142,9 +134,7 @@ impl PyIndex {
             let model = self.model()?;
             let mut index = self.locked();
             index.refresh()?;
-            let options = search_options(
-                &index, k, offset, after, before, under, camera, min_score, sort,
-            )?;
+            let options = keywords.options(&index)?;
             use_indexed_rows(&mut queries, &|path| index.id_of_path(path));
             let vectors = query_vectors(&model, &queries, &mut |id| index.vector_of(id))?;
             vectors
@@ -413,7 +403,18 @@ impl PyIndex {
     ) -> PyResult<Vec<PySearchHit>> {
         let queries = [query.clone()];
         let mut hits = self.search_queries(
-            py, &queries, k, offset, after, before, under, camera, min_score, sort,
+            py,
+            &queries,
+            SearchKeywords {
+                k,
+                offset,
+                after: after.map(str::to_owned),
+                before: before.map(str::to_owned),
+                under,
+                camera: camera.map(str::to_owned),
+                min_score,
+                sort: sort.to_owned(),
+            },
         )?;
         Ok(hits
             .pop()
@@ -442,7 +443,18 @@ impl PyIndex {
         sort: &str,
     ) -> PyResult<Vec<Vec<PySearchHit>>> {
         let hits = self.search_queries(
-            py, &queries, k, offset, after, before, under, camera, min_score, sort,
+            py,
+            &queries,
+            SearchKeywords {
+                k,
+                offset,
+                after: after.map(str::to_owned),
+                before: before.map(str::to_owned),
+                under,
+                camera: camera.map(str::to_owned),
+                min_score,
+                sort: sort.to_owned(),
+            },
         )?;
         Ok(hits
             .into_iter()

@@ -279,28 +279,40 @@ pub fn parse_query(py: Python<'_>, query: &Bound<'_, PyAny>) -> PyResult<Vec<(St
     Ok(tokens.into_iter().map(|t| (t.text, t.weight)).collect())
 }
 
-/// The options of a search from its keywords. `under` may be absolute (under the root) or
-/// relative to the root.
-#[allow(clippy::too_many_arguments)]
-pub fn search_options(
-    index: &PhotoIndex,
-    k: usize,
-    offset: usize,
-    after: Option<&str>,
-    before: Option<&str>,
-    under: Option<PathBuf>,
-    camera: Option<&str>,
-    min_score: Option<f32>,
-    sort: &str,
-) -> Result<SearchOptions> {
-    let under = under.map(|u| index.folder_under_root(&u)).transpose()?;
-    let options = SearchOptions {
-        top_k: k,
-        offset,
-        filter: PhotoFilter::new(after, before, under.as_deref(), camera)?,
-        min_score,
-        sort: SortBy::parse(sort)?,
-    };
-    options.check()?;
-    Ok(options)
+/// The filter and paging keywords of `Index.search` / `search_many`, as given.
+pub struct SearchKeywords {
+    pub k: usize,
+    pub offset: usize,
+    pub after: Option<String>,
+    pub before: Option<String>,
+    /// Absolute (under the root) or relative to the root.
+    pub under: Option<PathBuf>,
+    pub camera: Option<String>,
+    pub min_score: Option<f32>,
+    pub sort: String,
+}
+
+impl SearchKeywords {
+    /// The core's options, checked, with `under` made relative to `index`'s root.
+    pub fn options(&self, index: &PhotoIndex) -> Result<SearchOptions> {
+        let under = self
+            .under
+            .as_ref()
+            .map(|u| index.folder_under_root(u))
+            .transpose()?;
+        let options = SearchOptions {
+            top_k: self.k,
+            offset: self.offset,
+            filter: PhotoFilter::new(
+                self.after.as_deref(),
+                self.before.as_deref(),
+                under.as_deref(),
+                self.camera.as_deref(),
+            )?,
+            min_score: self.min_score,
+            sort: SortBy::parse(&self.sort)?,
+        };
+        options.check()?;
+        Ok(options)
+    }
 }
