@@ -26,7 +26,7 @@ test: lint docs rust-test py-test
 
 ## The inner loop (under 3 minutes on 2 cores once built): Rust tests and every Python test not
 ## marked `slow` (notebooks, the wheel, SIGKILL and Ctrl-C loops, the 5,000-predict soak,
-## multi-rank training).
+## multi-rank training, command-line scenarios that start several processes).
 test-fast: rust-test py-test-fast
 
 lint: $(VENV)/.built
@@ -74,7 +74,7 @@ $(VENV)/.deps: pyproject.toml
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(RUST_SOURCES)
-	$(VENV)/bin/maturin develop --release --extras test,dev,serve,docs
+	$(VENV)/bin/maturin develop --release --extras test,dev,serve,watch,docs
 	touch $@
 
 clean-venv:

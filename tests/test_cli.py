@@ -38,6 +38,7 @@ def test_usage_error_exit_code(capsys):
     assert run("fly").returncode == cli.EXIT_USAGE
 
 
+@pytest.mark.slow  # several CLI processes or epochs: the full suite runs it
 def test_train_evaluate_predict(tmp_path):
     data = datasets.make_shapes(tmp_path / "data", n_images=40, seed=0, image_size=32)
     test = datasets.make_shapes(
@@ -91,6 +92,7 @@ def test_errors_exit_1_with_a_message(tmp_path):
     assert r.returncode == 1 and "nowhere" in r.stderr
 
 
+@pytest.mark.slow  # several CLI processes or epochs: the full suite runs it
 def test_embed_and_search(tmp_path):
     data = datasets.make_shapes(tmp_path / "data", n_images=30, seed=0, image_size=32)
     out = tmp_path / "run"

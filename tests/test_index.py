@@ -314,6 +314,7 @@ def cli(*args, env=None):
     )
 
 
+@pytest.mark.slow  # several CLI processes or epochs: the full suite runs it
 def test_the_command_line_builds_updates_and_searches(tmp_path, checkpoint, model):
     photos = make_photos(tmp_path / "photos", 6)
     lib = tmp_path / "lib.lcx"

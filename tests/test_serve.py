@@ -349,6 +349,7 @@ def test_an_api_key_guards_everything_but_health_and_page(checkpoint, tmp_path):
         assert s.stop() == 0
 
 
+@pytest.mark.slow  # several CLI processes or epochs: the full suite runs it
 def test_bad_options_and_a_bad_checkpoint_fail_at_start(checkpoint, tmp_path):
     def run(*args):
         return subprocess.run(

@@ -92,6 +92,7 @@ def shard_sources(folder):
     ]
 
 
+@pytest.mark.slow  # several CLI processes or epochs: the full suite runs it
 def test_shards_are_written_in_a_seeded_shuffled_order_unless_asked_not_to(shapes, tmp_path):
     source_order = list(source_captions(shapes))
     for name, flags in [("kept", ["--no-shuffle"]), ("a", []), ("b", []), ("c", ["--seed", "1"])]:

@@ -251,6 +251,7 @@ def test_sigkill_inside_an_epoch_then_resume_ends_as_an_unbroken_run(shapes, tmp
         liteclip.train(train_dir, tmp_path / "c", **{**common, "checkpoint_every": 0})
 
 
+@pytest.mark.slow  # several CLI processes or epochs: the full suite runs it
 def test_zero_shot_accuracy_each_epoch_can_pick_best(shapes, tmp_path):
     """zero_shot_data is classified at every epoch's end; with monitor="zero_shot_top1" best/
     is the epoch with the highest accuracy, which evaluate() then measures again."""

@@ -24,6 +24,7 @@ __all__ = [
     "_panic_for_tests",
     "_torch_failure_for_tests",
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "IMAGE_EXTENSIONS",
     "train_model",
     "evaluate_model",
     "train_defaults",
@@ -357,6 +358,7 @@ def _panic_for_tests() -> None: ...
 def _torch_failure_for_tests() -> None: ...
 
 SHAPES_INFO: dict[str, Any]
+IMAGE_EXTENSIONS: list[str]
 OPTION_CHOICES: dict[str, dict[str, list[str]]]
 INDEX_DEFAULTS: dict[str, Any]
 DUPLICATE_THRESHOLD: float

@@ -296,6 +296,7 @@ def _register_embed(sub: Any) -> None:
 
 def _register_index(sub: Any) -> None:
     from ._liteclip import INDEX_DEFAULTS as DEFAULTS
+    from .watching import RESCAN_EVERY
 
     index = sub.add_parser(
         "index",
@@ -347,7 +348,24 @@ def _register_index(sub: Any) -> None:
         help="take these files or folders out of the index and keep them out of later "
         "updates; a path that is not in the index is an error and nothing is removed",
     )
-    index.add_argument("--json", action="store_true", help="print the report as JSON")
+    change.add_argument(
+        "--watch",
+        action="store_true",
+        help="after the update, stay running and keep the index current: new, changed, "
+        "deleted and renamed photos are applied within seconds (file events, and a rescan "
+        "every --rescan-every seconds); Ctrl-C or SIGTERM commits and exits 0",
+    )
+    index.add_argument(
+        "--rescan-every",
+        type=float,
+        default=RESCAN_EVERY,
+        metavar="SECONDS",
+        help="with --watch, seconds between rescans of ROOT when no file event came "
+        "(default: %(default)s)",
+    )
+    index.add_argument(
+        "--json", action="store_true", help="print the report (each update's, with --watch) as JSON"
+    )
     index.set_defaults(run=_index)
 
 
@@ -616,6 +634,8 @@ def _index(args: argparse.Namespace) -> int:
         else:
             print(f"{removed} photos taken out of {args.index}")
         return EXIT_OK
+    if args.watch:
+        return _index_and_watch(args, model)
     progress = _IndexProgress(not args.json and sys.stderr.isatty())
     options = dict(
         batch_size=args.batch_size,
@@ -633,6 +653,62 @@ def _index(args: argparse.Namespace) -> int:
         progress.close()
     if report is not None:  # None on the ranks other than 0 under torchrun
         _print_index_report(report, args.json)
+    return EXIT_OK
+
+
+def _index_and_watch(args: argparse.Namespace, model: dict[str, Any]) -> int:
+    """`liteclip index --watch`: the update (or build), then every change as it comes, until
+    Ctrl-C or SIGTERM, which stop the update in progress after its batch (committed)."""
+    import signal
+    import threading
+    from pathlib import Path
+
+    from . import Index
+    from .indexing import index_folder
+    from .watching import FolderEvents, keep_current, stopping
+
+    if not args.rescan_every > 0:
+        raise ValueError("--rescan-every must be a positive number of seconds")
+    if args.checkpoint is None and not Index.exists(args.index):
+        raise ValueError(f"{args.index} is not an index yet: give --checkpoint to build it")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    if not Path(args.root).is_dir():
+        raise FileNotFoundError(f"{args.root} is not a folder")
+    # Watching starts first: what changes during the first update is applied after it.
+    events = FolderEvents(args.root, args.index, stop).start()
+    options = dict(
+        batch_size=args.batch_size, lock_wait=args.lock_wait, commit_every=args.commit_every
+    )
+    try:
+        report = index_folder(
+            args.root, args.index, args.checkpoint, **model, progress=stopping(stop), **options
+        )
+    except KeyboardInterrupt:
+        if not stop.is_set():
+            raise
+        report = None
+    if report is not None:
+        _print_index_report(report, args.json)
+    if not stop.is_set():
+        index = Index.open(args.index, args.checkpoint, **model)
+        if events.failure:
+            print(
+                f"file events are not available ({events.failure}): rescanning every "
+                f"{args.rescan_every:g} s",
+                file=sys.stderr,
+            )
+        print(f"watching {index.root} for changes (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+        def changed(update: dict[str, Any]) -> None:
+            if args.json or update["embedded"] or update["removed"] or update["skipped"]:
+                _print_index_report(update, args.json)
+                sys.stdout.flush()
+
+        keep_current(index, events, rescan_every=args.rescan_every, on_update=changed, **options)
+    events.join()
+    print("stopped: the index is committed", file=sys.stderr)
     return EXIT_OK
 
 

@@ -168,6 +168,8 @@ fn liteclip_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(_torch_failure_for_tests, m)?)?;
     m.add("DEFAULT_MAX_IMAGE_PIXELS", img::DEFAULT_MAX_IMAGE_PIXELS)?;
+    // The file name extensions a folder's images are recognised by (lower case, no dot).
+    m.add("IMAGE_EXTENSIONS", crate::data::IMAGE_EXTENSIONS.to_vec())?;
     m.add_function(wrap_pyfunction!(training::train_model, m)?)?;
     m.add_function(wrap_pyfunction!(training::evaluate_model, m)?)?;
     m.add_function(wrap_pyfunction!(training::train_defaults, m)?)?;

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -31,15 +32,23 @@ from starlette.routing import Route
 
 from .. import Index, TorchError, ZeroShotPipeline, parse_query, preprocess
 from .._liteclip import image_dimensions
+from ..watching import FolderEvents, keep_current
+from . import metrics as metrics_api
+from . import openai_api
 from .batcher import Batcher, Overloaded
 from .limits import BearerAuth, BodyLimit, HostCheck, allowed_hosts, authorized
+from .metrics import CountRequests, Metrics
 from .options import ServeOptions
 
 log = logging.getLogger("liteclip.serve")
 
-# Reachable without the API key: the liveness probe, and the page (static, it holds no data;
-# it asks for the key and sends it with each call it makes).
-OPEN_PATHS = frozenset({"/healthz", "/"})
+# Reachable without the API key: the liveness and readiness probes (they tell nothing of what
+# is served), and the page (static, it holds no data; it asks for the key and sends it with
+# each call it makes).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+
+# The longest /readyz waits for the model to answer its tiny request.
+READY_TIMEOUT_S = 10.0
 
 # Thumbnails kept in memory (about 15 KB each).
 THUMB_CACHE = 512
@@ -86,6 +95,8 @@ class Service:
         self.image_size = self.model.image_size
         self.executor = concurrent.futures.ThreadPoolExecutor(1, "liteclip-model")
         self.batchers: dict[str, Batcher] = {}
+        self.metrics = Metrics()
+        self.watcher: IndexWatcher | None = None
         self.images = ImageBudget(self.options)
         # Thumbnails of the index generation they were made in (an update may delete a photo).
         self._thumbs: OrderedDict[int, bytes] = OrderedDict()
@@ -157,10 +168,17 @@ class Service:
                 max_batch=o.max_batch,
                 max_wait=o.max_wait_ms / 1000,
                 max_queue=o.max_queue,
+                on_batch=self.metrics.observe_batch,
             )
             self.batchers[name].start()
 
+        if o.watch:
+            self.watcher = IndexWatcher(o, self.model)
+            self.watcher.start()
+
     async def stop(self) -> None:
+        if self.watcher is not None:
+            await anyio.to_thread.run_sync(self.watcher.stop)
         for batcher in self.batchers.values():
             await batcher.stop()
         self.executor.shutdown(wait=True)
@@ -168,11 +186,13 @@ class Service:
     # --- helpers the routes share ---
 
     async def pixels(self, upload: UploadFile) -> np.ndarray:
+        """An uploaded file's image decoded and preprocessed (see `pixels_of`)."""
+        return await self.pixels_of(await upload.read(), upload.filename or "upload")
+
+    async def pixels_of(self, data: bytes, name: str) -> np.ndarray:
         """An uploaded image decoded and preprocessed, within the server's limits: its pixel
         count (read from its header, before any decoding) and the decodes that may run at
         once. The caller holds a place for it in `images` (see `ImageBudget.hold`)."""
-        data = await upload.read()
-        name = upload.filename or "upload"
         if not data:
             raise _bad(f"the file {name!r} is empty, not an image")
         try:
@@ -214,6 +234,53 @@ class Service:
         if self.index is None:
             raise _bad("this server has no photo index: start it with --index LIB.lcx", 404)
         return self.index
+
+
+class IndexWatcher:
+    """`--watch`: a thread that keeps the index current with its folder (see
+    `liteclip.watching`), writing through an `Index` of its own that shares the server's model;
+    the searches see each commit as they would another process's. Stopping lets an update in
+    progress commit what it has embedded."""
+
+    def __init__(self, options: ServeOptions, model: Any) -> None:
+        assert options.index is not None
+        self.options = options
+        self.index = Index.open(options.index, checkpoint=model)
+        self.halt = threading.Event()
+        self.events = FolderEvents(self.index.root, self.index.path, self.halt)
+        self.thread = threading.Thread(target=self._run, name="liteclip-index-watch", daemon=True)
+
+    def start(self) -> None:
+        self.events.start()
+        self.thread.start()
+
+    def _run(self) -> None:
+        def report(update: dict[str, Any]) -> None:
+            if update["embedded"] or update["removed"]:
+                log.info(
+                    "index updated (%s): %d embedded, %d removed, %d photos",
+                    update["trigger"],
+                    update["embedded"],
+                    update["removed"],
+                    update["size"],
+                )
+
+        try:
+            # Changes made while the server was down first, then whatever comes.
+            self.events.changed.set()
+            keep_current(
+                self.index,
+                self.events,
+                rescan_every=self.options.rescan_every_s,
+                on_update=report,
+            )
+        except Exception:  # noqa: BLE001 - searches go on over the index as it is
+            log.exception("keeping the index current failed; it is no longer watched")
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.thread.join()
+        self.events.join()
 
 
 class ImageBudget:
@@ -365,6 +432,23 @@ async def healthz(request: Request) -> Response:
     )
 
 
+async def readyz(request: Request) -> Response:
+    """200 once the model answers: each call sends it a tiny request (batched with any other
+    work), so a server whose model is still loading, wedged or failing answers 503."""
+    service = _service(request)
+    try:
+        with anyio.fail_after(READY_TIMEOUT_S):
+            await service.batchers["embed_text"].submit(["a photo"])
+    except TimeoutError:
+        return JSONResponse({"status": "not ready", "reason": "the model is not answering"}, 503)
+    except Overloaded:
+        return JSONResponse({"status": "not ready", "reason": "the queue is full"}, 503)
+    except Exception as error:  # noqa: BLE001 - any failure of the model means not ready
+        log.error("the readiness request failed: %s", error)
+        return JSONResponse({"status": "not ready", "reason": "the model failed"}, 503)
+    return JSONResponse({"status": "ready"})
+
+
 async def predict(request: Request) -> Response:
     service, options = _service(request), _service(request).options
     async with _form(request) as form:
@@ -475,21 +559,31 @@ async def page(request: Request) -> Response:
     return HTMLResponse(request.app.state.page)
 
 
-# --- errors: always JSON `{"error": ...}` ---
+# --- errors: always JSON `{"error": ...}` (OpenAI's error object under /v1/) ---
+
+
+def _error(
+    request: Request, message: str, status: int, headers: dict[str, str] | None = None
+) -> Response:
+    if request.url.path.startswith(openai_api.PREFIX):
+        body = openai_api.error_body(message, status, getattr(request.state, "param", None))
+        return JSONResponse(body, status, headers=headers)
+    return JSONResponse({"error": message}, status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+    request.state.param = getattr(exc, "param", None)
+    return _error(request, exc.detail, exc.status_code, exc.headers)
 
 
 async def _overloaded(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": str(exc)}, 503, headers={"Retry-After": "1"})
+    return _error(request, str(exc), 503, {"Retry-After": "1"})
 
 
 async def _bad_value(request: Request, exc: Exception) -> Response:
     # The library's own checks (ValueError, and liteclip's errors built on it).
-    return JSONResponse({"error": str(exc)}, 400)
+    return _error(request, str(exc), 400)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -501,13 +595,13 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 async def _model_failed(request: Request, exc: Exception) -> Response:
     # libtorch failed inside a forward (out of memory, a CUDA error): its message, no paths.
     log.error("the model failed while answering %s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse({"error": f"the model failed: {exc}"}, 500)
+    return _error(request, f"the model failed: {exc}", 500)
 
 
 async def _internal(request: Request, exc: Exception) -> Response:
     log.exception("error while answering %s %s", request.method, request.url.path)
     # The exception's text may name server-side files: it stays in the log.
-    return JSONResponse({"error": "internal error; the server's log has the details"}, 500)
+    return _error(request, "internal error; the server's log has the details", 500)
 
 
 def create_app(options: ServeOptions, service: Service | None = None) -> Any:
@@ -525,11 +619,15 @@ def create_app(options: ServeOptions, service: Service | None = None) -> Any:
     routes = [
         Route("/", page, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_api.metrics, methods=["GET"]),
         Route("/predict", predict, methods=["POST"]),
         Route("/embed/text", embed_text, methods=["POST"]),
         Route("/embed/image", embed_image, methods=["POST"]),
         Route("/search", search, methods=["GET", "POST"]),
         Route("/thumb/{id:int}", thumb, methods=["GET"]),
+        Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
+        Route("/v1/models", openai_api.models, methods=["GET"]),
     ]
     handlers: dict[Any, Any] = {
         HTTPException: _http_error,
@@ -541,11 +639,13 @@ def create_app(options: ServeOptions, service: Service | None = None) -> Any:
     }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.service = service
+    app.state.metrics = service.metrics
     app.state.page = resources.files(__package__).joinpath("page.html").read_text("utf-8")
     wrapped: Any = BodyLimit(app, options.max_body_bytes, options.body_timeout_s)
     if options.api_key is not None:
         wrapped = BearerAuth(wrapped, options.api_key, OPEN_PATHS)
-    return HostCheck(wrapped, allowed_hosts(options.host, options.allowed_hosts))
+    wrapped = HostCheck(wrapped, allowed_hosts(options.host, options.allowed_hosts))
+    return CountRequests(wrapped, service.metrics)
 
 
 __all__ = ["create_app", "Service"]

@@ -35,8 +35,10 @@ class Batcher:
         max_batch: int,
         max_wait: float,
         max_queue: int,
+        on_batch: Callable[[str, int], Any] | None = None,
     ) -> None:
         self.name = name
+        self._on_batch = on_batch
         self._compute = compute
         self._executor = executor
         self._max_batch = max_batch
@@ -66,6 +68,10 @@ class Batcher:
         except asyncio.QueueFull:
             raise Overloaded(f"too many {self.name} requests waiting; retry shortly") from None
         return await future
+
+    def waiting(self) -> int:
+        """Requests queued for the model now."""
+        return self._queue.qsize()
 
     def stats(self) -> dict[str, Any]:
         return {"requests": self.requests, "batches": self.batches, "largest": self.largest}
@@ -98,6 +104,8 @@ class Batcher:
             self.requests += len(batch)
             self.batches += 1
             self.largest = max(self.largest, len(batch))
+            if self._on_batch is not None:
+                self._on_batch(self.name, len(batch))
             items = [item for item, _ in batch]
             try:
                 results = await loop.run_in_executor(self._executor, self._compute, items)

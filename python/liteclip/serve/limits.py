@@ -11,6 +11,8 @@ from typing import Any, Callable
 import anyio
 from starlette.exceptions import HTTPException
 
+from . import openai_api
+
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
@@ -18,9 +20,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Any]
 
 
 async def send_error(
-    send: Send, status: int, message: str, headers: dict[str, str] | None = None
+    scope: Scope, send: Send, status: int, message: str, headers: dict[str, str] | None = None
 ) -> None:
-    body = json.dumps({"error": message}).encode()
+    """A JSON error answer: `{"error": message}`, or OpenAI's error object under its API."""
+    shaped: Any = {"error": message}
+    if scope.get("path", "").startswith(openai_api.PREFIX):
+        shaped = openai_api.error_body(message, status)
+    body = json.dumps(shaped).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -52,7 +58,7 @@ class BodyLimit:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await send_error(send, 413, self._message())
+            await send_error(scope, send, 413, self._message())
             return
         received = 0
         started = False
@@ -80,7 +86,7 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyRefused as refused:
             if not started:
-                await send_error(send, refused.status_code, refused.detail)
+                await send_error(scope, send, refused.status_code, refused.detail)
 
 
 def authorized(scope: Scope, expected: bytes) -> bool:
@@ -102,6 +108,7 @@ class BearerAuth:
         if scope["type"] == "http" and scope["path"] not in self.open_paths:
             if not authorized(scope, self.expected):
                 await send_error(
+                    scope,
                     send,
                     401,
                     "this server needs an API key: send `Authorization: Bearer KEY`",
@@ -154,6 +161,7 @@ class HostCheck:
             header = dict(scope["headers"]).get(b"host")
             if header is None or host_name(header) not in self.allowed:
                 await send_error(
+                    scope,
                     send,
                     400,
                     "this server does not answer for that Host name; its operator can allow "

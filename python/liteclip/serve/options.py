@@ -72,6 +72,15 @@ class ServeOptions:
     shutdown_timeout_s: float = _option(
         30.0, "on SIGTERM, longest wait for the requests in flight before closing them"
     )
+    watch: bool = _option(
+        False,
+        "keep the index current with its folder while serving: new, changed, deleted and "
+        "renamed photos are searchable within seconds (file events, and a rescan every "
+        "--rescan-every-s seconds)",
+    )
+    rescan_every_s: float = _option(
+        600.0, "with --watch, seconds between rescans of the folder when no file event came"
+    )
 
     @property
     def max_body_bytes(self) -> int:
@@ -89,7 +98,7 @@ class ServeOptions:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms must be 0 or more, got {self.max_wait_ms}")
-        for name in ("body_timeout_s", "shutdown_timeout_s"):
+        for name in ("body_timeout_s", "shutdown_timeout_s", "rescan_every_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_pending_images < self.max_images:
@@ -101,6 +110,8 @@ class ServeOptions:
             raise ValueError(f"max_body_mb must be positive, got {self.max_body_mb}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
+        if self.watch and self.index is None:
+            raise ValueError("--watch keeps an index current: give it with --index LIB.lcx")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty")
         return self
