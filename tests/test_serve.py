@@ -610,3 +610,154 @@ def test_browser_classify_shows_probability_bars(server, browser):
     for bar, p in zip(bars, expected):
         assert abs(bar.size["width"] - p["probability"] * track) <= 2
     assert browser.find_element(By.ID, "classify-error").text == ""
+
+
+@pytest.fixture(scope="module")
+def dated_server(checkpoint, tmp_path_factory):
+    """A server over 40 photos with EXIF dates (2019-2024) and cameras in two folders, and two
+    copies of one of them (resized, recompressed) for the duplicates view."""
+    from exif_photos import exif_photo
+
+    root = tmp_path_factory.mktemp("dated")
+    colours = [(200, 40, 40), (40, 180, 60), (40, 60, 200), (200, 200, 40)]
+    for n in range(40):
+        exif_photo(
+            root / ("a" if n % 2 else "b") / f"p{n:02d}.jpg",
+            colours[n % 4],
+            taken=f"{2019 + n % 6}-{1 + n % 12:02d}-{1 + n % 27:02d}T10:00:00",
+            make="Google" if n % 3 else "Canon",
+            model="Pixel 7" if n % 3 else "EOS 80D",
+            size=(64, 48),
+            seed=n,
+        )
+    original = Image.open(root / "a" / "p01.jpg")
+    (root / "copies").mkdir()
+    original.resize((48, 36)).save(root / "copies" / "small.jpg", quality=70)
+    original.save(root / "copies" / "again.jpg", quality=60)
+    lib = root.parent / "dated.lcx"
+    Index.build(root, lib, checkpoint, device="cpu")
+    s = Server(["--checkpoint", str(checkpoint), "--index", str(lib)], root.parent / "log")
+    s.index_path = lib
+    yield s
+    assert s.stop() == 0, s.log.read_text()
+
+
+def set_value(browser, element_id: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    field = browser.find_element(By.ID, element_id)
+    browser.execute_script(
+        "arguments[0].value = arguments[1];arguments[0].dispatchEvent(new Event('change'));",
+        field,
+        value,
+    )
+
+
+def shown_tiles(browser) -> list[dict]:
+    return browser.execute_script(
+        """return [...document.querySelectorAll('#results figure')].map((f) => ({
+             name: f.querySelector('.name').textContent,
+             score: f.querySelector('.score') ? f.querySelector('.score').textContent : null,
+             taken: f.querySelector('.taken') ? f.querySelector('.taken').textContent : null,
+             camera: f.querySelector('.camera') ? f.querySelector('.camera').textContent : null,
+             keep: f.classList.contains('keep')}))"""
+    )
+
+
+def test_browser_filters_order_pages_and_shows_date_and_camera(dated_server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    s = dated_server
+    browser.get(s.url + "/")
+    wait_for(browser, lambda d: "42 photos" in d.find_element(By.ID, "status").text)
+    # Query arithmetic typed in the box, with filters and newest-first order.
+    browser.find_element(By.CSS_SELECTOR, "#filters summary").click()
+    for field, value in [("after", "2020-06-01"), ("before", "2024-01-31"), ("camera", "pixel")]:
+        set_value(browser, field, value)
+    set_value(browser, "sort", "date")
+    assert browser.find_element(By.ID, "min-score").get_attribute("value") == "0.2"
+    set_value(browser, "min-score", "-1")
+    q = "2:a red photo + a blue photo - 0.5:green"
+    browser.find_element(By.ID, "q").send_keys(q, Keys.ENTER)
+    params = {"q": q, "k": 24, "after": "2020-06-01", "before": "2024-01-31", "camera": "pixel"}
+    params.update(sort="date", min_score=-1)
+    expected = s.client.get("/search", params=params).json()["results"]
+    assert 5 < len(expected) < 24
+    wait_for(browser, lambda d: len(shown_tiles(d)) == len(expected))
+    tiles = shown_tiles(browser)
+    assert [t["name"] for t in tiles] == [Path(r["path"]).name for r in expected]
+    assert [t["taken"] for t in tiles] == [r["taken"][:10] for r in expected]
+    assert all(t["camera"] == "Google Pixel 7" for t in tiles)
+    dates = [t["taken"] for t in tiles]
+    assert dates == sorted(dates, reverse=True) and "2020-06-01" <= min(dates)
+    assert not browser.find_element(By.ID, "more").is_displayed()
+
+    # No filters: 24 by score, then "More" for the rest, in the server's order.
+    for field in ("after", "before", "camera", "min-score"):
+        set_value(browser, field, "")
+    set_value(browser, "sort", "score")
+    browser.find_element(By.ID, "q").clear()
+    browser.find_element(By.ID, "q").send_keys("a yellow photo", Keys.ENTER)
+    wait_for(browser, lambda d: d.find_element(By.ID, "more").is_displayed())
+    browser.find_element(By.ID, "more").click()
+    wait_for(browser, lambda d: len(shown_tiles(d)) == 42)
+    ranked = s.client.get("/search", params={"q": "a yellow photo", "k": 42}).json()["results"]
+    assert [t["name"] for t in shown_tiles(browser)] == [Path(r["path"]).name for r in ranked]
+    assert not browser.find_element(By.ID, "more").is_displayed()
+
+
+def test_browser_duplicates_view_shows_groups_with_their_keeper(dated_server, browser):
+    from selenium.webdriver.common.by import By
+
+    s = dated_server
+    browser.get(s.url + "/")
+    wait_for(browser, lambda d: "photos" in d.find_element(By.ID, "status").text)
+    browser.find_element(By.ID, "show-duplicates").click()
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .group"))
+    answer = s.client.get("/duplicates", params={"threshold": 0.95}).json()
+    while answer["status"] == "computing":
+        time.sleep(0.3)
+        answer = s.client.get("/duplicates", params={"threshold": 0.95}).json()
+    groups = browser.find_elements(By.CSS_SELECTOR, "#results .group")
+    assert len(groups) == len(answer["groups"]) >= 1
+    for element, group in zip(groups, answer["groups"]):
+        names = [e.text for e in element.find_elements(By.CSS_SELECTOR, ".name")]
+        assert names == [Path(p["path"]).name for p in [group["keep"], *group["duplicates"]]]
+        assert "keep" in element.find_element(By.CSS_SELECTOR, "figure").get_attribute("class")
+    # The copies of p01.jpg are one group, kept by the original (the most pixels).
+    copies = [g for g in answer["groups"] if Path(g["keep"]["path"]).name == "p01.jpg"]
+    assert copies and {"small.jpg", "again.jpg"} <= {
+        Path(d["path"]).name for d in copies[0]["duplicates"]
+    }
+
+
+def test_duplicates_endpoint_gives_the_librarys_groups_computed_off_the_request_path(
+    dated_server,
+):
+    s = dated_server
+    threshold = 0.97  # a threshold no other test asked for: computed afresh
+    first = s.client.get("/duplicates", params={"threshold": threshold})
+    assert first.status_code in (200, 202)
+    if first.status_code == 202:
+        assert first.json() == {"status": "computing"} and first.headers["retry-after"] == "1"
+    answer = first.json()
+    while answer["status"] == "computing":
+        time.sleep(0.2)
+        answer = s.client.get("/duplicates", params={"threshold": threshold}).json()
+    index = Index.open(s.index_path, device="cpu")
+    expected = index.duplicates(threshold)
+    got = [
+        {"keep": g["keep"]["path"], "duplicates": [d["path"] for d in g["duplicates"]]}
+        for g in answer["groups"]
+    ]
+    assert got == expected and answer["total"] == len(expected)
+    # Each tile's thumbnail is that photo's (the id a search gives it).
+    for group in answer["groups"]:
+        for tile in [group["keep"], *group["duplicates"]]:
+            (hit,) = index.search(Path(tile["path"]), k=1)
+            assert hit.path == tile["path"] and tile["thumb"] == f"/thumb/{hit.id}"
+    paged = s.client.get("/duplicates", params={"threshold": threshold, "limit": 1}).json()
+    assert paged["groups"] == answer["groups"][:1] and paged["total"] == answer["total"]
+    for bad in [{"threshold": "high"}, {"threshold": "0"}, {"threshold": "1.5"}, {"limit": "0"}]:
+        assert s.client.get("/duplicates", params=bad).status_code == 400, bad

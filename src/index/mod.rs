@@ -505,13 +505,36 @@ impl PhotoIndex {
 
     /// The id of the indexed file at `path` (absolute, or relative to the root), if indexed.
     pub fn id_of_path(&self, path: &Path) -> Option<u64> {
-        let relative = path.strip_prefix(&self.manifest.root).unwrap_or(path);
-        let relative = relative.to_str()?.replace(std::path::MAIN_SEPARATOR, "/");
+        let relative = self.entry_path(path)?;
         self.chunk_entries
             .iter()
             .flatten()
             .find(|e| e.path == relative)
             .map(|e| e.id)
+    }
+
+    /// The ids of the indexed files at `paths` (one pass over the entries, whatever their
+    /// number), None for a path that is not indexed.
+    pub fn ids_of_paths(&self, paths: &[PathBuf]) -> Vec<Option<u64>> {
+        let ids: std::collections::HashMap<&str, u64> = self
+            .chunk_entries
+            .iter()
+            .flatten()
+            .map(|e| (e.path.as_str(), e.id))
+            .collect();
+        paths
+            .iter()
+            .map(|p| {
+                self.entry_path(p)
+                    .and_then(|r| ids.get(r.as_str()).copied())
+            })
+            .collect()
+    }
+
+    /// `path` (absolute, or relative to the root) as the entries write it.
+    fn entry_path(&self, path: &Path) -> Option<String> {
+        let relative = path.strip_prefix(&self.manifest.root).unwrap_or(path);
+        Some(relative.to_str()?.replace(std::path::MAIN_SEPARATOR, "/"))
     }
 
     /// The entry of row `row` (rows run through the chunks in manifest order).

@@ -486,6 +486,16 @@ impl PyIndex {
         })
     }
 
+    /// The ids (as in `SearchHit.id`, for `thumbnail`) of the photos at `paths` (absolute, or
+    /// relative to the root), None for one that is not indexed.
+    fn ids_of(&self, py: Python<'_>, paths: Vec<PathBuf>) -> PyResult<Vec<Option<u64>>> {
+        run_released(py, || {
+            let mut index = self.locked();
+            index.refresh()?;
+            Ok(index.ids_of_paths(&paths))
+        })
+    }
+
     /// A JPEG preview (longest side `size` pixels) of the indexed file with this `id` (from
     /// `search_many`), or None when no file in the index has it, or when the file is no longer
     /// the one indexed (another size or time, or a link that now leads outside the folder):

@@ -31,11 +31,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .. import Index, TorchError, ZeroShotPipeline, parse_query, preprocess
-from .._liteclip import image_dimensions
+from .._liteclip import DUPLICATE_THRESHOLD, image_dimensions
 from ..watching import FolderEvents, keep_current
 from . import metrics as metrics_api
 from . import openai_api
 from .batcher import Batcher, Overloaded
+from .duplicates import DuplicateFinder
 from .limits import BearerAuth, BodyLimit, HostCheck, allowed_hosts, authorized
 from .metrics import CountRequests, Metrics
 from .options import ServeOptions
@@ -97,6 +98,9 @@ class Service:
         self.batchers: dict[str, Batcher] = {}
         self.metrics = Metrics()
         self.watcher: IndexWatcher | None = None
+        self.duplicates: DuplicateFinder | None = None
+        if self.index is not None:
+            self.duplicates = DuplicateFinder(self.index.path, self.model)
         self.images = ImageBudget(self.options)
         # Thumbnails of the index generation they were made in (an update may delete a photo).
         self._thumbs: OrderedDict[int, bytes] = OrderedDict()
@@ -181,6 +185,8 @@ class Service:
             await anyio.to_thread.run_sync(self.watcher.stop)
         for batcher in self.batchers.values():
             await batcher.stop()
+        if self.duplicates is not None:
+            self.duplicates.close()
         self.executor.shutdown(wait=True)
 
     # --- helpers the routes share ---
@@ -535,6 +541,33 @@ async def search(request: Request) -> Response:
     return JSONResponse({"results": results})
 
 
+async def duplicates(request: Request) -> Response:
+    """Groups of near-duplicate photos at `threshold` (a cosine; default the library's), each
+    with the photo to keep: `{"status": "done", "total": N, "groups": [{"keep": {path,
+    thumb}, "duplicates": [...]}]}` (`offset`, `limit` page the groups), or 202 `{"status":
+    "computing"}` with Retry-After while they are being found (see `DuplicateFinder`)."""
+    service = _service(request)
+    index = service.require_index()
+    params = request.query_params
+    threshold = DUPLICATE_THRESHOLD
+    if params.get("threshold"):
+        try:
+            threshold = float(params["threshold"])
+        except ValueError:
+            raise _bad(f"threshold must be a number, got {params['threshold'][:40]!r}") from None
+        if not 0 < threshold <= 1:
+            raise _bad(f"threshold must be a cosine in (0, 1], got {threshold}")
+    offset = _int_param(params.get("offset"), "offset", 0, 0, 10_000_000)
+    limit = _int_param(params.get("limit"), "limit", 100, 1, 1000)
+    assert service.duplicates is not None
+    generation = await anyio.to_thread.run_sync(lambda: index.generation)
+    groups = service.duplicates.groups(generation, threshold)
+    if groups is None:
+        return JSONResponse({"status": "computing"}, 202, headers={"Retry-After": "1"})
+    page = groups[offset : offset + limit]
+    return JSONResponse({"status": "done", "total": len(groups), "groups": page})
+
+
 async def thumb(request: Request) -> Response:
     service = _service(request)
     service.require_index()
@@ -626,6 +659,7 @@ def create_app(options: ServeOptions, service: Service | None = None) -> Any:
         Route("/embed/image", embed_image, methods=["POST"]),
         Route("/search", search, methods=["GET", "POST"]),
         Route("/thumb/{id:int}", thumb, methods=["GET"]),
+        Route("/duplicates", duplicates, methods=["GET"]),
         Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/v1/models", openai_api.models, methods=["GET"]),
     ]
