@@ -84,6 +84,7 @@ def test_train_evaluate_predict(tmp_path):
     assert len(ranking) == 2 and abs(sum(x["probability"] for x in ranking) - 1) < 1e-5
 
 
+@pytest.mark.slow  # several CLI processes: the full suite runs it
 def test_errors_exit_1_with_a_message(tmp_path):
     r = run("predict", tmp_path / "missing.jpg", "a", "b", "--checkpoint", tmp_path / "none")
     assert r.returncode == 1

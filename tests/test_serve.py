@@ -396,6 +396,7 @@ def test_concurrent_requests_are_batched(checkpoint, tmp_path):
         assert s.stop() == 0
 
 
+@pytest.mark.slow  # a server of its own, filled on purpose: the full suite runs it
 def test_a_full_queue_answers_503_with_retry_after(checkpoint, tmp_path):
     args = ["--checkpoint", str(checkpoint), "--max-queue", "1", "--max-batch", "1"]
     s = Server([*args, "--max-wait-ms", "0"], tmp_path / "log")
@@ -417,6 +418,7 @@ def test_a_full_queue_answers_503_with_retry_after(checkpoint, tmp_path):
         assert s.stop() == 0
 
 
+@pytest.mark.slow  # a SIGTERM scenario: the full suite runs it
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(checkpoint, tmp_path):
     # A long batching wait keeps the request in the server when the signal arrives.
     s = Server(["--checkpoint", str(checkpoint), "--max-wait-ms", "3000"], tmp_path / "log")
@@ -664,6 +666,7 @@ def shown_tiles(browser) -> list[dict]:
     )
 
 
+@pytest.mark.slow  # a server over a library of its own: the full suite runs it
 def test_browser_filters_order_pages_and_shows_date_and_camera(dated_server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -707,6 +710,7 @@ def test_browser_filters_order_pages_and_shows_date_and_camera(dated_server, bro
     assert not browser.find_element(By.ID, "more").is_displayed()
 
 
+@pytest.mark.slow  # a server over a library of its own: the full suite runs it
 def test_browser_duplicates_view_shows_groups_with_their_keeper(dated_server, browser):
     from selenium.webdriver.common.by import By
 
@@ -732,6 +736,7 @@ def test_browser_duplicates_view_shows_groups_with_their_keeper(dated_server, br
     }
 
 
+@pytest.mark.slow  # a server over a library of its own: the full suite runs it
 def test_duplicates_endpoint_gives_the_librarys_groups_computed_off_the_request_path(
     dated_server,
 ):

@@ -186,6 +186,7 @@ def test_deeply_nested_json_is_a_400(server):
     good_request(server)
 
 
+@pytest.mark.slow  # a SIGTERM scenario: the full suite runs it
 def test_sigterm_closes_a_stalled_client_within_the_bound(checkpoint, tmp_path):
     s = Server(
         ["--checkpoint", str(checkpoint), "--body-timeout-s", "60", "--shutdown-timeout-s", "2"],

@@ -208,6 +208,7 @@ def test_bad_shard_arguments(shard_dir, tmp_path):
         liteclip.evaluate(run.last_checkpoint, split="train")
 
 
+@pytest.mark.slow  # several CLI processes: the full suite runs it
 def test_train_cli_takes_shard_patterns_and_lists(shard_dir, tmp_path):
     for i, data in enumerate(
         [[f"{shard_dir}/{{00000..00001}}.tar"], [str(p) for p in sorted(shard_dir.glob("*.tar"))]]

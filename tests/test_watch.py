@@ -19,6 +19,9 @@ from PIL import Image
 
 pytest.importorskip("watchfiles", reason="--watch needs the watch extra")
 
+# Each starts a `liteclip index --watch` or `liteclip serve --watch` process.
+pytestmark = pytest.mark.slow
+
 from liteclip import Index  # noqa: E402
 
 from conftest import REAL_IMAGES, make_photos  # noqa: E402
