@@ -47,6 +47,7 @@ pub mod internals {
     pub use crate::index::ann::{
         ChunkRows, Searcher, EXACT_BELOW, EXPANSION_SEARCH, GRAPH_MIN_SHARE,
     };
+    pub use crate::index::duplicates::{close_pairs, components, EXACT_PAIRS};
     pub use crate::rng::Rng;
     pub use crate::text::{Padding, TextTokenizer};
 }

@@ -19,6 +19,7 @@ import liteclip
 from liteclip import Index, parse_query
 from liteclip import cli as liteclip_cli
 
+from conftest import make_photos
 from exif_photos import exif_photo
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -467,3 +468,27 @@ def test_the_duplicate_threshold_default_is_one_definition():
     assert signature.parameters["threshold"].default == DUPLICATE_THRESHOLD
     args = liteclip_cli._parser().parse_args(["duplicates", "--index", "lib.lcx"])
     assert args.threshold == DUPLICATE_THRESHOLD
+
+
+def test_duplicates_with_nothing_set_group_identical_copies(tmp_path, checkpoint, model, capsys):
+    """`index.duplicates()` and `liteclip duplicates --index LIB`, no threshold given: a photo
+    and its byte-for-byte and pixel-for-pixel copies are one group whatever the model, and the
+    groups are the pairwise components at the documented default of 0.95."""
+    root = tmp_path / "photos"
+    make_photos(root, 8)
+    original = sorted(root.rglob("*.png"))[0]
+    shutil.copy(original, root / "same-bytes.png")
+    Image.open(original).save(root / "same-pixels.png", compress_level=1)
+    index = Index.build(root, tmp_path / "lib.lcx", checkpoint, device="cpu")
+    groups = index.duplicates()
+    copies = {
+        str(p.resolve()) for p in [original, root / "same-bytes.png", root / "same-pixels.png"]
+    }
+    assert any(copies <= {g["keep"], *g["duplicates"]} for g in groups)
+    paths = sorted(index.files())
+    rows = model.encode_image(paths)
+    got = {frozenset([g["keep"], *g["duplicates"]]) for g in groups}
+    assert got == brute_force_groups(paths, rows, 0.95)
+    assert liteclip_cli.main(["duplicates", "--index", str(tmp_path / "lib.lcx"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)["groups"]
+    assert {frozenset([g["keep"], *g["duplicates"]]) for g in printed} == got

@@ -212,7 +212,8 @@ impl Searcher {
     }
 
     /// Candidates the graph search keeps (HNSW's `ef`): more finds more of the true
-    /// neighbours, slower. For benchmarks; the index uses the default.
+    /// neighbours, slower. Ranked search uses the default; the near-duplicate pass a narrower
+    /// one while it runs (see `duplicates`).
     pub fn set_expansion_search(&self, expansion: usize) {
         if let Some(graph) = &self.graph {
             graph.change_expansion_search(expansion);

@@ -3,8 +3,8 @@
 Grouping a large library takes a while (seconds at 20,000 photos, minutes at a million, and a
 search graph built first where none is saved), so a request never waits for it: the first asks
 for the groups at a threshold and gets 202 ("computing"), the work runs on a thread of its own
-over an `Index` of its own (searches are not held up behind it), and later requests get the
-groups, kept until the index changes."""
+over an `Index` of its own (searches are not held up behind it, and its copy of the rows is let
+go when the job ends), and later requests get the groups, kept until the index changes."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ class DuplicateFinder:
     def __init__(self, index_path: str, model: Any) -> None:
         self._index_path = index_path
         self._model = model
-        self._index: Index | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "liteclip-duplicates")
         self._jobs: dict[tuple[int, float], concurrent.futures.Future] = {}
         self._lock = threading.Lock()
@@ -47,11 +46,12 @@ class DuplicateFinder:
         return job.result()
 
     def _compute(self, threshold: float) -> list[dict[str, Any]]:
-        if self._index is None:
-            self._index = Index.open(self._index_path, checkpoint=self._model)
-        found = self._index.duplicates(threshold)
+        # An Index of the job's own, let go when it ends: the rows (and a graph, if one is
+        # built) are held twice only while groups are being found.
+        index = Index.open(self._index_path, checkpoint=self._model)
+        found = index.duplicates(threshold)
         paths = [p for group in found for p in (group["keep"], *group["duplicates"])]
-        ids = iter(self._index.ids_of(paths))
+        ids = iter(index.ids_of(paths))
 
         def tile(path: str) -> dict[str, Any]:
             id_ = next(ids)

@@ -9,13 +9,13 @@ which its clients turn into their own exception types.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -104,11 +104,14 @@ async def embeddings(request: Request) -> Response:
     rows: list[Any] = [None] * len(inputs)
     with service.images.hold(len(images)):
         pixels = [await service.pixels_of(data, f"input[{n}]") for n, data in images]
-        async with anyio.create_task_group() as group:
-            if texts:
-                group.start_soon(_embed, service, "embed_text", texts, [t for _, t in texts], rows)
-            if images:
-                group.start_soon(_embed, service, "embed_image", images, pixels, rows)
+        # Texts and images go to their batchers at once; the first failure (a full queue,
+        # the model) is raised as itself, for the error handlers to answer.
+        jobs = []
+        if texts:
+            jobs.append(_embed(service, "embed_text", texts, [t for _, t in texts], rows))
+        if images:
+            jobs.append(_embed(service, "embed_image", images, pixels, rows))
+        await asyncio.gather(*jobs)
     data = [
         {"object": "embedding", "index": n, "embedding": _encoded(row, encoding)}
         for n, row in enumerate(rows)
