@@ -61,18 +61,9 @@ fn recall(truth: &[Vec<usize>], got: &[Vec<usize>]) -> f64 {
 }
 
 fn main() {
-    let dim: usize = std::env::var("BENCH_DIM").map_or(256, |v| v.parse().expect("BENCH_DIM"));
-    let n_queries: usize =
-        std::env::var("BENCH_QUERIES").map_or(300, |v| v.parse().expect("BENCH_QUERIES"));
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("sizes are row counts"))
-        .collect();
-    let sizes = if sizes.is_empty() {
-        vec![200_000]
-    } else {
-        sizes
-    };
+    let dim: usize = rows::setting("BENCH_DIM", 256);
+    let n_queries: usize = rows::setting("BENCH_QUERIES", 300);
+    let sizes = rows::sizes(200_000);
     eprintln!(
         "threads: {}, exact below {EXACT_BELOW} rows",
         rayon::current_num_threads()

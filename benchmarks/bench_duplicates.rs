@@ -61,23 +61,9 @@ fn rows_with_copies(n: usize, dim: usize) -> (Vec<f32>, Vec<(usize, usize)>) {
 }
 
 fn main() {
-    let dim: usize = std::env::var("BENCH_DIM")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    let threshold: f32 = std::env::var("BENCH_THRESHOLD")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.95);
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("sizes are numbers of rows"))
-        .collect();
-    let sizes = if sizes.is_empty() {
-        vec![20_000]
-    } else {
-        sizes
-    };
+    let dim: usize = rows::setting("BENCH_DIM", 256);
+    let threshold: f32 = rows::setting("BENCH_THRESHOLD", 0.95);
+    let sizes = rows::sizes(20_000);
     println!("near-duplicate pairs, dim {dim}, threshold {threshold}, clustered rows + copies");
     println!(
         "rows      planted  path   graph build s  pairs s  pairs found  planted found  groups"

@@ -41,23 +41,9 @@ fn run(
 }
 
 fn main() {
-    let env = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let dim = env("BENCH_DIM", 256);
-    let n_queries = env("BENCH_QUERIES", 200);
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("sizes are numbers of rows"))
-        .collect();
-    let sizes = if sizes.is_empty() {
-        vec![100_000]
-    } else {
-        sizes
-    };
+    let dim: usize = rows::setting("BENCH_DIM", 256);
+    let n_queries: usize = rows::setting("BENCH_QUERIES", 200);
+    let sizes = rows::sizes(100_000);
     println!("filtered search, dim {dim}, {n_queries} queries, k 10, clustered rows");
     println!("graph used from a share of 1/{GRAPH_MIN_SHARE} of the rows");
     println!("rows      kept   exact p50/p99 ms   graph p50/p99 ms   graph recall@10");

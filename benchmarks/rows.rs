@@ -1,7 +1,28 @@
-//! Test vectors shared by the Rust benchmarks: random unit rows, and rows clustered as photo
-//! embeddings are.
+//! What the Rust benchmarks share: their settings (row counts from the command line, numbers
+//! from the environment), random unit rows, and rows clustered as photo embeddings are.
 
 use liteclip::internals::Rng;
+
+/// The row counts given on the command line, or `default` when none is.
+pub fn sizes(default: usize) -> Vec<usize> {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("sizes are numbers of rows"))
+        .collect();
+    if sizes.is_empty() {
+        vec![default]
+    } else {
+        sizes
+    }
+}
+
+/// A number (or other value) from the environment variable `name`, or `default`.
+pub fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 pub fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
