@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,10 +20,9 @@ from PIL import Image
 
 pytest.importorskip("watchfiles", reason="--watch needs the watch extra")
 
-# Each starts a `liteclip index --watch` or `liteclip serve --watch` process.
-pytestmark = pytest.mark.slow
 
 from liteclip import Index  # noqa: E402
+from liteclip.watching import FolderEvents, keep_current  # noqa: E402
 
 from conftest import REAL_IMAGES, make_photos  # noqa: E402
 
@@ -98,6 +98,7 @@ def start(command: list[str], log: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow  # a --watch process: the full suite runs it
 def test_index_watch_applies_new_changed_deleted_and_renamed_photos(tmp_path, checkpoint):
     root, lib, log = tmp_path / "photos", tmp_path / "lib.lcx", tmp_path / "log"
     make_photos(root, 5)
@@ -118,6 +119,7 @@ def test_index_watch_applies_new_changed_deleted_and_renamed_photos(tmp_path, ch
     assert sum(r["removed"] for r in reports[1:]) >= 2  # deleted, renamed
 
 
+@pytest.mark.slow  # a --watch process: the full suite runs it
 def test_ctrl_c_in_the_middle_of_an_update_commits_what_it_embedded(tmp_path, checkpoint):
     root, lib, log = tmp_path / "photos", tmp_path / "lib.lcx", tmp_path / "log"
     make_photos(root, 3)
@@ -139,6 +141,7 @@ def test_ctrl_c_in_the_middle_of_an_update_commits_what_it_embedded(tmp_path, ch
     assert index.update()["size"] == 43
 
 
+@pytest.mark.slow  # a --watch process: the full suite runs it
 def test_serve_watch_makes_new_photos_searchable_and_drops_deleted_ones(tmp_path, checkpoint):
     pytest.importorskip("starlette", reason="the server needs the serve extra")
     from serving import Server
@@ -177,3 +180,36 @@ def test_watch_refuses_what_it_cannot_do(tmp_path, checkpoint):
 
     with pytest.raises(ValueError, match="--index"):
         ServeOptions(checkpoint=str(checkpoint), watch=True).checked()
+
+
+def test_rescans_keep_the_index_current_when_file_events_fail(tmp_path, checkpoint):
+    """Without file events (a watch limit reached, a network mount), the periodic rescan alone
+    applies changes, and says that it is what did."""
+    root = tmp_path / "photos"
+    make_photos(root, 2)
+    index = Index.build(root, tmp_path / "lib.lcx", checkpoint, device="cpu")
+    stop = threading.Event()
+    events = FolderEvents(root, index.path, stop)
+
+    def no_events(*args, **kwargs):
+        raise OSError("OS file watch limit reached")
+
+    events._watch = no_events
+    events.start()
+    assert "watch limit" in events.failure
+    reports: list[dict] = []
+    keeper = threading.Thread(
+        target=keep_current,
+        args=(index, events),
+        kwargs=dict(rescan_every=0.5, on_update=reports.append),
+    )
+    keeper.start()
+    try:
+        photo(root / "new.png", seed=5)
+        wait_for(lambda: any(r["embedded"] for r in reports), "a rescan embedding new.png")
+    finally:
+        stop.set()
+        keeper.join(30)
+    assert not keeper.is_alive()
+    assert {r["trigger"] for r in reports} == {"rescan"}
+    assert "new.png" in indexed(tmp_path / "lib.lcx")
