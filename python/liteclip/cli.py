@@ -482,7 +482,8 @@ def _register_serve(sub: Any) -> None:
     serve = sub.add_parser(
         "serve",
         help="an HTTP service and web page: zero-shot prediction, embeddings, photo search",
-        description="Serve /predict, /embed/text, /embed/image, /search and /thumb (JSON) and a "
+        description="Serve /predict, /embed/text, /embed/image, /search, /duplicates and /thumb "
+        "(JSON), OpenAI's /v1/embeddings, /healthz, /readyz and /metrics (Prometheus), and a "
         "web page at /, batching concurrent requests into one model call. Needs "
         "`pip install 'liteclip[serve]'`.",
     )
